@@ -1,0 +1,294 @@
+"""Typed settings, read once from the environment and `.streamlit/secrets.toml`.
+
+This is the only module that reads `os.environ`. Environment variables win over the secrets file.
+Every bad value raises `SettingsError` naming the variable and the value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from videochat.exceptions import SettingsError
+
+DEFAULT_SECRETS_FILE = Path(".streamlit/secrets.toml")
+
+
+@dataclass(frozen=True)
+class IceServer:
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"urls": list(self.urls)}
+        if self.username is not None:
+            out["username"] = self.username
+        if self.credential is not None:
+            out["credential"] = self.credential
+        return out
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable; `docs/SETTINGS.md` is generated from these fields."""
+
+    redis_url: str | None = field(
+        default=None, metadata={"env": "REDIS_URL", "doc": "Redis URL; unset: embedded Valkey"}
+    )
+    mongodb_uri: str | None = field(
+        default=None,
+        metadata={"env": "MONGODB_URI", "doc": "MongoDB URI; unset: embedded SecantusDB"},
+    )
+    db_name: str = field(
+        default="videochat", metadata={"env": "VIDEOCHAT_DB", "doc": "MongoDB database name"}
+    )
+    state_dir: Path = field(
+        default=Path(".videochat"),
+        metadata={"env": "VIDEOCHAT_STATE_DIR", "doc": "folder for embedded servers' data"},
+    )
+    ice_servers: tuple[IceServer, ...] = field(
+        default=(),
+        metadata={
+            "env": "VIDEOCHAT_ICE_SERVERS",
+            "doc": "JSON list of {urls, username, credential}; default none (no public STUN)",
+        },
+    )
+    ice_addresses: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "env": "VIDEOCHAT_ICE_ADDRESSES",
+            "doc": "comma-separated IPs the server offers as ICE host candidates; empty: all",
+        },
+    )
+    ice_transport_policy: Literal["all", "relay"] = field(
+        default="all",
+        metadata={"env": "VIDEOCHAT_ICE_TRANSPORT_POLICY", "doc": "'all' or 'relay' (TURN only)"},
+    )
+    dev_mode: bool = field(
+        default=True,
+        metadata={"env": "VIDEOCHAT_DEV_MODE", "doc": "development mode: no admin token needed"},
+    )
+    admin_token: str | None = field(
+        default=None,
+        metadata={"env": "VIDEOCHAT_ADMIN_TOKEN", "doc": "token for the Faults and QA pages"},
+    )
+    max_participants: int = field(
+        default=6, metadata={"env": "VIDEOCHAT_MAX_PARTICIPANTS", "doc": "people per room (2-16)"}
+    )
+    reconnect_grace_s: float = field(
+        default=30.0,
+        metadata={
+            "env": "VIDEOCHAT_RECONNECT_GRACE_S",
+            "doc": "seconds a dropped participant is shown as reconnecting before 'left'",
+        },
+    )
+    metrics_retention_days: int = field(
+        default=14,
+        metadata={"env": "VIDEOCHAT_METRICS_RETENTION_DAYS", "doc": "days samples are kept"},
+    )
+    chat_max_length: int = field(
+        default=2000, metadata={"env": "VIDEOCHAT_CHAT_MAX_LENGTH", "doc": "characters per message"}
+    )
+    chat_rate_per_s: int = field(
+        default=10,
+        metadata={"env": "VIDEOCHAT_CHAT_RATE_PER_S", "doc": "messages per second per participant"},
+    )
+    log_level: str = field(
+        default="INFO", metadata={"env": "VIDEOCHAT_LOG_LEVEL", "doc": "logging level"}
+    )
+
+    @classmethod
+    def load(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        secrets_file: Path | None = DEFAULT_SECRETS_FILE,
+    ) -> Settings:
+        """Read settings once: secrets file first, environment over it."""
+        raw: dict[str, Any] = {}
+        if secrets_file is not None and secrets_file.is_file():
+            try:
+                raw.update(tomllib.loads(secrets_file.read_text()))
+            except tomllib.TOMLDecodeError as exc:
+                raise SettingsError(str(secrets_file), "<file>", f"not valid TOML: {exc}") from exc
+        env = os.environ if environ is None else environ
+        for f in fields(cls):
+            name = f.metadata["env"]
+            if name in env:
+                raw[name] = env[name]
+        return cls.from_mapping(raw)
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any]) -> Settings:
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.metadata["env"]
+            if name not in raw or raw[name] is None or raw[name] == "":
+                continue
+            kwargs[f.name] = _PARSERS[f.name](name, raw[name])
+        return cls(**kwargs)
+
+    @property
+    def embedded_redis(self) -> bool:
+        return self.redis_url is None
+
+    @property
+    def embedded_mongo(self) -> bool:
+        return self.mongodb_uri is None
+
+    def rtc_configuration(self) -> dict[str, Any]:
+        """What the browser's RTCPeerConnection gets; always an explicit (maybe empty) list."""
+        cfg: dict[str, Any] = {"iceServers": [s.as_dict() for s in self.ice_servers]}
+        if self.ice_transport_policy == "relay":
+            cfg["iceTransportPolicy"] = "relay"
+        return cfg
+
+    def check_admin(self, token: str | None) -> bool:
+        if self.dev_mode:
+            return True
+        return self.admin_token is not None and token == self.admin_token
+
+    @classmethod
+    def documentation(cls) -> list[tuple[str, str, str]]:
+        """(variable, default, meaning) for every setting."""
+        out = []
+        for f in fields(cls):
+            default = f.default if f.default is not None else "unset"
+            out.append((f.metadata["env"], repr(default) if default != "unset" else "unset",
+                        f.metadata["doc"]))
+        return out
+
+
+def _str(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise SettingsError(name, value, "must be a string")
+    return value.strip()
+
+
+def _url(schemes: tuple[str, ...]) -> Any:
+    def parse(name: str, value: Any) -> str:
+        text = _str(name, value)
+        if not text.startswith(tuple(s + "://" for s in schemes)):
+            raise SettingsError(name, value, f"must start with one of {', '.join(schemes)}://")
+        return text
+
+    return parse
+
+
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(name, value, "must be true/false (1/0, yes/no, on/off)")
+
+
+def _int(lo: int, hi: int) -> Any:
+    def parse(name: str, value: Any) -> int:
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            raise SettingsError(name, value, "must be a whole number") from None
+        if not lo <= n <= hi:
+            raise SettingsError(name, value, f"must be between {lo} and {hi}")
+        return n
+
+    return parse
+
+
+def _float(lo: float, hi: float) -> Any:
+    def parse(name: str, value: Any) -> float:
+        try:
+            n = float(value)
+        except (TypeError, ValueError):
+            raise SettingsError(name, value, "must be a number") from None
+        if not lo <= n <= hi:
+            raise SettingsError(name, value, f"must be between {lo:g} and {hi:g}")
+        return n
+
+    return parse
+
+
+def _ice_servers(name: str, value: Any) -> tuple[IceServer, ...]:
+    items = value
+    if isinstance(value, str):
+        try:
+            items = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise SettingsError(name, value, f"must be a JSON list: {exc.msg}") from None
+    if not isinstance(items, list):
+        raise SettingsError(name, value, "must be a list of {urls, username, credential}")
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or "urls" not in item:
+            raise SettingsError(name, item, "each entry needs 'urls'")
+        urls = item["urls"]
+        urls = [urls] if isinstance(urls, str) else urls
+        if not urls or not all(
+            isinstance(u, str) and u.split(":", 1)[0] in ("stun", "turn", "turns") for u in urls
+        ):
+            raise SettingsError(name, item["urls"], "urls must be stun:, turn: or turns: URLs")
+        out.append(IceServer(tuple(urls), item.get("username"), item.get("credential")))
+    return tuple(out)
+
+
+def _ice_addresses(name: str, value: Any) -> tuple[str, ...]:
+    parts = value if isinstance(value, list) else str(value).split(",")
+    out = []
+    for part in (str(p).strip() for p in parts):
+        if not part:
+            continue
+        try:
+            out.append(str(ipaddress.ip_address(part)))
+        except ValueError:
+            raise SettingsError(name, part, "must be IP addresses separated by commas") from None
+    return tuple(out)
+
+
+def _policy(name: str, value: Any) -> str:
+    text = _str(name, value).lower()
+    if text not in ("all", "relay"):
+        raise SettingsError(name, value, "must be 'all' or 'relay'")
+    return text
+
+
+def _level(name: str, value: Any) -> str:
+    text = _str(name, value).upper()
+    if text not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise SettingsError(name, value, "must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return text
+
+
+def _db_name(name: str, value: Any) -> str:
+    text = _str(name, value)
+    if not text or any(c in text for c in '/\\. "$') or len(text) > 60:
+        raise SettingsError(name, value, "must be 1-60 characters without / \\ . space \" $")
+    return text
+
+
+_PARSERS: dict[str, Any] = {
+    "redis_url": _url(("redis", "rediss", "unix")),
+    "mongodb_uri": _url(("mongodb", "mongodb+srv")),
+    "db_name": _db_name,
+    "state_dir": lambda n, v: Path(_str(n, v)).expanduser(),
+    "ice_servers": _ice_servers,
+    "ice_addresses": _ice_addresses,
+    "ice_transport_policy": _policy,
+    "dev_mode": _bool,
+    "admin_token": lambda n, v: _str(n, v) or None,
+    "max_participants": _int(2, 16),
+    "reconnect_grace_s": _float(0, 600),
+    "metrics_retention_days": _int(1, 3650),
+    "chat_max_length": _int(1, 100_000),
+    "chat_rate_per_s": _int(1, 1000),
+    "log_level": _level,
+}
