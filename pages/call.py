@@ -1,0 +1,3 @@
+from videochat.ui.call import render
+
+render()

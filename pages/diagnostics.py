@@ -1,0 +1,3 @@
+from videochat.ui.diagnostics import render
+
+render()

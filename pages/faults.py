@@ -1,0 +1,3 @@
+from videochat.ui.faults import render
+
+render()

@@ -1,0 +1,3 @@
+from videochat.ui.qa import render
+
+render()

@@ -1,0 +1,148 @@
+"""The Call page: join by link, publish once, see and hear everyone else, leave."""
+
+from __future__ import annotations
+
+import logging
+
+import streamlit as st
+from streamlit_webrtc.eventloop import get_global_event_loop
+
+from videochat.exceptions import ValidationError
+from videochat.legs import MediaLeg
+from videochat.participant import NAME_RULE, ROOM_RULE, Participant, Slot
+from videochat.ui import wake, webrtc
+from videochat.ui.sidebar import backend_badges
+from videochat.ui.state import AppRuntime, get_runtime
+
+logger = logging.getLogger(__name__)
+
+COLUMNS = 2
+SESSION_KEY = "vc_participant"
+
+
+def render() -> None:
+    rt = get_runtime()
+    webrtc.install_bounded_relay()
+    backend_badges(rt)
+    me = _current_participant(rt)
+    if me is None:
+        _join_form(rt)
+        return
+    _call(rt, me)
+
+
+def _current_participant(rt: AppRuntime) -> Participant | None:
+    me = rt.registry.find(st.session_state.get(SESSION_KEY))
+    if me is not None:
+        if me.session_id != wake.current_session_id():
+            me.session_id = wake.current_session_id()  # the tab reconnected under a new session
+        return me
+    if st.session_state.get(SESSION_KEY):
+        # We were in a call but the server no longer knows us (grace expired, server
+        # restart): rejoin the same room under the same name, no click.
+        st.session_state.pop(SESSION_KEY)
+        room, name = st.session_state.get("vc_room"), st.session_state.get("vc_name")
+        if room and name:
+            return _join(rt, room, name)
+    return None
+
+
+def _join(rt: AppRuntime, room: str, name: str) -> Participant | None:
+    try:
+        me = rt.registry.join(room, name, wake.current_session_id())
+    except ValidationError as exc:
+        st.error(str(exc))
+        return None
+    st.session_state[SESSION_KEY] = me.id
+    st.session_state["vc_room"] = room
+    st.session_state["vc_name"] = name
+    return me
+
+
+def _join_form(rt: AppRuntime) -> None:
+    qp = st.query_params
+    room, name = qp.get("room", ""), qp.get("name", "")
+    st.title("Join a call")
+    if qp.get("join") == "1" and room and name:
+        if _join(rt, room, name) is not None:
+            st.rerun()
+    with st.form("join"):
+        name = st.text_input("Your name", value=name, max_chars=32, help=NAME_RULE)
+        room = st.text_input("Room", value=room, max_chars=40, help=ROOM_RULE)
+        submitted = st.form_submit_button("Join", type="primary")
+    if submitted and _join(rt, room.strip(), name.strip()) is not None:
+        st.query_params.update({"room": room.strip(), "name": name.strip()})
+        st.rerun()
+
+
+def _call(rt: AppRuntime, me: Participant) -> None:
+    room = rt.registry.room_of(me)
+    head = st.container()
+    with head:
+        left, right = st.columns([4, 1])
+        left.subheader(f"Room {me.room}")
+        left.caption(f"You are **{me.name}** · share: `?room={me.room}&join=1` "
+                     "· no camera or permission denied? you still see and hear the others")
+        if right.button("Leave", type="primary", use_container_width=True):
+            _leave(rt, me)
+            return
+    webrtc.autostart_companion()
+
+    cells = []
+    for _ in range((rt.settings.max_participants + COLUMNS - 1) // COLUMNS):
+        cells.extend(st.columns(COLUMNS))
+    # Cell 0 is me; cell i+1 is slot i. Fixed positions keep every component mounted (and its
+    # connection up) across reruns.
+    with cells[0]:
+        st.markdown(f"**{me.name}** (you)")
+        ctx = webrtc.publish(me, rt.settings)
+        _register_leg(rt, me, ctx, "publish", None)
+    spare_shown = False
+    for slot in me.slots:
+        if slot.index + 1 >= len(cells):
+            break
+        publisher = rt.registry.find(slot.publisher_id)
+        if publisher is None and spare_shown:
+            continue  # one warm spare is enough; more would cost idle connections
+        with cells[slot.index + 1]:
+            st.markdown(_tile_title(publisher))
+            ctx = webrtc.subscribe(me, slot, rt.settings)
+            _register_leg(rt, me, ctx, "subscribe", slot)
+        spare_shown = spare_shown or publisher is None
+    if room is not None and len(room.participants) == 1:
+        st.info("You are alone in this room. Share the link to invite someone.")
+
+
+def _tile_title(publisher: Participant | None) -> str:
+    if publisher is None:
+        return "_waiting for someone to join…_"
+    if publisher.state == "reconnecting":
+        return f"**{publisher.name}** · 🟡 reconnecting…"
+    return f"**{publisher.name}**"
+
+
+def _register_leg(rt: AppRuntime, me: Participant, ctx: object, direction: str,
+                  slot: Slot | None) -> None:
+    pc = webrtc.peer_connection(ctx)  # type: ignore[arg-type]
+    if pc is None or rt.legs.known(pc):
+        return
+    leg_id = f"{me.id[:12]}:{'pub' if slot is None else f'sub{slot.index}'}"
+    room = rt.registry.room_of(me)
+    rt.legs.register(MediaLeg(
+        leg_id=leg_id, room=me.room, participant=me.name, participant_id=me.id,
+        direction="publish" if direction == "publish" else "subscribe", pc=pc,
+        loop=get_global_event_loop(), call_id=room.call_id if room else None,
+        slot_index=None if slot is None else slot.index,
+    ))
+
+
+def _leave(rt: AppRuntime, me: Participant) -> None:
+    rt.registry.leave(me.id)
+    for key in [k for k in st.session_state if str(k).startswith(("pub-", "sub-"))]:
+        ctx = st.session_state[key]
+        webrtc.stop_worker(ctx)
+        del st.session_state[key]
+    st.session_state.pop(SESSION_KEY, None)
+    st.session_state.pop("vc_room", None)
+    st.query_params.pop("join", None)
+    st.rerun()
