@@ -84,7 +84,7 @@ class EventContext:
                          call_id=self.call_id, leg=self.leg, at=at, data=data)
 
 
-def _wall_at(clock: Clock, wall: WallClock, t: float) -> datetime:
+def wall_at(clock: Clock, wall: WallClock, t: float) -> datetime:
     return wall() - timedelta(seconds=clock() - t)
 
 
@@ -294,7 +294,7 @@ class PresenceBoard:
     def _send(self, kind: str, who: str, at: float, **data: Any) -> None:
         if self._emit is not None:
             ctx = EventContext(self.room, participant=who)
-            self._emit(ctx.event(kind, _wall_at(self._clock, self._wall, at), **data))
+            self._emit(ctx.event(kind, wall_at(self._clock, self._wall, at), **data))
 
     def joined(self, who: str, at: float | None = None) -> None:
         self._grace[who] = GracePeriod(self.grace_s)
@@ -403,7 +403,7 @@ class ReconnectController:
 
     def _send(self, kind: str, at: float, **data: Any) -> None:
         if self._emit is not None:
-            self._emit(self.context.event(kind, _wall_at(self._clock, self._wall, at), **data))
+            self._emit(self.context.event(kind, wall_at(self._clock, self._wall, at), **data))
 
     def _begin(self, now: float, reason: str, last_media_at: float | None) -> None:
         self.state = ReconnectState.RECONNECTING
