@@ -1,0 +1,436 @@
+"""ChatQueue: the sending side of chat, on one Redis Stream per room, with a local outbox.
+
+Why messages are neither lost nor duplicated:
+
+* Each message carries a client-generated id and, per sender outbox ("origin"), a sequence
+  number. One Lua script appends it to the stream only if it is the next message of that origin
+  (`vc:chatseq:{room}:{origin}` holds the last accepted seq). A re-sent message that Redis already
+  has is reported as a duplicate and not appended again; one that arrives early is refused as a gap,
+  which keeps every sender's messages in order in the stream.
+* The XADD, the seq key and the ledger counter change in one script, so they are written to the
+  append-only file together: after a `kill -9`, Redis either has all three or none of them.
+* Valkey runs with `appendfsync everysec`, so a crash can forget the last second of *acknowledged*
+  XADDs. The sender therefore keeps every message (in flight) until it sees it in MongoDB. A probe
+  compares the seq key with what is in flight; messages Redis forgot go back to the front of the
+  outbox and are sent again with the same id. The persister's upsert by id makes repeats harmless.
+* While Redis is unreachable the outbox holds messages in order and the flusher retries with
+  exponential backoff; nothing is dropped. `send` raises `BackendUnavailable` only when the outbox
+  is full (`max_unconfirmed`), never silently.
+
+Keys: stream `vc:chat:{room}`, consumer group `persist`, ledger hash `vc:chatledger:{room}`,
+set of rooms `vc:chatrooms`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pymongo.errors
+import redis
+from pymongo.database import Database
+
+from videochat.chat import ChatMessage, ChatRateLimiter, check_room
+from videochat.exceptions import BackendUnavailable
+from videochat.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MongoDoc = dict[str, Any]
+
+GROUP = "persist"
+ROOMS_KEY = "vc:chatrooms"
+COLLECTION = "chat_messages"
+SEQ_TTL_S = 7 * 24 * 3600
+
+
+def stream_key(room: str) -> str:
+    return f"vc:chat:{room}"
+
+
+def seq_key(room: str, origin: str) -> str:
+    return f"vc:chatseq:{room}:{origin}"
+
+
+def ledger_key(room: str) -> str:
+    return f"vc:chatledger:{room}"
+
+
+# KEYS: stream, seq key, ledger, rooms set. ARGV: seq, need, ttl, room, field/value pairs.
+# `need` is the highest seq below this one that the sender still holds unconfirmed; every lower
+# seq it no longer holds is already in MongoDB, so only `need` has to be in Redis first.
+_SEND_SCRIPT = """
+local seq = tonumber(ARGV[1])
+local need = tonumber(ARGV[2])
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+if seq <= last then
+  redis.call('HINCRBY', KEYS[3], 'duplicates_suppressed', 1)
+  return {'dup', tostring(last)}
+end
+if last < need then
+  return {'gap', tostring(last)}
+end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('XGROUP', 'CREATE', KEYS[1], 'persist', '0', 'MKSTREAM')
+end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 5))
+redis.call('SET', KEYS[2], seq, 'EX', ARGV[3])
+redis.call('HINCRBY', KEYS[3], 'sent', 1)
+redis.call('SADD', KEYS[4], ARGV[4])
+return {'ok', id}
+"""
+
+
+@dataclass(frozen=True)
+class ChatLedger:
+    """Delivery counters for one room, kept in Redis next to the stream.
+
+    sent: messages accepted into the stream (each id once); persisted: entries written to MongoDB
+    and acknowledged in the consumer group; delivered: new messages handed to a hub's listeners
+    (one count per hub process); duplicates_suppressed: re-sends refused by the idempotency check
+    plus duplicate stream entries dropped by hubs; rejected: malformed stream entries skipped.
+    """
+
+    room: str
+    sent: int = 0
+    delivered: int = 0
+    persisted: int = 0
+    duplicates_suppressed: int = 0
+    rejected: int = 0
+
+    @property
+    def unpersisted(self) -> int:
+        return self.sent - self.persisted
+
+
+def read_ledger(client: redis.Redis, room: str) -> ChatLedger:
+    raw: dict[str, str] = client.hgetall(ledger_key(room))  # type: ignore[assignment]
+    known = ("sent", "delivered", "persisted", "duplicates_suppressed", "rejected")
+    return ChatLedger(room, **{k: int(raw.get(k, 0)) for k in known})
+
+
+@dataclass(frozen=True)
+class ChatAudit:
+    """What MongoDB holds for a room: the proof of "0 lost, 0 duplicated" for QA."""
+
+    room: str
+    stored: int
+    origins: int
+    duplicates: int  # documents sharing (origin, seq) under different ids
+    missing: int  # seqs absent between 1 and the highest stored seq of an origin
+
+    @property
+    def ok(self) -> bool:
+        return self.duplicates == 0 and self.missing == 0
+
+
+def audit_room(db: Database[MongoDoc], room: str) -> ChatAudit:
+    seqs: dict[str, list[int]] = {}
+    for doc in db[COLLECTION].find({"room": room}, {"origin": 1, "seq": 1, "_id": 0}):
+        seqs.setdefault(str(doc["origin"]), []).append(int(doc["seq"]))
+    stored = sum(len(v) for v in seqs.values())
+    duplicates = sum(len(v) - len(set(v)) for v in seqs.values())
+    missing = sum(max(v) - len(set(v)) for v in seqs.values())
+    return ChatAudit(room, stored, len(seqs), duplicates, missing)
+
+
+def ensure_indexes(db: Database[MongoDoc]) -> None:
+    col = db[COLLECTION]
+    col.create_index([("room", 1), ("sent_at", 1)])
+    col.create_index([("origin", 1), ("seq", 1)])
+
+
+class ChatQueue:
+    """Sends chat messages in order, exactly once, through the outbox and a flusher thread."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        db: Database[MongoDoc],
+        *,
+        max_length: int = 2000,
+        rate_limiter: ChatRateLimiter | None = None,
+        clock: Callable[[], float] = time.time,
+        batch_size: int = 200,
+        probe_interval_s: float = 0.25,
+        max_unconfirmed: int = 50_000,
+        backoff_base_s: float = 0.05,
+        backoff_cap_s: float = 2.0,
+    ) -> None:
+        self._redis = client
+        self._db = db
+        self.max_length = max_length
+        self._limiter = rate_limiter
+        self._clock = clock
+        self._batch_size = batch_size
+        self._probe_interval_s = probe_interval_s
+        self._max_unconfirmed = max_unconfirmed
+        self._backoff_base_s = backoff_base_s
+        self._backoff_cap_s = backoff_cap_s
+        self._script = client.register_script(_SEND_SCRIPT)
+        self._cond = threading.Condition()
+        self._pending: deque[ChatMessage] = deque()
+        # (room, origin) -> seq -> message accepted by Redis but not yet seen in MongoDB
+        self._inflight: dict[tuple[str, str], dict[int, ChatMessage]] = {}
+        self._origins: dict[tuple[str, str], list[Any]] = {}  # (room, sender) -> [origin, next]
+        self._redis_up = True
+        self._last_error: str | None = None
+        self._resent = 0
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    @classmethod
+    def from_settings(
+        cls, client: redis.Redis, db: Database[MongoDoc], settings: Settings, **kwargs: Any
+    ) -> ChatQueue:
+        limiter = ChatRateLimiter(client, settings.chat_rate_per_s)
+        return cls(client, db, max_length=settings.chat_max_length, rate_limiter=limiter,
+                   **kwargs)
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def send(
+        self, room: str, sender_id: str, sender_name: str, text: object,
+        message_id: str | None = None,
+    ) -> ChatMessage:
+        """Validate, rate-limit and queue a message; it is delivered in the background.
+
+        Raises InvalidChatMessage / InvalidDisplayName / InvalidRoomName for bad input,
+        RateLimited when the participant sends too fast, BackendUnavailable if the outbox is full.
+        """
+        check_room(room)
+        # Validate before counting against the rate limit, and before taking a sequence number.
+        ChatMessage.create(room=room, sender_id=sender_id, sender_name=sender_name, text=text,
+                           max_length=self.max_length, origin="0" * 16, seq=1, sent_at=0.0,
+                           message_id=message_id)
+        if self._limiter is not None:
+            self._limiter.check(room, sender_id, local_only=not self._redis_up)
+        with self._cond:
+            if self._count_unconfirmed() >= self._max_unconfirmed:
+                raise BackendUnavailable(
+                    f"chat outbox is full ({self._max_unconfirmed} messages wait for Redis or "
+                    f"MongoDB); last error: {self._last_error}"
+                )
+            slot = self._origins.setdefault((room, sender_id), [uuid.uuid4().hex[:16], 1])
+            msg = ChatMessage.create(
+                room=room, sender_id=sender_id, sender_name=sender_name, text=text,
+                max_length=self.max_length, origin=slot[0], seq=slot[1], sent_at=self._clock(),
+                message_id=message_id,
+            )
+            slot[1] += 1
+            self._pending.append(msg)
+            self._ensure_thread()
+            self._cond.notify_all()
+        return msg
+
+    def pending(self, room: str, sender_id: str | None = None) -> list[ChatMessage]:
+        """Messages not yet accepted by Redis (shown as pending in the UI), oldest first."""
+        with self._cond:
+            return [m for m in self._pending
+                    if m.room == room and (sender_id is None or m.sender_id == sender_id)]
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until Redis has accepted everything queued so far."""
+        return self._wait(lambda: not self._pending, timeout)
+
+    def wait_persisted(self, timeout: float = 30.0) -> bool:
+        """Wait until every queued message has been seen in MongoDB."""
+        return self._wait(lambda: not self._pending and not self._inflight, timeout)
+
+    def status(self) -> dict[str, Any]:
+        with self._cond:
+            return {
+                "pending": len(self._pending),
+                "unconfirmed": sum(len(v) for v in self._inflight.values()),
+                "redis_up": self._redis_up,
+                "last_error": self._last_error,
+                "resent_after_loss": self._resent,
+            }
+
+    def ledger(self, room: str) -> ChatLedger:
+        return read_ledger(self._redis, room)
+
+    def audit(self, room: str) -> ChatAudit:
+        return audit_room(self._db, room)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the flusher after trying to drain the outbox for up to `timeout` seconds."""
+        self.flush(timeout)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        left = len(self._pending)
+        if left:
+            logger.error("chat queue closed with %d messages still in the outbox", left)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _wait(self, done: Callable[[], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not done():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.05))
+            return True
+
+    def _count_unconfirmed(self) -> int:
+        return len(self._pending) + sum(len(v) for v in self._inflight.values())
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="chat-outbox", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        failures = 0
+        next_probe = 0.0
+        while True:
+            with self._cond:
+                while not self._stopping and not self._pending and not (
+                    self._inflight and time.monotonic() >= next_probe
+                ):
+                    wait = self._probe_interval_s if self._inflight else 1.0
+                    self._cond.wait(wait)
+                if self._stopping:
+                    return
+                batch, needs = self._next_batch()
+            try:
+                if batch:
+                    self._apply(batch, self._send_batch(batch, needs))
+                if self._inflight and time.monotonic() >= next_probe:
+                    self._probe()
+                    next_probe = time.monotonic() + self._probe_interval_s
+            except redis.RedisError as exc:
+                failures += 1
+                delay = min(self._backoff_cap_s, self._backoff_base_s * 2 ** min(failures, 16))
+                delay *= random.uniform(0.5, 1.0)
+                with self._cond:
+                    if self._redis_up:
+                        logger.warning("Redis unreachable, chat messages wait in the outbox: %s",
+                                       exc)
+                    self._redis_up = False
+                    self._last_error = str(exc)
+                    self._cond.wait(delay)
+                continue
+            except Exception:  # noqa: BLE001 - the flusher must survive to retry later
+                logger.exception("chat flusher failed; retrying")
+                failures += 1
+                time.sleep(min(self._backoff_cap_s, self._backoff_base_s * 2 ** failures))
+                continue
+            if failures or not self._redis_up:
+                logger.info("Redis reachable again; chat outbox flushing")
+            failures = 0
+            with self._cond:
+                self._redis_up = True
+                self._cond.notify_all()
+
+    def _next_batch(self) -> tuple[list[ChatMessage], list[int]]:
+        """The head of the outbox and, per message, the seq that must be in Redis before it."""
+        batch = [self._pending[i] for i in range(min(self._batch_size, len(self._pending)))]
+        prev: dict[tuple[str, str], int] = {}
+        needs = []
+        for msg in batch:
+            key = (msg.room, msg.origin)
+            if key not in prev:
+                held = self._inflight.get(key)
+                prev[key] = max(held) if held else 0
+            needs.append(prev[key])
+            prev[key] = msg.seq
+        return batch, needs
+
+    def _send_batch(self, batch: list[ChatMessage], needs: list[int]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for msg, need in zip(batch, needs, strict=True):
+            args: list[Any] = [msg.seq, need, SEQ_TTL_S, msg.room]
+            for k, v in msg.to_fields().items():
+                args += [k, v]
+            self._script(
+                keys=[stream_key(msg.room), seq_key(msg.room, msg.origin),
+                      ledger_key(msg.room), ROOMS_KEY],
+                args=args, client=pipe,
+            )
+        return pipe.execute()
+
+    def _apply(self, batch: list[ChatMessage], results: list[Any]) -> None:
+        with self._cond:
+            for _ in batch:
+                self._pending.popleft()
+            refused: list[ChatMessage] = []
+            requeue: list[ChatMessage] = []
+            for msg, (status, value) in zip(batch, results, strict=True):
+                key = (msg.room, msg.origin)
+                if status == "gap":
+                    if not refused or all(m.origin != msg.origin for m in refused):
+                        requeue += self._take_lost(key, int(value))
+                    refused.append(msg)
+                    continue
+                stored = msg.with_stream_id(value) if status == "ok" else msg
+                self._inflight.setdefault(key, {})[msg.seq] = stored
+            if refused and not requeue:
+                logger.error("Redis refused chat messages as out of order with nothing to "
+                             "re-send (origin %s); retrying", refused[0].origin)
+            self._pending.extendleft(reversed(requeue + refused))
+            self._cond.notify_all()
+
+    def _take_lost(self, key: tuple[str, str], last: int) -> list[ChatMessage]:
+        """Remove and return the in-flight messages of `key` that Redis no longer has."""
+        held = self._inflight.get(key, {})
+        lost = [held.pop(s) for s in sorted(held) if s > last]
+        if not held:
+            self._inflight.pop(key, None)
+        if lost:
+            self._resent += len(lost)
+            logger.warning("Redis lost %d accepted chat messages of %s (seq > %d); re-sending",
+                           len(lost), key[1], last)
+        return lost
+
+    def _probe(self) -> None:
+        """Drop in-flight messages seen in MongoDB; re-queue those Redis has forgotten."""
+        with self._cond:
+            ranges = {k: (min(v), max(v)) for k, v in self._inflight.items() if v}
+        if not ranges:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for room, origin in ranges:
+            pipe.get(seq_key(room, origin))
+        lasts = [int(x or 0) for x in pipe.execute()]
+        persisted: dict[tuple[str, str], set[int]] = {}
+        try:
+            col = self._db[COLLECTION]
+            for (room, origin), (lo, hi) in ranges.items():
+                found = col.find({"origin": origin, "seq": {"$gte": lo, "$lte": hi},
+                                  "room": room}, {"seq": 1, "_id": 0})
+                persisted[(room, origin)] = {int(d["seq"]) for d in found}
+        except pymongo.errors.PyMongoError as exc:
+            logger.warning("cannot confirm chat messages in MongoDB yet: %s", exc)
+        with self._cond:
+            requeue: list[ChatMessage] = []
+            for key, last in zip(ranges, lasts, strict=True):
+                held = self._inflight.get(key)
+                if held is None:
+                    continue
+                for s in persisted.get(key, ()):
+                    held.pop(s, None)
+                requeue += self._take_lost(key, last)
+            for key in [k for k, v in self._inflight.items() if not v]:
+                del self._inflight[key]
+            if requeue:
+                self._pending.extendleft(reversed(requeue))
+            self._cond.notify_all()
+
+
+def rooms_with_chat(client: redis.Redis) -> Iterable[str]:
+    return sorted(client.smembers(ROOMS_KEY))  # type: ignore[arg-type]
