@@ -335,6 +335,8 @@ def _semantic_problems(s: Scenario) -> list[tuple[Loc, str]]:
         for key in ("chat_lost_max", "chat_duplicated_max"):
             if getattr(a, key) is not None:
                 out.append((("assertions", key), "needs chat traffic: add a [chat] table"))
+    if not a.given():
+        out.append((("assertions",), "state at least one objective: a run needs a verdict"))
     if not s.timeline:
         for key in ("reconnect_time_max_s", "quality_step_down_max_s",
                     "back_to_full_quality_max_s", "video_resumed_after_fault_max_s"):
