@@ -91,20 +91,38 @@ def test_good_file_loads_with_defaults(tmp_path: Path) -> None:
 def test_fault_steps_become_fault_commands() -> None:
     s = parse_scenario(GOOD)
     assert s.timeline[0].to_command("r1") == {
-        "kind": "loss", "room": "r1", "participant": "alice", "duration": 10.0,
+        "kind": "loss", "room": "r1", "participant": "alice", "duration_s": 10.0,
         "percent": 20.0, "direction": "up",
     }
     assert s.timeline[1].to_command("r1") == {"kind": "kill", "room": "r1", "participant": "alice"}
 
 
-def test_every_fault_kind_is_accepted() -> None:
+def test_fault_commands_are_accepted_by_the_fault_module() -> None:
+    faults = pytest.importorskip("videochat.faults")
+    steps = [step for s in builtin_scenarios().values() for step in s.timeline]
+    steps += list(parse_scenario(every_kind_scenario()).timeline)
+    assert {s.kind for s in steps} == set(FAULT_KINDS)
+    for step in steps:
+        fault = faults.parse_fault(step.to_command("qa-room"))
+        assert fault.kind == step.kind and fault.room == "qa-room"
+        if step.duration_s:
+            assert fault.duration_s == step.duration_s
+        assert fault.params() == step.parameters()
+
+
+def every_kind_scenario() -> str:
     params = {"loss": "percent = 5", "latency": "ms = 100", "bandwidth": "kbps = 300"}
+    text = 'name = "all"\nduration_s = 30\n[[participants]]\nname = "a"\nkind = "bot"\n'
     for kind in FAULT_KINDS:
-        target = "room" if kind.endswith("_outage") else "alice"
-        dur = "" if kind == "kill" else "duration_s = 2"
-        text = GOOD.replace('kind = "kill"', f'kind = "{kind}"\n{params.get(kind, "")}\n{dur}')
-        text = text.replace('target = "alice"\n\n[chat]', f'target = "{target}"\n\n[chat]')
-        assert parse_scenario(text).timeline[1].kind == kind
+        text += f'[[timeline]]\nat_s = 1\nkind = "{kind}"\n{params.get(kind, "")}\n'
+        text += "" if kind == "kill" else "duration_s = 2\n"
+        text += "" if kind.endswith("_outage") else 'target = "a"\n'
+    return text + "[assertions]\nmin_fps = 5\n"
+
+
+def test_every_fault_kind_is_accepted() -> None:
+    s = parse_scenario(every_kind_scenario())
+    assert tuple(step.kind for step in s.timeline) == FAULT_KINDS
 
 
 def test_out_of_range_value_names_line_and_field() -> None:

@@ -173,12 +173,12 @@ class _Step(_Model):
         return {k: v for k, v in self.model_dump().items() if k not in skip}
 
     def to_command(self, room: str) -> dict[str, Any]:
-        """The fault command for the fault-injection control plane (issue 5)."""
+        """The fault command of `videochat.faults.parse_fault` (issue 5) for this step."""
         cmd: dict[str, Any] = {"kind": self.kind, "room": room}
         if self.target != ROOM_TARGET:
             cmd["participant"] = self.target
         if self.duration_s > 0:
-            cmd["duration"] = self.duration_s
+            cmd["duration_s"] = self.duration_s
         cmd.update(self.parameters())
         return cmd
 
@@ -189,25 +189,26 @@ class _TimedStep(_Step):
 
 class LossStep(_TimedStep):
     kind: Literal["loss"]
-    percent: Annotated[float, _between(0, 100)]
+    percent: Annotated[float, AfterValidator(_positive), _between(0, 100)]
     direction: Direction = "both"
 
 
 class LatencyStep(_TimedStep):
     kind: Literal["latency"]
     ms: Annotated[float, _between(0, 10_000)]
-    jitter_ms: Annotated[float, _between(0, 10_000)] = 0.0
+    jitter_ms: Annotated[float, _between(0, 5_000)] = 0.0
     direction: Direction = "both"
 
 
 class BandwidthStep(_TimedStep):
     kind: Literal["bandwidth"]
-    kbps: Annotated[float, AfterValidator(_positive), _between(0, 1_000_000)]
+    kbps: Annotated[float, _between(8, 1_000_000)]
     direction: Direction = "both"
 
 
 class BlackoutStep(_TimedStep):
     kind: Literal["blackout"]
+    direction: Direction = "both"
 
 
 class KillStep(_Step):
@@ -227,10 +228,12 @@ class BlackVideoStep(_TimedStep):
 
 class RedisOutageStep(_TimedStep):
     kind: Literal["redis_outage"]
+    duration_s: Annotated[PositiveSeconds, _between(0, 600)]
 
 
 class MongoOutageStep(_TimedStep):
     kind: Literal["mongo_outage"]
+    duration_s: Annotated[PositiveSeconds, _between(0, 600)]
 
 
 FaultStep = Annotated[
