@@ -146,7 +146,8 @@ def test_mongo_copy_survives_a_redis_that_lost_its_data(
     access = RoomAccess(redis_conn, rooms)
     room = _room()
     access.set_passcode(room, "kept-safe")
-    assert rooms.find_one({"_id": room})["passcode"] == redis_conn.hget(meta_key(room), "passcode")
+    doc = rooms.find_one({"_id": room})
+    assert doc is not None and doc["passcode"] == redis_conn.hget(meta_key(room), "passcode")
 
     redis_conn.delete(meta_key(room))  # a Valkey restarted without persistence
     with pytest.raises(AccessDenied):
@@ -155,7 +156,8 @@ def test_mongo_copy_survives_a_redis_that_lost_its_data(
     access.check(room, "kept-safe")
 
     access.clear_passcode(room)
-    assert "passcode" not in rooms.find_one({"_id": room})
+    doc = rooms.find_one({"_id": room})
+    assert doc is not None and "passcode" not in doc
     access.check(room, None)
 
 
@@ -252,7 +254,8 @@ def test_redis_url_credentials_log_in_for_real(
     redis_conn: redis.Redis, valkey_server: ValkeyProcess
 ) -> None:
     user, password = "vc_" + uuid.uuid4().hex[:8], "p@ss:w/rd %"
-    redis_conn.execute_command("ACL", "SETUSER", user, "on", f">{password}", "~*", "&*", "+@all")
+    redis_conn.acl_setuser(user, enabled=True, passwords=[f"+{password}"], keys=["*"],
+                           channels=["*"], categories=["+@all"])
     try:
         base = f"127.0.0.1:{valkey_server.port}/0"
         good = redis_client(f"redis://{user}:{quote(password, safe='')}@{base}", retries=0)
@@ -264,7 +267,7 @@ def test_redis_url_credentials_log_in_for_real(
             bad.ping()
         bad.close()
     finally:
-        redis_conn.execute_command("ACL", "DELUSER", user)
+        redis_conn.acl_deluser(user)
 
 
 class _TlsTerminator:

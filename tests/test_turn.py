@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -131,7 +132,7 @@ def test_url_parsing() -> None:
 
 
 def test_aiortc_subset_skips_what_aiortc_cannot_use() -> None:
-    servers = [
+    servers: list[dict[str, Any]] = [
         {"urls": ["stuns:s.example.org", "stun:a.example.org", "stun:b.example.org"]},
         {"urls": "turn:first.example.org", "username": "u", "credential": "p"},
         {"urls": ["turn:second.example.org"], "username": "u2", "credential": "p2"},
@@ -153,7 +154,23 @@ def test_check_turn_allocates_a_relay(coturn: CoturnProcess) -> None:
         assert result.relayed_address is not None
         assert result.relayed_address[0] == "127.0.0.1"
         assert result.relayed_address[1] != coturn.port
-        assert 0 < result.elapsed_s < 5
+        assert result.relay_s is not None and 0 < result.relay_s <= result.elapsed_s < 5
+        assert "relays both ways" in result.message
+    quick = asyncio.run(check_turn(coturn.url, username, password, relay_probe=False))
+    assert quick.ok and quick.relay_s is None
+
+
+def test_a_server_that_allocates_but_will_not_relay_is_caught(tmp_path: Path) -> None:
+    # Without --allow-loopback-peers coturn allocates on 127.0.0.1 but refuses loopback peers:
+    # the shape of a misconfigured production server (peer rules, wrong relay address).
+    with CoturnProcess(tmp_path, allow_loopback_peers=False) as strict:
+        username, password = rest_credentials(strict.secret, "dave", int(time.time()) + 120)
+        result = asyncio.run(check_turn(strict.url, username, password, timeout=3))
+    assert result.kind == "relay_failed"
+    assert result.relayed_address is not None
+    assert result.message.startswith(
+        "TURN server allocated a relay but refused to relay to a peer (403 Forbidden IP)"
+    )
 
 
 def test_wrong_credential_is_refused_clearly(coturn: CoturnProcess) -> None:

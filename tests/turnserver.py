@@ -95,12 +95,14 @@ class CoturnProcess:
         realm: str = "videochat.test",
         port: int | None = None,
         extra_args: tuple[str, ...] = (),
+        allow_loopback_peers: bool = True,
     ) -> None:
         self.workdir = Path(workdir)
         self.secret = secret
         self.realm = realm
         self.port = port or free_port()
         self.extra_args = extra_args
+        self.allow_loopback_peers = allow_loopback_peers
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.workdir / "turnserver.log"
 
@@ -127,7 +129,7 @@ class CoturnProcess:
             f"--realm={self.realm}",
             "--no-tls",
             "--no-dtls",
-            "--allow-loopback-peers",
+            *(["--allow-loopback-peers"] if self.allow_loopback_peers else []),
             "--no-cli",
             "--no-multicast-peers",
             "--verbose",

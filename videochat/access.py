@@ -41,6 +41,7 @@ from videochat.exceptions import (
     ValidationError,
 )
 from videochat.participant import validate_room_name
+from videochat.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -230,16 +231,7 @@ class RoomAccess:
 # --- the tool pages -----------------------------------------------------------------------------
 
 
-class AdminSettings(Protocol):
-    """What `require_admin` needs from `videochat.settings.Settings`."""
-
-    dev_mode: bool
-    admin_token: str | None
-
-    def check_admin(self, token: str | None) -> bool: ...
-
-
-def require_admin(settings: AdminSettings, token: str | None, page: str) -> None:
+def require_admin(settings: Settings, token: str | None, page: str) -> None:
     """Raise AccessDenied unless `token` opens the tool `page` (always open in dev mode)."""
     if settings.check_admin(token):
         return

@@ -276,7 +276,9 @@ def aiortc_configuration(ice_servers: Sequence[dict[str, Any]], relay_only: bool
 
 # --- the pre-call check -------------------------------------------------------------------------
 
-CheckKind = Literal["ok", "refused", "unreachable", "timeout", "bad_url", "error"]
+CheckKind = Literal[
+    "ok", "refused", "unreachable", "timeout", "bad_url", "relay_failed", "error"
+]
 
 _REFUSALS: dict[int, str] = {
     401: "TURN server refused the credentials (401 Unauthorized): wrong or expired "
@@ -292,7 +294,7 @@ _REFUSALS: dict[int, str] = {
 
 @dataclass(frozen=True)
 class TurnCheck:
-    """The plain verdict of one TURN Allocate attempt."""
+    """The plain verdict of one TURN check: Allocate, then (optionally) relay a datagram."""
 
     url: str
     kind: CheckKind
@@ -301,6 +303,7 @@ class TurnCheck:
     relayed_address: tuple[str, int] | None = None
     mapped_address: tuple[str, int] | None = None
     error_code: int | None = None
+    relay_s: float | None = None  # both directions relayed between two allocations, seconds
 
     @property
     def ok(self) -> bool:
@@ -308,20 +311,100 @@ class TurnCheck:
 
 
 class _Sink(asyncio.DatagramProtocol):
-    """Receives the relayed side; only its close matters to a check."""
+    """The relayed side of one allocation: what arrived, what failed, when it closed."""
 
     def __init__(self) -> None:
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.received: asyncio.Future[bytes] = loop.create_future()
+        self.error: Exception | None = None
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        if not self.received.done():
+            self.received.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        self.error = exc
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
             self.closed.set_result(None)
 
 
+def _refusal(exc: stun.TransactionFailed, have_credentials: bool) -> tuple[str, int]:
+    code, reason = exc.response.attributes.get("ERROR-CODE", (0, "no error code"))
+    if code == 401 and not have_credentials:
+        return "TURN server requires credentials (401 Unauthorized) but none were given", code
+    return _REFUSALS.get(code, f"TURN server rejected the allocation ({code} {reason})"), code
+
+
+async def _allocate(
+    target: IceUrl, username: str | None, credential: str | None
+) -> tuple[Any, _Sink]:
+    return await create_turn_endpoint(
+        _Sink,
+        server_addr=(target.host, target.port),
+        username=username,
+        password=credential,
+        ssl=target.scheme == "turns",
+        transport=target.transport,
+    )
+
+
+async def _release(transport: Any, sink: _Sink, url: str) -> None:
+    transport.close()  # deletes the allocation; the sink hears connection_lost when it is gone
+    try:
+        await asyncio.wait_for(asyncio.shield(sink.closed), 2.0)
+    except TimeoutError:
+        logger.info("TURN allocation at %s not confirmed deleted; it will expire", url)
+
+
+async def _relay_probe(
+    a: tuple[Any, _Sink], b: tuple[Any, _Sink], timeout: float
+) -> float | str:
+    """Relay one datagram each way between two allocations; seconds taken, or why it failed.
+
+    Each side sends until it hears the other: the first send installs the sender's permission
+    (aioice binds a channel), without which the server drops what the other side relays to it.
+    """
+    (ta, sa), (tb, sb) = a, b
+    addr_a, addr_b = ta.get_extra_info("sockname"), tb.get_extra_info("sockname")
+    start = time.monotonic()
+    deadline = start + timeout
+    while time.monotonic() < deadline:
+        if not sb.received.done():
+            ta.sendto(b"videochat-probe-a", addr_b)
+        if not sa.received.done():
+            tb.sendto(b"videochat-probe-b", addr_a)
+        pending = [f for f in (sa.received, sb.received) if not f.done()]
+        await asyncio.wait(pending, timeout=0.1)  # resend every 100 ms until both arrived
+        for sink in (sa, sb):
+            if sink.error is not None:
+                exc = sink.error
+                if isinstance(exc, stun.TransactionFailed):
+                    code, reason = exc.response.attributes.get("ERROR-CODE", (0, ""))
+                    return (f"TURN server allocated a relay but refused to relay to a peer "
+                            f"({code} {reason}): check its denied-peer-ip / allowed-peer-ip rules")
+                return f"TURN server allocated a relay but relaying failed: {exc}"
+        if sa.received.done() and sb.received.done():
+            return time.monotonic() - start
+    return (f"TURN server allocated a relay but relayed nothing within {timeout:g} s: check its "
+            "relay-ip / external-ip settings and that its relay ports are open")
+
+
 async def check_turn(
-    url: str, username: str | None, credential: str | None, timeout: float = 5.0
+    url: str,
+    username: str | None,
+    credential: str | None,
+    timeout: float = 5.0,
+    relay_probe: bool = True,
 ) -> TurnCheck:
-    """Really allocate a relay on the TURN server at `url`, then free it, and say how it went."""
+    """Really allocate a relay on the TURN server at `url` and say plainly how it went.
+
+    With `relay_probe`, a second allocation is made and a datagram relayed each way between the
+    two, which catches servers that allocate but cannot relay (wrong external/relay address,
+    closed relay ports, peer rules). Allocations are deleted afterwards.
+    """
     start = time.monotonic()
 
     def done(kind: CheckKind, message: str, **kw: Any) -> TurnCheck:
@@ -337,23 +420,9 @@ async def check_turn(
         " with TLS" if target.scheme == "turns" else ""
     )
     try:
-        transport, sink = await asyncio.wait_for(
-            create_turn_endpoint(
-                _Sink,
-                server_addr=(target.host, target.port),
-                username=username,
-                password=credential,
-                ssl=target.scheme == "turns",
-                transport=target.transport,
-            ),
-            timeout,
-        )
+        first = await asyncio.wait_for(_allocate(target, username, credential), timeout)
     except stun.TransactionFailed as exc:
-        code, reason = exc.response.attributes.get("ERROR-CODE", (0, "no error code"))
-        if code == 401 and not (username and credential):
-            message = "TURN server requires credentials (401 Unauthorized) but none were given"
-        else:
-            message = _REFUSALS.get(code, f"TURN server rejected the allocation ({code} {reason})")
+        message, code = _refusal(exc, bool(username and credential))
         return done("refused", message, error_code=code)
     except (TimeoutError, stun.TransactionTimeout):
         return done(
@@ -369,37 +438,58 @@ async def check_turn(
         return done("unreachable", f"TURN server unreachable: connection refused by {where}")
     except (OSError, ConnectionError) as exc:
         return done("unreachable", f"TURN server unreachable at {where}: {exc}")
-    relayed = transport.get_extra_info("sockname")
-    mapped = transport.get_extra_info("related_address")
-    result = done(
-        "ok",
-        f"TURN server reachable: relay allocated at {relayed[0]}:{relayed[1]}",
-        relayed_address=tuple(relayed),
-        mapped_address=tuple(mapped) if mapped else None,
-    )
-    transport.close()  # deletes the allocation; the sink hears connection_lost when it is gone
+    relayed = first[0].get_extra_info("sockname")
+    mapped = first[0].get_extra_info("related_address")
+    info: dict[str, Any] = {
+        "relayed_address": tuple(relayed),
+        "mapped_address": tuple(mapped) if mapped else None,
+    }
+    allocations = [first]
     try:
-        await asyncio.wait_for(asyncio.shield(sink.closed), 2.0)
-    except TimeoutError:
-        logger.info("TURN allocation at %s not confirmed deleted; it will expire", url)
-    logger.info("TURN check %s: %s in %.3f s", url, result.kind, result.elapsed_s)
-    return result
+        relay_s: float | None = None
+        if relay_probe:
+            remaining = max(0.5, timeout - (time.monotonic() - start))
+            try:
+                second = await asyncio.wait_for(
+                    _allocate(target, username, credential), remaining
+                )
+            except (stun.TransactionError, TimeoutError, OSError) as exc:
+                return done("error", f"TURN server allocated one relay but not a second: {exc}",
+                            **info)
+            allocations.append(second)
+            probe = await _relay_probe(first, second, remaining)
+            if isinstance(probe, str):
+                return done("relay_failed", probe, **info)
+            relay_s = round(probe, 4)
+        result = done(
+            "ok",
+            f"TURN server reachable: relay allocated at {relayed[0]}:{relayed[1]}"
+            + (f", relays both ways ({relay_s * 1000:.0f} ms)" if relay_s is not None else ""),
+            relay_s=relay_s,
+            **info,
+        )
+        logger.info("TURN check %s: %s in %.3f s", url, result.kind, result.elapsed_s)
+        return result
+    finally:
+        await asyncio.gather(*(_release(t, s, url) for t, s in allocations))
 
 
 async def check_config(
-    config: TurnConfig, user: str, now: float, timeout: float = 5.0
+    config: TurnConfig, user: str, now: float, timeout: float = 5.0, relay_probe: bool = True
 ) -> list[TurnCheck]:
     """Check every TURN URL of `config` concurrently with the credentials a caller would get."""
     creds = config.credentials_for(user, now)
     if creds is None:
         return []
     return list(
-        await asyncio.gather(*(check_turn(u, creds[0], creds[1], timeout) for u in config.urls))
+        await asyncio.gather(
+            *(check_turn(u, creds[0], creds[1], timeout, relay_probe) for u in config.urls)
+        )
     )
 
 
 def check_config_blocking(
-    config: TurnConfig, user: str, now: float, timeout: float = 5.0
+    config: TurnConfig, user: str, now: float, timeout: float = 5.0, relay_probe: bool = True
 ) -> list[TurnCheck]:
     """`check_config` for a thread without an event loop (a Streamlit script run)."""
-    return asyncio.run(check_config(config, user, now, timeout))
+    return asyncio.run(check_config(config, user, now, timeout, relay_probe))
