@@ -1,0 +1,381 @@
+"""Samples and call events in MongoDB, behind a bounded buffer that rides out outages.
+
+Schema (the bucket pattern, by hand):
+
+- ``samples``: one document per leg per minute, ``_id = "<room>|<leg>|<epoch minute>"``, with
+  ``at`` (the minute), ``meta`` {room, call_id, participant, leg, direction, kind}, ``n`` (samples
+  held), ``last`` (newest sample time), one 60-slot array per metric indexed by the second
+  (``bi bo rtt lf lc j fps w h q``) and ``r``: the same metrics rolled up per 10 s (6 slots, plus
+  ``n`` and ``rttx`` = max RTT). One hour of one leg is 60 documents, so the dashboard's hour × 10
+  participants reads 600 documents and long ranges are averaged in the database from the
+  10-s rollups instead of from 36,000 raw points.
+- ``events``: one document per `CallEvent` (``CallEvent.to_doc()``) with a ``_id`` fixed when the
+  event is buffered.
+
+Why not a time-series collection with one document per sample: SecantusDB (what tests and the
+embedded mode run on) inserts ~8,000 documents/s and scans them slowly (NOTES.md), far from the
+20,000 samples/s and 500 ms dashboard targets; and time-series collections enforce no unique
+``_id``, so a retry after an ambiguous timeout would store a sample twice. Instead the single
+flusher thread keeps each open minute bucket in memory and writes the whole bucket with an
+unordered batch of ``ReplaceOne(upsert)``. That is idempotent (replaying it stores the same
+document) and monotonic: the filter ``n < new n`` makes an older copy of a bucket unable to
+overwrite a newer one (it fails with a duplicate-key error, which we count as already written).
+A bucket we have not seen in this process is first read back, so a restart mid-minute keeps
+what was already stored. Events go in with ``insert_many(ordered=False)``; duplicate keys on a
+retry mean "already there".
+
+`record()` and `emit()` only append to a bounded in-memory deque (never block the media loop).
+The flusher takes batches from the head, in order, and drops them from the buffer only once
+MongoDB acknowledged them; while MongoDB is down they wait and are retried with backoff. When the
+buffer is full new items are refused and counted in `stats()["dropped_overflow"]`, and logged.
+Retention: TTL indexes on ``at`` of both collections (``Settings.metrics_retention_days``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pymongo
+import pymongo.errors
+from pymongo import ReplaceOne
+from pymongo.database import Database
+
+from videochat.events import CallEvent
+from videochat.settings import Settings
+from videochat.stats import MetricSample
+
+logger = logging.getLogger(__name__)
+
+MongoDoc = dict[str, Any]
+Clock = Callable[[], datetime]
+
+SAMPLES = "samples"
+EVENTS = "events"
+SLOTS = 60
+ROLLUP_S = 10
+ROLLUP_SLOTS = SLOTS // ROLLUP_S
+# Short names keep the bucket documents small; diagnostics.FIELDS maps them back.
+FIELDS: dict[str, str] = {
+    "bitrate_in_kbps": "bi", "bitrate_out_kbps": "bo", "rtt_ms": "rtt", "loss_fraction": "lf",
+    "loss_cumulative": "lc", "jitter_ms": "j", "fps": "fps", "width": "w", "height": "h",
+    "quality": "q",
+}
+AVERAGED = ("bi", "bo", "rtt", "lf", "j", "fps")
+MAXED = ("lc", "w", "h")
+DUPLICATE_KEY = 11000
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def bucket_id(room: str, leg: str, minute: datetime) -> str:
+    return f"{room}|{leg}|{int(minute.timestamp()) // 60}"
+
+
+def minute_of(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(second=0, microsecond=0)
+
+
+@dataclass
+class _Bucket:
+    id: str
+    at: datetime
+    meta: dict[str, Any]
+    cols: dict[str, list[Any]] = field(
+        default_factory=lambda: {f: [None] * SLOTS for f in FIELDS.values()})
+    present: list[int] = field(default_factory=lambda: [0] * SLOTS)
+    n: int = 0
+    last: datetime | None = None
+
+    @classmethod
+    def from_doc(cls, doc: MongoDoc) -> _Bucket:
+        at = doc["at"] if doc["at"].tzinfo else doc["at"].replace(tzinfo=UTC)
+        bucket = cls(id=doc["_id"], at=at, meta=dict(doc.get("meta") or {}))
+        for f in FIELDS.values():
+            bucket.cols[f] = (list(doc.get(f) or []) + [None] * SLOTS)[:SLOTS]
+        bucket.present = (list(doc.get("p") or []) + [0] * SLOTS)[:SLOTS]
+        bucket.n = int(doc.get("n") or 0)
+        bucket.last = doc.get("last")
+        return bucket
+
+    def add(self, sample: MetricSample) -> str:
+        """'added', 'replay' (this very sample is already held) or 'duplicate' (slot taken)."""
+        slot = int((sample.at - self.at).total_seconds())
+        if self.present[slot]:
+            same = all(self.cols[short][slot] == getattr(sample, name)
+                       for name, short in FIELDS.items())
+            return "replay" if same else "duplicate"
+        for name, short in FIELDS.items():
+            self.cols[short][slot] = getattr(sample, name)
+        self.present[slot] = 1
+        self.n += 1
+        self.last = sample.at if self.last is None or sample.at > self.last else self.last
+        return "added"
+
+    def to_doc(self) -> MongoDoc:
+        return {"_id": self.id, "at": self.at, "meta": self.meta, "n": self.n,
+                "last": self.last, "p": self.present, **self.cols,
+                "r": _rollup(self.cols, self.present)}
+
+
+def _rollup(cols: dict[str, list[Any]], present: list[int]) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {f: [] for f in (*AVERAGED, *MAXED, "rttx", "n", "q")}
+    for b in range(ROLLUP_SLOTS):
+        lo, hi = b * ROLLUP_S, (b + 1) * ROLLUP_S
+        out["n"].append(sum(present[lo:hi]))
+        for f in AVERAGED:
+            vals = [v for v in cols[f][lo:hi] if v is not None]
+            out[f].append(sum(vals) / len(vals) if vals else None)
+        for f in MAXED:
+            vals = [v for v in cols[f][lo:hi] if v is not None]
+            out[f].append(max(vals) if vals else None)
+        rtts = [v for v in cols["rtt"][lo:hi] if v is not None]
+        out["rttx"].append(max(rtts) if rtts else None)
+        qs = [v for v in cols["q"][lo:hi] if v is not None]
+        out["q"].append(qs[-1] if qs else None)
+    return out
+
+
+class MetricsStore:
+    """Non-blocking sink for samples and events; a background thread writes them to MongoDB."""
+
+    def __init__(
+        self,
+        db: Database[MongoDoc],
+        *,
+        clock: Clock = utcnow,
+        buffer_max: int = 200_000,
+        batch_max: int = 20_000,
+        flush_interval_s: float = 0.5,
+        retention_days: int = 14,
+        retry_max_s: float = 2.0,
+        start: bool = True,
+    ) -> None:
+        self.db = db
+        self._clock = clock
+        self._buffer_max = buffer_max
+        self._batch_max = batch_max
+        self._interval = flush_interval_s
+        self._retention_s = retention_days * 86_400
+        self._retry_max = retry_max_s
+        self._buf: deque[tuple[str, Any]] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._enqueued = 0
+        self._done = 0  # items taken off the buffer after MongoDB acknowledged them
+        self._written_samples = 0
+        self._written_events = 0
+        self._duplicates = 0
+        self._dropped = 0
+        self._last_error: str | None = None
+        self._backend_up = True
+        self._indexes_ready = False
+        self._buckets: dict[str, _Bucket] = {}
+        self._ids = itertools.count()
+        self._instance = uuid.uuid4().hex[:12]
+        self._last_overflow_log = 0.0
+        self._thread: threading.Thread | None = None
+        if start:
+            self.start()
+
+    @classmethod
+    def from_settings(cls, db: Database[MongoDoc], settings: Settings,
+                      **kwargs: Any) -> MetricsStore:
+        return cls(db, retention_days=settings.metrics_retention_days, **kwargs)
+
+    # --- producers (any thread, never block) ---------------------------------------------
+
+    def record(self, sample: MetricSample) -> None:
+        self._append(("s", sample))
+
+    def emit(self, event: CallEvent) -> None:
+        doc = event.to_doc()
+        doc["_id"] = f"{self._instance}-{next(self._ids)}"
+        self._append(("e", doc))
+
+    def _append(self, item: tuple[str, Any]) -> None:
+        with self._cond:
+            if len(self._buf) >= self._buffer_max:
+                self._dropped += 1
+                now = time.monotonic()
+                if now - self._last_overflow_log > 10:
+                    self._last_overflow_log = now
+                    logger.warning("metrics buffer full (%d): %d items dropped so far",
+                                   self._buffer_max, self._dropped)
+                return
+            self._buf.append(item)
+            self._enqueued += 1
+            if len(self._buf) >= self._batch_max:
+                self._cond.notify_all()
+
+    # --- control ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="metrics-flusher",
+                                            daemon=True)
+            self._thread.start()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything recorded so far is in MongoDB; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            target = self._enqueued
+            self._cond.notify_all()
+            while self._done < target:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.1))
+        return True
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Flush (up to `timeout`), then stop the flusher. True when nothing was left behind."""
+        flushed = self.flush(timeout)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=max(1.0, timeout))
+        return flushed
+
+    def stats(self) -> dict[str, Any]:
+        with self._cond:
+            return {
+                "buffered": len(self._buf), "written": self._done,
+                "written_samples": self._written_samples, "written_events": self._written_events,
+                "duplicates": self._duplicates, "dropped_overflow": self._dropped,
+                "last_error": self._last_error, "backend_up": self._backend_up,
+            }
+
+    # --- the flusher thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            with self._cond:
+                if not self._buf and not self._stopping:
+                    self._cond.wait(self._interval)
+                if self._stopping and (not self._buf or not self._backend_up):
+                    return
+                batch = list(itertools.islice(self._buf, self._batch_max))
+            if not batch:
+                continue
+            try:
+                if not self._indexes_ready:
+                    self.ensure_indexes()
+                n_samples, n_events = self._write(batch)
+            except pymongo.errors.PyMongoError as exc:
+                with self._cond:
+                    if self._backend_up:
+                        logger.warning("MongoDB unreachable, buffering metrics: %s", exc)
+                    self._backend_up = False
+                    self._last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                    self._cond.wait(backoff)  # close() can wake us
+                backoff = min(self._retry_max, backoff * 2)
+                continue
+            backoff = 0.1
+            with self._cond:
+                for _ in range(len(batch)):
+                    self._buf.popleft()
+                self._done += len(batch)
+                self._written_samples += n_samples
+                self._written_events += n_events
+                if not self._backend_up:
+                    logger.info("MongoDB back; metrics buffer draining (%d left)", len(self._buf))
+                self._backend_up = True
+                self._cond.notify_all()
+            self._evict()
+
+    def ensure_indexes(self) -> None:
+        samples, events = self.db[SAMPLES], self.db[EVENTS]
+        samples.create_index([("meta.room", 1), ("at", 1)])
+        samples.create_index([("meta.call_id", 1), ("at", 1)])
+        events.create_index([("room", 1), ("at", 1)])
+        events.create_index([("call_id", 1), ("at", 1)])
+        for coll in (samples, events):
+            try:
+                coll.create_index("at", expireAfterSeconds=self._retention_s, name="ttl_at")
+            except pymongo.errors.OperationFailure:
+                # The retention setting changed: adjust the existing TTL index in place.
+                self.db.command("collMod", coll.name, index={
+                    "name": "ttl_at", "expireAfterSeconds": self._retention_s})
+        self._indexes_ready = True
+
+    def _write(self, batch: list[tuple[str, Any]]) -> tuple[int, int]:
+        samples = [s for k, s in batch if k == "s"]
+        events = [d for k, d in batch if k == "e"]
+        written = 0
+        if samples:
+            written = self._write_samples(samples)
+        if events:
+            try:
+                self.db[EVENTS].insert_many(events, ordered=False)
+            except pymongo.errors.BulkWriteError as exc:
+                _raise_unless_duplicates(exc)
+        return written, len(events)
+
+    def _write_samples(self, samples: list[MetricSample]) -> int:
+        ids = {bucket_id(s.room, s.leg, minute_of(s.at)) for s in samples}
+        missing = [i for i in ids if i not in self._buckets]
+        if missing:
+            for doc in self.db[SAMPLES].find({"_id": {"$in": missing}}):
+                self._buckets[doc["_id"]] = _Bucket.from_doc(doc)
+        touched: dict[str, _Bucket] = {}
+        duplicates = 0
+        for s in samples:
+            minute = minute_of(s.at)
+            bid = bucket_id(s.room, s.leg, minute)
+            bucket = self._buckets.get(bid)
+            if bucket is None:
+                bucket = self._buckets[bid] = _Bucket(id=bid, at=minute, meta={
+                    "room": s.room, "call_id": s.call_id, "participant": s.participant,
+                    "leg": s.leg, "direction": s.direction, "kind": s.kind})
+            # A replay (retry after a failed write) still rewrites its bucket: the failed
+            # attempt may never have reached MongoDB.
+            touched[bid] = bucket
+            if bucket.add(s) == "duplicate":
+                # A second sample for one leg in one second: kept out, and counted.
+                duplicates += 1
+        if duplicates:
+            with self._cond:
+                self._duplicates += duplicates
+        if touched:
+            ops = [ReplaceOne({"_id": b.id, "n": {"$lt": b.n}}, b.to_doc(), upsert=True)
+                   for b in touched.values()]
+            try:
+                self.db[SAMPLES].bulk_write(ops, ordered=False)
+            except pymongo.errors.BulkWriteError as exc:
+                _raise_unless_duplicates(exc)
+        return len(samples)
+
+    def _evict(self) -> None:
+        # Open buckets stay in memory; closed minutes are dropped once safely stored.
+        if len(self._buckets) < 64:
+            return
+        newest = max((b.at for b in self._buckets.values()), default=None)
+        if newest is None:
+            return
+        horizon = newest - timedelta(minutes=2)
+        for bid in [k for k, b in self._buckets.items() if b.at < horizon]:
+            del self._buckets[bid]
+
+
+def _raise_unless_duplicates(exc: pymongo.errors.BulkWriteError) -> None:
+    errors: Iterable[dict[str, Any]] = exc.details.get("writeErrors", [])
+    if any(e.get("code") != DUPLICATE_KEY for e in errors):
+        raise exc
+
+
+__all__ = ["EVENTS", "FIELDS", "SAMPLES", "MetricsStore", "bucket_id", "minute_of"]
