@@ -415,6 +415,6 @@ class FrameDecimator:
         if nxt is not None and t < nxt - interval * self.TOLERANCE:
             return False
         # Keep a steady cadence while frames keep up; after a gap (or a rewind) restart from t.
-        base = nxt if nxt is not None and 0 <= t - nxt < interval else t
+        base = nxt if nxt is not None and t - nxt < interval else t
         self._next = base + interval
         return True

@@ -1,0 +1,377 @@
+"""The quality ladder policy on a fake clock: hysteresis, no flapping, timings, helpers."""
+
+from __future__ import annotations
+
+import math
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from videochat.events import CallEvent
+from videochat.exceptions import ValidationError
+from videochat.quality import (
+    AUDIO_ONLY,
+    LADDER,
+    LOWEST_VIDEO,
+    TOP,
+    ConnectionQuality,
+    FrameDecimator,
+    QualityLevel,
+    QualityPolicy,
+    QualityThresholds,
+    best_fitting,
+    connection_quality,
+    frame_size_for,
+    level_named,
+    media_constraints,
+    should_send,
+    start_level,
+    step_down,
+    step_up,
+    uplink_cap,
+)
+from videochat.recovery import EventContext
+
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class FakeClock:
+    def __init__(self, t: float = 0.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def wall(self) -> datetime:
+        return EPOCH + timedelta(seconds=self.t)
+
+
+def run(policy: QualityPolicy, clock: FakeClock, loss_at, until: float, period: float = 0.5,
+        start: float = 0.0, rtt: float = 40.0) -> list[tuple[float, QualityLevel]]:
+    """Feed samples every `period` s; returns (time, new level) for each change."""
+    out = []
+    n = 0
+    while True:
+        at = start + n * period
+        if at > until + 1e-9:
+            return out
+        clock.t = at
+        level = policy.observe(loss_at(at), rtt, None, at)
+        if level is not None:
+            out.append((at, level))
+        n += 1
+
+
+# ------------------------------------------------------------------------------------- ladder
+def test_ladder_is_ordered_best_first_and_ends_audio_only() -> None:
+    assert [q.name for q in LADDER] == ["720p30", "480p30", "360p24", "240p15", "180p10",
+                                        "audio-only"]
+    for i, (hi, lo) in enumerate(zip(LADDER, LADDER[1:], strict=False)):
+        assert hi.rank == i and lo.rank == i + 1
+        assert hi.target_kbps > lo.target_kbps
+        assert hi.max_fps >= lo.max_fps and hi.max_height > lo.max_height
+    assert not AUDIO_ONLY.video and all(q.video for q in LADDER[:-1])
+    assert step_down(AUDIO_ONLY) is AUDIO_ONLY and step_up(TOP) is TOP
+    assert level_named("360p24") is LADDER[2]
+    with pytest.raises(ValidationError):
+        level_named("4k")
+    assert best_fitting(10_000) is TOP and best_fitting(300) is LADDER[3]
+    assert best_fitting(10) is AUDIO_ONLY
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"up_loss": 0.1, "down_loss": 0.1}, {"down_loss": 0.5, "severe_loss": 0.4},
+    {"up_rtt_ms": 600.0}, {"down_bitrate_ratio": 1.2}, {"up_bitrate_headroom": 0.9},
+    {"down_after_s": 0.0}, {"up_backoff_factor": 0.5}, {"max_up_after_s": 1.0},
+])
+def test_thresholds_reject_inconsistent_values(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValidationError):
+        QualityThresholds(**kwargs)
+
+
+# --------------------------------------------------------------------------- down fast, up slow
+@pytest.mark.parametrize("period", [0.5, 1.0])
+@pytest.mark.parametrize("onset", [10.0, 10.2, 10.45, 10.9])
+def test_thirty_percent_loss_steps_down_within_two_seconds(period: float, onset: float) -> None:
+    clock = FakeClock()
+    policy = QualityPolicy(clock, start=TOP)
+    changes = run(policy, clock, lambda t: 0.30 if t >= onset else 0.0, until=onset + 2.0,
+                  period=period)
+    assert changes, "no step down within 2 s of 30 % loss"
+    at, level = changes[0]
+    assert at - onset <= 2.0 and level is LADDER[1]
+
+
+def test_steps_down_one_rung_at_a_time_and_stops_at_lowest_video_under_moderate_loss() -> None:
+    clock = FakeClock()
+    policy = QualityPolicy(clock, start=TOP)
+    changes = run(policy, clock, lambda t: 0.30 if t >= 5 else 0.0, until=60)
+    assert [lv for _, lv in changes] == list(LADDER[1:5])
+    assert policy.level is LOWEST_VIDEO  # 30 % loss alone never pauses video
+    times = [t for t, _ in changes]
+    assert all(b - a >= 1.0 for a, b in zip(times, times[1:], strict=False))
+    assert times[-1] - 5 <= 6.0  # the floor is reached within a few seconds
+
+
+def test_severe_loss_pauses_video() -> None:
+    clock = FakeClock()
+    policy = QualityPolicy(clock, start=LADDER[3])
+    run(policy, clock, lambda t: 0.6, until=10)
+    assert policy.level is AUDIO_ONLY
+    assert policy.connection_quality() is ConnectionQuality.POOR
+
+
+def test_recovers_one_rung_at_a_time_first_within_ten_seconds_top_within_21() -> None:
+    clock = FakeClock()
+    policy = QualityPolicy(clock, start=TOP)
+    cleared = 30.0
+    changes = run(policy, clock, lambda t: 0.30 if 10 <= t < cleared else 0.0, until=80)
+    ups = [(t, lv) for t, lv in changes if t >= cleared]
+    assert ups[0][0] - cleared <= 10.0
+    assert ups[0][0] - cleared >= 8.0  # slowly: 8 s of good conditions first
+    ranks = [LOWEST_VIDEO.rank] + [lv.rank for _, lv in ups]
+    assert all(a - b == 1 for a, b in zip(ranks, ranks[1:], strict=False))
+    assert ups[-1][1] is TOP and ups[-1][0] - cleared <= 21.0
+    assert policy.connection_quality() is ConnectionQuality.EXCELLENT
+
+
+def test_a_short_spike_is_ignored() -> None:
+    clock = FakeClock()
+    policy = QualityPolicy(clock, start=TOP)
+    # one bad report at 2 Hz, then one at 1 Hz: neither is a bad second
+    assert run(policy, clock, lambda t: 0.5 if t == 10.0 else 0.0, until=30) == []
+    assert run(policy, clock, lambda t: 0.5 if t == 40.0 else 0.0, until=60, start=31,
+               period=1.0) == []
+    # but a bad 1.5 s is not a spike
+    changes = run(policy, clock, lambda t: 0.5 if 70 <= t < 71.5 else 0.0, until=75, start=60.5)
+    assert [lv for _, lv in changes] == [LADDER[1]]
+
+
+def test_neutral_band_holds_the_level_forever() -> None:
+    clock = FakeClock()
+    policy = QualityPolicy(clock, start=LADDER[2])
+    assert run(policy, clock, lambda t: 0.05, until=300) == []  # between 2 % and 10 %
+    assert policy.connection_quality() is ConnectionQuality.GOOD
+
+
+def test_fast_oscillating_loss_does_not_flap() -> None:
+    """2 % / 25 % alternating every 0.5 s averages 13.5 %: down to the floor, never back up."""
+    clock = FakeClock()
+    policy = QualityPolicy(clock, start=TOP)
+    changes = run(policy, clock, lambda t: 0.25 if int(t / 0.5) % 2 else 0.02, until=300)
+    assert len(changes) <= 4
+    assert all(lv.rank > prev.rank for (_, lv), prev in
+               zip(changes, [TOP] + [lv for _, lv in changes], strict=False))
+
+
+@pytest.mark.parametrize("half", [5.0, 10.0, 15.0])
+def test_slow_oscillation_backs_off_failed_probes(half: float) -> None:
+    """Good/bad phases of `half` s: the ladder may probe up, but failed probes back off."""
+    clock = FakeClock()
+    policy = QualityPolicy(clock, start=TOP)
+    changes = run(policy, clock, lambda t: 0.0 if int(t / half) % 2 else 0.30, until=600)
+    ups = [t for (t, lv), prev in zip(changes, [TOP] + [lv for _, lv in changes], strict=False)
+           if lv.rank < prev.rank]
+    assert len(changes) <= 12, changes
+    assert len(ups) <= 3
+    # the last part of the run is quiet: the policy has learnt not to probe
+    assert not [t for t, _ in changes if t > 300]
+
+
+def test_rtt_thresholds() -> None:
+    clock = FakeClock()
+    policy = QualityPolicy(clock, start=TOP)
+    assert run(policy, clock, lambda t: 0.0, until=20, rtt=300.0) == []  # neutral
+    changes = run(policy, clock, lambda t: 0.0, until=23, rtt=600.0, start=20.5)
+    assert changes and changes[0][0] - 20.5 <= 2.0
+
+
+def test_bitrate_jumps_straight_to_the_rung_that_fits_and_blocks_up_steps() -> None:
+    clock = FakeClock()
+    policy = QualityPolicy(clock, start=TOP)
+    got = [policy.observe(0.0, 40, 300, t / 2) for t in range(6)]
+    assert [g for g in got if g] == [LADDER[3]]  # 250 kbps fits 300; one change, not three
+    # good loss and RTT but no headroom for 360p24 (450 x 1.25): holds
+    assert [policy.observe(0.0, 40, 500, 3 + t / 2) for t in range(60)] == [None] * 60
+    ups = [policy.observe(0.0, 40, 2000, 33 + t / 2) for t in range(40)]
+    assert [u for u in ups if u][0] is LADDER[2]
+    clock2 = FakeClock()
+    starved = QualityPolicy(clock2, start=LOWEST_VIDEO)
+    assert [starved.observe(0.0, 40, 60, t / 2) for t in range(4)][-2:] == [AUDIO_ONLY, None]
+
+
+def test_ceiling_caps_start_and_climb() -> None:
+    clock = FakeClock()
+    policy = QualityPolicy(clock, start=TOP, ceiling=LADDER[2])
+    assert policy.level is LADDER[2]
+    assert run(policy, clock, lambda t: 0.0, until=120) == []
+
+
+def test_bad_samples_are_tolerated() -> None:
+    clock = FakeClock()
+    policy = QualityPolicy(clock, start=TOP)
+    assert policy.observe(float("nan"), float("nan"), float("nan"), 1.0) is None
+    assert policy.observe(-0.2, None, None, 1.5) is None and policy.loss == 0.0
+    assert policy.observe(0.9, None, None, 1.0) is None  # older than the last: ignored
+    assert policy.loss == 0.0
+    policy.observe(7.0, None, None, 2.0)
+    assert policy.loss is not None and policy.loss <= 1.0
+
+
+def test_reset_after_rebuild_forgets_history() -> None:
+    clock = FakeClock()
+    policy = QualityPolicy(clock, start=TOP)
+    run(policy, clock, lambda t: 0.3, until=5)
+    policy.reset(start_level(policy.level, rebuilding=True), at=6.0)
+    assert policy.level is LOWEST_VIDEO and policy.loss is None
+    assert policy.observe(0.3, None, None, 6.5) is None  # hold time restarts at the reset
+
+
+def test_changes_are_emitted_as_quality_changed_events() -> None:
+    clock = FakeClock()
+    events: list[CallEvent] = []
+    policy = QualityPolicy(clock, start=TOP, emit=events.append, wall=clock.wall,
+                           context=EventContext("room1", participant="bob", leg="sub:alice"))
+    changes = run(policy, clock, lambda t: 0.3 if t >= 10 else 0.0, until=11.5)
+    assert len(events) == len(changes) == 1
+    ev = events[0]
+    assert ev.kind == "quality_changed" and ev.room == "room1" and ev.leg == "sub:alice"
+    assert ev.at == EPOCH + timedelta(seconds=changes[0][0])
+    assert ev.data["from_level"] == "720p30" and ev.data["to_level"] == "480p30"
+    assert ev.data["direction"] == "down" and ev.data["loss"] >= 0.1
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.05, 1.5), st.floats(0, 1), st.one_of(
+    st.none(), st.floats(0, 2000)), st.one_of(st.none(), st.floats(0, 3000))),
+    min_size=1, max_size=300))
+def test_random_measurements_never_flap(samples: list[tuple[float, float, float | None,
+                                                           float | None]]) -> None:
+    """Whatever the measurements: >= 1 s between changes, >= 8 s from a down-step to an up-step,
+    up-steps one rung at a time, never above the ceiling."""
+    clock = FakeClock()
+    policy = QualityPolicy(clock, start=LADDER[1], ceiling=LADDER[1])
+    t = 0.0
+    for gap, loss, rtt, bitrate in samples:
+        t += gap
+        policy.observe(loss, rtt, bitrate, t)
+    prev_at = 0.0
+    prev_dir = "down"
+    for ch in policy.changes:
+        assert ch.at - prev_at >= 1.0 - 1e-9
+        if ch.direction == "up":
+            assert ch.from_level.rank - ch.to_level.rank == 1
+            if prev_dir == "down":
+                assert ch.at - prev_at >= 8.0 - 1e-9
+        assert ch.to_level.rank >= LADDER[1].rank
+        prev_at, prev_dir = ch.at, ch.direction
+
+
+# ---------------------------------------------------------------------------------- the badge
+@pytest.mark.parametrize(("loss", "rtt", "level", "flowing", "want"), [
+    (0.0, 30.0, TOP, True, ConnectionQuality.EXCELLENT),
+    (0.01, 200.0, LADDER[1], True, ConnectionQuality.EXCELLENT),
+    (0.05, 30.0, TOP, True, ConnectionQuality.GOOD),
+    (0.0, 300.0, TOP, True, ConnectionQuality.GOOD),
+    (0.0, 30.0, LADDER[2], True, ConnectionQuality.GOOD),
+    (0.15, 30.0, TOP, True, ConnectionQuality.POOR),
+    (0.0, 700.0, TOP, True, ConnectionQuality.POOR),
+    (0.0, 30.0, LADDER[3], True, ConnectionQuality.POOR),
+    (0.0, 30.0, AUDIO_ONLY, True, ConnectionQuality.POOR),
+    (0.0, 30.0, TOP, False, ConnectionQuality.LOST),
+    (None, None, None, True, ConnectionQuality.EXCELLENT),
+])
+def test_connection_quality(loss: float | None, rtt: float | None, level: QualityLevel | None,
+                            flowing: bool, want: ConnectionQuality) -> None:
+    assert connection_quality(loss, rtt, level, flowing=flowing) is want
+
+
+# ---------------------------------------------------------------------- legs, uplinks, scaling
+def test_start_level_and_uplink_cap() -> None:
+    assert start_level() is LADDER[1]
+    assert start_level(TOP, rebuilding=True) is LADDER[2]
+    assert start_level(LADDER[3], rebuilding=True) is LADDER[3]
+    assert start_level(AUDIO_ONLY, rebuilding=True) is LOWEST_VIDEO
+    assert start_level(None, rebuilding=True) is LADDER[2]
+    assert uplink_cap() is LADDER[1] and uplink_cap(TOP) is LADDER[1]
+    assert uplink_cap(LADDER[4]) is LADDER[2]
+    c = media_constraints(LADDER[2])
+    assert c["video"]["width"]["max"] == 640 and c["video"]["frameRate"]["max"] == 24
+    assert media_constraints(AUDIO_ONLY) == {"audio": True, "video": False}
+
+
+@pytest.mark.parametrize(("level", "src", "want"), [
+    (TOP, (640, 480), (640, 480)),
+    (LADDER[1], (640, 480), (640, 480)),
+    (LADDER[2], (640, 480), (480, 360)),
+    (LADDER[3], (640, 480), (320, 240)),
+    (LADDER[4], (640, 480), (240, 180)),
+    (TOP, (1920, 1080), (1280, 720)),
+    (LADDER[2], (1280, 720), (640, 360)),
+    (LADDER[2], (720, 1280), (360, 640)),  # portrait keeps its orientation
+    (TOP, (641, 481), (640, 480)),  # odd sizes become even
+])
+def test_frame_size_for(level: QualityLevel, src: tuple[int, int], want: tuple[int, int]) -> None:
+    assert frame_size_for(level, *src) == want
+
+
+def test_frame_size_for_rejects_audio_only_and_tiny_frames() -> None:
+    with pytest.raises(ValidationError):
+        frame_size_for(AUDIO_ONLY, 640, 480)
+    with pytest.raises(ValidationError):
+        frame_size_for(TOP, 1, 480)
+
+
+@given(st.sampled_from(LADDER[:-1]), st.integers(2, 4000), st.integers(2, 4000))
+def test_frame_size_properties(level: QualityLevel, w: int, h: int) -> None:
+    ow, oh = frame_size_for(level, w, h)
+    assert ow % 2 == 0 and oh % 2 == 0 and ow >= 2 and oh >= 2
+    assert ow <= max(w, 2) and oh <= max(h, 2)  # never upscales (beyond the 2 px minimum)
+    long_side, short_side = max(ow, oh), min(ow, oh)
+    assert long_side <= max(level.max_width, 2) and short_side <= max(level.max_height, 2)
+    if min(ow, oh) >= 40:
+        assert math.isclose(ow / oh, w / h, rel_tol=0.06)
+
+
+@pytest.mark.parametrize(("level", "src_fps", "want"), [
+    (LADDER[3], 30, 15), (LADDER[4], 20, 10), (LADDER[2], 30, 24), (TOP, 20, 20),
+    (LADDER[2], 20, 20), (AUDIO_ONLY, 30, 0),
+])
+def test_should_send_by_index(level: QualityLevel, src_fps: int, want: int) -> None:
+    assert sum(should_send(level, i, src_fps) for i in range(src_fps * 10)) == want * 10
+
+
+@given(st.sampled_from(LADDER[:-1]), st.floats(1.0, 60.0), st.integers(30, 600))
+def test_should_send_keeps_the_rate(level: QualityLevel, src_fps: float, n: int) -> None:
+    sent = sum(should_send(level, i, src_fps) for i in range(n))
+    expected = n * min(1.0, level.max_fps / src_fps)
+    assert abs(sent - expected) <= 1.5
+
+
+@given(st.sampled_from(LADDER[:-1]), st.floats(5.0, 60.0), st.floats(0.0, 0.3),
+       st.integers(0, 2**32))
+def test_frame_decimator_caps_the_rate_with_jitter(level: QualityLevel, src_fps: float,
+                                                   jitter: float, seed: int) -> None:
+    rnd = random.Random(seed)
+    dec = FrameDecimator(level)
+    interval = 1 / src_fps
+    times = [i * interval + rnd.uniform(0, jitter * interval) for i in range(int(src_fps * 10))]
+    sent = sum(dec.should_send(t) for t in sorted(times))
+    cap = level.max_fps * 10
+    assert sent <= cap + 1
+    assert sent >= 0.8 * min(cap, len(times))
+
+
+def test_frame_decimator_follows_level_changes() -> None:
+    dec = FrameDecimator(LADDER[1])
+    ts = [i / 30 for i in range(300)]
+    assert sum(dec.should_send(t) for t in ts[:30]) == 30
+    dec.set_level(LADDER[4])
+    assert 9 <= sum(dec.should_send(t) for t in ts[30:60]) <= 11
+    dec.set_level(AUDIO_ONLY)
+    assert not any(dec.should_send(t) for t in ts[60:90])
+    dec.set_level(LADDER[3])
+    assert 14 <= sum(dec.should_send(t) for t in ts[90:120]) <= 16
