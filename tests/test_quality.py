@@ -244,20 +244,31 @@ def test_changes_are_emitted_as_quality_changed_events() -> None:
     assert ev.data["direction"] == "down" and ev.data["loss"] >= 0.1
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.floats(0.05, 1.5), st.floats(0, 1), st.one_of(
-    st.none(), st.floats(0, 2000)), st.one_of(st.none(), st.floats(0, 3000))),
-    min_size=1, max_size=300))
-def test_random_measurements_never_flap(samples: list[tuple[float, float, float | None,
-                                                           float | None]]) -> None:
+_PHASE = st.tuples(
+    st.floats(0.5, 20.0),  # how long the conditions last
+    st.one_of(st.just(0.0), st.floats(0, 0.03), st.floats(0, 1)),  # loss
+    st.one_of(st.none(), st.floats(0, 300), st.floats(0, 2000)),  # rtt
+    st.one_of(st.none(), st.floats(0, 3000)),  # available bitrate
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_PHASE, min_size=1, max_size=30), st.floats(0.2, 1.2), st.integers(0, 2**32))
+def test_random_measurements_never_flap(phases: list[tuple[float, float, float | None,
+                                                          float | None]],
+                                        period: float, seed: int) -> None:
     """Whatever the measurements: >= 1 s between changes, >= 8 s from a down-step to an up-step,
     up-steps one rung at a time, never above the ceiling."""
+    rnd = random.Random(seed)
     clock = FakeClock()
     policy = QualityPolicy(clock, start=LADDER[1], ceiling=LADDER[1])
     t = 0.0
-    for gap, loss, rtt, bitrate in samples:
-        t += gap
-        policy.observe(loss, rtt, bitrate, t)
+    for duration, loss, rtt, bitrate in phases:
+        end = t + duration
+        while t < end:
+            t += period * rnd.uniform(0.7, 1.3)
+            jittered = min(1.0, max(0.0, loss + rnd.uniform(-0.02, 0.02)))
+            policy.observe(jittered, rtt, bitrate, t)
     prev_at = 0.0
     prev_dir = "down"
     for ch in policy.changes:
