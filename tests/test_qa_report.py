@@ -11,6 +11,7 @@ from typing import Any
 import pymongo
 import pytest
 
+from videochat.events import CallEvent
 from videochat.exceptions import BackendUnavailable, NotFound
 from videochat.qa import (
     ChatLedger,
@@ -23,7 +24,16 @@ from videochat.qa import (
     new_run_id,
     save_report,
 )
-from videochat.qa.assertions import TimelineEvent, all_passed
+from videochat.qa.assertions import (
+    TimelineEvent,
+    all_passed,
+    chat_ledger,
+    fault_episodes,
+    fault_windows_from_events,
+    quality_times_from_events,
+    reconnect_times_from_events,
+    video_resumed_from_samples,
+)
 from videochat.qa.report import render_html
 from videochat.scenario import Assertions, Scenario, find_scenario, parse_scenario
 
@@ -279,3 +289,97 @@ def test_run_store_reports_an_unreachable_database() -> None:
     with pytest.raises(BackendUnavailable, match="cannot read"):
         store.list()
     client.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# measurements derived from call events and samples
+
+T0 = datetime(2026, 11, 26, 1, 0, tzinfo=UTC)
+LEVELS = ["720p30", "480p30", "360p24", "240p15", "180p10", "audio-only"]
+
+
+def ev(t: float, kind: str, participant: str | None = None, leg: str | None = None,
+       **data: Any) -> CallEvent:
+    return CallEvent(kind=kind, room="r", participant=participant, leg=leg,
+                     at=T0 + timedelta(seconds=t), data=data)
+
+
+def test_fault_windows_pair_start_and_end_across_processes() -> None:
+    events = [
+        ev(5.0, "fault_started", "alice", fault_id="f1", fault_kind="loss"),
+        ev(5.1, "fault_started", "alice", fault_id="f1", fault_kind="loss"),  # a 2nd process
+        ev(5.0, "fault_started", "alice", fault_id="f2", fault_kind="latency"),
+        ev(15.0, "fault_ended", "alice", fault_id="f1"),
+        ev(15.2, "fault_ended", "alice", fault_id="f1"),
+        ev(15.0, "fault_ended", "alice", fault_id="f2"),
+        ev(20.0, "fault_started", None, fault_id="f3", fault_kind="kill"),
+        ev(21.0, "reconnect_started", "alice"),
+    ]
+    windows = fault_windows_from_events(events, T0)
+    assert windows == [FaultWindow("latency", "alice", 5.0, 15.0),
+                       FaultWindow("loss", "alice", 5.0, 15.2),
+                       FaultWindow("kill", "room", 20.0, 20.0)]
+    assert fault_episodes(windows) == [FaultWindow("latency+loss", "alice", 5.0, 15.2),
+                                       FaultWindow("kill", "room", 20.0, 20.0)]
+
+
+def test_reconnect_times_from_events() -> None:
+    events = [
+        ev(14.5, "reconnect_started", "alice", "alice/publish"),
+        ev(14.6, "reconnect_started", "alice", "alice/subscribe"),
+        ev(16.2, "reconnect_succeeded", "alice", "alice/publish", duration_s=1.7),
+        ev(30.0, "reconnect_started", "bob", "bob/publish"),
+        ev(50.0, "reconnect_failed", "bob", "bob/publish", duration_s=20.0),
+        ev(51.0, "reconnect_succeeded", "carol", "carol/publish", duration_s=0.9),
+    ]
+    assert reconnect_times_from_events(events) == {
+        "alice": [1.7, None],  # the subscribe leg never reported back
+        "bob": [None], "carol": [0.9],
+    }
+    assert reconnect_times_from_events([]) == {}
+
+
+def test_quality_step_down_and_back_to_full() -> None:
+    windows = [FaultWindow("loss", "alice", 10.0, 20.0), FaultWindow("loss", "alice", 40.0, 50.0),
+               FaultWindow("blackout", "alice", 60.0, 68.0)]
+    events = [
+        ev(2.0, "quality_changed", "bob", "bob<-alice", from_level="480p30", to_level="720p30"),
+        ev(11.4, "quality_changed", "bob", "bob<-alice", from_level="720p30", to_level="480p30"),
+        ev(12.6, "quality_changed", "bob", "bob<-alice", from_level="480p30", to_level="360p24"),
+        ev(12.0, "quality_changed", "alice", "alice<-bob", from_level="480p30",
+           to_level="360p24"),
+        ev(26.0, "quality_changed", "bob", "bob<-alice", from_level="360p24", to_level="480p30"),
+        ev(29.5, "quality_changed", "bob", "bob<-alice", from_level="480p30", to_level="720p30"),
+        ev(27.0, "quality_changed", "alice", "alice<-bob", from_level="360p24",
+           to_level="480p30"),
+        ev(41.0, "quality_changed", "bob", "bob<-alice", from_level="720p30", to_level="480p30"),
+    ]
+    downs, backs = quality_times_from_events(events, T0, windows, LEVELS)
+    # First episode: bob's leg stepped down 1.4 s in; full again (720p) 9.5 s after the end;
+    # alice's leg was at 480p before (its first change), back at 480p after 7 s.
+    # Second: down after 1 s, never back up. The blackout is not a network-quality fault.
+    assert downs == [1.4, 1.0]
+    assert backs == [9.5, None]
+    assert quality_times_from_events([], T0, windows[:1], LEVELS) == ([None], [0.0])
+
+
+def test_video_resumed_from_fps_samples() -> None:
+    windows = [FaultWindow("blackout", "alice", 6.0, 14.0), FaultWindow("kill", "alice", 20, 20)]
+    fps = [Sample(float(t), "a", 0.0 if 6 <= t <= 15 else 20.0) for t in range(30)]
+    fps += [Sample(float(t), "b", 0.0 if 6 <= t <= 16 else 18.0) for t in range(30)]
+    assert video_resumed_from_samples(fps, windows) == {
+        "blackout on alice": 3.0, "kill on alice": 0.0}
+    stuck = fps + [Sample(float(t), "c", 0.0) for t in range(10, 30)]
+    assert video_resumed_from_samples(stuck, windows)["blackout on alice"] is None
+
+
+def test_chat_ledger_from_message_ids() -> None:
+    sent = {"m1": "alice", "m2": "alice", "m3": "bob", "m4": "bob"}
+    delivered = {
+        "alice": ["m3", "m4", "m4"],        # m4 twice: a duplicate
+        "bob": ["m1", "m2"],
+        "carol": ["m1", "m3", "m4"],        # carol missed m2
+    }
+    ledger = chat_ledger(sent, delivered, persisted=["m1", "m2", "m3", "m4", "m1"])
+    assert ledger == ChatLedger(sent=4, delivered=3, persisted=4, duplicates=2)
+    assert ledger.lost == 1

@@ -16,10 +16,12 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
+from videochat.events import CallEvent
 from videochat.scenario import Assertions
 
 logger = logging.getLogger(__name__)
@@ -273,3 +275,170 @@ def _by_fault(values: list[float | None], m: RunMeasurements) -> list[tuple[str,
 def all_passed(results: Sequence[AssertionResult]) -> bool:
     """True only when there is at least one result and every one passed."""
     return bool(results) and all(r.passed for r in results)
+
+
+# ---------------------------------------------------------------------------------------------
+# deriving measurements from what the call recorded (pure: the runner reads, these compute)
+
+NETWORK_FAULT_KINDS = frozenset({"loss", "latency", "bandwidth"})
+RESUMED_FPS = 5.0
+"""A leg's video counts as moving again at its first fps sample at or above this after a fault."""
+
+
+def _t(at: datetime, t0: datetime) -> float:
+    return (at - t0).total_seconds()
+
+
+def fault_windows_from_events(events: Iterable[CallEvent], t0: datetime) -> list[FaultWindow]:
+    """`fault_started` / `fault_ended` paired by fault id (several media processes may report
+    the same fault: the earliest start and the latest end win). A fault still running at the
+    end of the events ends where it started plus its planned `until`, when known, else at start.
+    """
+    starts: dict[str, CallEvent] = {}
+    ends: dict[str, CallEvent] = {}
+    for e in events:
+        fid = e.data.get("fault_id")
+        if not isinstance(fid, str):
+            continue
+        if e.kind == "fault_started" and (fid not in starts or e.at < starts[fid].at):
+            starts[fid] = e
+        elif e.kind == "fault_ended" and (fid not in ends or e.at > ends[fid].at):
+            ends[fid] = e
+    out = []
+    for fid, s in starts.items():
+        start = _t(s.at, t0)
+        end_ev = ends.get(fid)
+        end = _t(end_ev.at, t0) if end_ev is not None else start
+        kind = str(s.data.get("fault_kind", "fault"))
+        out.append(FaultWindow(kind, s.participant or "room", start, max(start, end)))
+    return sorted(out, key=lambda w: (w.start_s, w.kind))
+
+
+def fault_episodes(windows: Sequence[FaultWindow]) -> list[FaultWindow]:
+    """Faults applied together (a network profile is loss + latency + bandwidth at once) merged
+    into one episode, so each is measured once: overlapping windows on the same target."""
+    episodes: list[FaultWindow] = []
+    for w in sorted(windows, key=lambda w: (w.target, w.start_s)):
+        last = episodes[-1] if episodes else None
+        if last is not None and last.target == w.target and w.start_s <= last.end_s:
+            kinds = last.kind if w.kind in last.kind.split("+") else f"{last.kind}+{w.kind}"
+            episodes[-1] = FaultWindow(kinds, w.target, last.start_s, max(last.end_s, w.end_s))
+        else:
+            episodes.append(w)
+    return sorted(episodes, key=lambda w: w.start_s)
+
+
+def reconnect_times_from_events(events: Iterable[CallEvent]) -> dict[str, list[float | None]]:
+    """Per participant, each reconnect episode's duration (`reconnect_succeeded.duration_s`);
+    None for one that failed or had not ended when the events stop."""
+    out: dict[str, list[float | None]] = defaultdict(list)
+    open_: dict[tuple[str, str | None], int] = {}
+    for e in sorted(events, key=lambda e: e.at):
+        who = e.participant or "?"
+        key = (who, e.leg)
+        if e.kind == "reconnect_started":
+            out[who].append(None)
+            open_[key] = len(out[who]) - 1
+        elif e.kind in ("reconnect_succeeded", "reconnect_failed"):
+            idx = open_.pop(key, None)
+            value = e.data.get("duration_s") if e.kind == "reconnect_succeeded" else None
+            duration = float(value) if isinstance(value, int | float) else None
+            if idx is None:  # the start was not recorded; the outcome still counts
+                out[who].append(duration)
+            else:
+                out[who][idx] = duration
+    return dict(out)
+
+
+def quality_times_from_events(
+    events: Iterable[CallEvent], t0: datetime, windows: Sequence[FaultWindow],
+    levels_best_first: Sequence[str], *, run_end_s: float | None = None,
+) -> tuple[list[float | None], list[float | None]]:
+    """Per network-fault episode: (fault start → first down-step on any leg) and (fault end →
+    every leg that stepped down is back at its level from before the fault).
+
+    A leg is `CallEvent.leg` (or its participant). An episode where no leg stepped down has no
+    step-down time (None) and a return time of 0: it never left full quality.
+    """
+    rank = {name: i for i, name in enumerate(levels_best_first)}
+    changes: dict[str, list[tuple[float, int, int]]] = defaultdict(list)
+    for e in sorted(events, key=lambda e: e.at):
+        if e.kind != "quality_changed":
+            continue
+        src, dst = e.data.get("from_level"), e.data.get("to_level")
+        if src not in rank or dst not in rank:
+            continue
+        changes[e.leg or e.participant or "?"].append((_t(e.at, t0), rank[src], rank[dst]))
+    downs: list[float | None] = []
+    backs: list[float | None] = []
+    for ep in fault_episodes([w for w in windows if set(w.kind.split("+")) & NETWORK_FAULT_KINDS]):
+        first_down: float | None = None
+        worst_back: float | None = 0.0
+        for leg_changes in changes.values():
+            before = [c for c in leg_changes if c[0] < ep.start_s]
+            during = [c for c in leg_changes if ep.start_s <= c[0] <= ep.end_s]
+            stepped = [c for c in during if c[2] > c[1]]
+            if not stepped:
+                continue
+            at_down = stepped[0][0] - ep.start_s
+            first_down = at_down if first_down is None else min(first_down, at_down)
+            full = before[-1][2] if before else during[0][1]
+            level = during[-1][2]
+            back_at = ep.end_s if level <= full else None
+            for t, _src, dst in (c for c in leg_changes if c[0] > ep.end_s):
+                if back_at is not None:
+                    break
+                if dst <= full and (run_end_s is None or t <= run_end_s):
+                    back_at = t
+            if back_at is None:
+                worst_back = None
+            elif worst_back is not None:
+                worst_back = max(worst_back, back_at - ep.end_s)
+        downs.append(None if first_down is None else round(first_down, 3))
+        backs.append(None if worst_back is None else round(worst_back, 3))
+    return downs, backs
+
+
+def video_resumed_from_samples(
+    fps: Sequence[Sample], windows: Sequence[FaultWindow], *, resumed_fps: float = RESUMED_FPS,
+) -> dict[str, float | None]:
+    """Per fault episode: its end → every leg's first fps sample ≥ `resumed_fps` (0 when a leg
+    never stopped); None when some leg with samples never got there. The resolution is the
+    sampling period (1 s at 1 Hz), and the sample time is when the window it covers ended."""
+    legs: dict[str, list[Sample]] = defaultdict(list)
+    for s in sorted(fps, key=lambda s: s.t_s):
+        legs[s.series].append(s)
+    out: dict[str, float | None] = {}
+    for ep in fault_episodes(windows):
+        worst: float | None = 0.0
+        for samples in legs.values():
+            after = next((s.t_s for s in samples if s.t_s >= ep.end_s
+                          and s.value >= resumed_fps), None)
+            if after is None:
+                worst = None
+                break
+            worst = max(worst or 0.0, after - ep.end_s)
+        out[ep.label] = None if worst is None else round(worst, 3)
+    return out
+
+
+def chat_ledger(
+    sent: Mapping[str, str], delivered: Mapping[str, Iterable[str]], persisted: Iterable[str],
+) -> ChatLedger:
+    """From message ids: what was sent (id → sender), what each participant received (arrival
+    order, copies included) and what MongoDB holds (copies included). A message counts as
+    delivered when every participant but its sender received it."""
+    sent_ids = set(sent)
+    received = {who: list(ids) for who, ids in delivered.items()}
+    stored = list(persisted)
+    seen = {who: set(ids) for who, ids in received.items()}
+    everywhere = {
+        mid for mid in sent_ids
+        if all(mid in ids for who, ids in seen.items() if who != sent[mid])
+    }
+    duplicates = sum(len(ids) - len(set(ids)) for ids in received.values())
+    duplicates += len(stored) - len(set(stored))
+    return ChatLedger(
+        sent=len(sent_ids), delivered=len(everywhere),
+        persisted=len(sent_ids & set(stored)), duplicates=duplicates,
+    )
