@@ -85,7 +85,9 @@ def test_good_file_loads_with_defaults(tmp_path: Path) -> None:
     assert s.chat is not None and s.chat.messages_per_second == 2
     assert s.assertions.given() == {"reconnect_time_max_s": 3, "chat_lost_max": 0}
     assert s.fault_windows() == [(5, 15), (20, 20)]
-    assert s.room is None and s.room_for_run("abcdef123456") == "qa-x-abcdef12"
+    assert s.room is None and s.room_for_run("20261126T004512-3fa9c1") == "qa-x-123fa9c1"
+    long = parse_scenario(GOOD.replace('name = "x"', f'name = "{"a-" * 30}b"'))
+    assert len(long.room_for_run("20261126T004512-3fa9c1")) == 40
 
 
 def test_fault_steps_become_fault_commands() -> None:
@@ -252,3 +254,11 @@ def test_duplicate_builtin_names_are_refused(tmp_path: Path) -> None:
     (tmp_path / "b.toml").write_text(GOOD)
     with pytest.raises(ScenarioError, match="already used"):
         builtin_scenarios(tmp_path)
+
+
+def test_names_and_rooms_satisfy_the_call_rules() -> None:
+    participant = pytest.importorskip("videochat.participant")
+    for s in builtin_scenarios().values():
+        participant.validate_room_name(s.room_for_run("20261126T004512-3fa9c1"))
+        for p in s.participants:
+            participant.validate_display_name(p.name)

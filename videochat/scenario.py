@@ -50,7 +50,7 @@ MAX_DURATION_S = 3600.0
 
 _NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 _PARTICIPANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
-_ROOM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+_ROOM = re.compile(r"^[A-Za-z0-9_-]{1,40}$")  # participant.validate_room_name's rule
 
 Loc = tuple[str | int, ...]
 
@@ -268,7 +268,7 @@ class Assertions(_Model):
 class Scenario(_Model):
     name: Annotated[str, _matches(_NAME, "must be lowercase words joined by '-'")]
     description: str = ""
-    room: Annotated[str, _matches(_ROOM, "must be 1-64 letters, digits, '_' or '-'")] | None = None
+    room: Annotated[str, _matches(_ROOM, "must be 1-40 letters, digits, '_' or '-'")] | None = None
     duration_s: PositiveSeconds
     # TOML arrays arrive as lists; tuples keep the frozen model hashable and immutable.
     participants: Annotated[
@@ -279,7 +279,11 @@ class Scenario(_Model):
     assertions: Assertions = Assertions()
 
     def room_for_run(self, run_id: str) -> str:
-        return self.room or f"qa-{self.name}-{run_id[:8]}"[:64]
+        """The scenario's room, or one of its own per run (run ids end in their random part)."""
+        if self.room:
+            return self.room
+        suffix = re.sub(r"[^A-Za-z0-9]", "", run_id)[-8:]
+        return f"qa-{self.name[: 40 - 4 - len(suffix)]}-{suffix}"
 
     def participant(self, name: str) -> Participant:
         for p in self.participants:
