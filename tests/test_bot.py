@@ -6,8 +6,10 @@ import asyncio
 import fractions
 import time
 
+import aioice.ice
 import numpy as np
 import pytest
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection
 from aiortc.codecs import depayload, get_decoder, get_encoder
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
@@ -189,3 +191,56 @@ def test_latency_probe_measures_latency_and_missing_frames() -> None:
     summary = probe.summary()
     assert summary["frames_missing"] == 2 and summary["frames_unreadable"] == 1
     assert summary["p50_ms"] == pytest.approx(80, abs=1)
+
+
+def test_bot_over_a_real_peer_connection_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sent through aiortc (VP8 + Opus over SRTP on 127.0.0.1), the stamps read back on the
+    receiving side give the end-to-end latency and count no missing frame."""
+    # aioice leaves 127.0.0.1 out of host candidates; this test must stay on loopback.
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+
+    async def run() -> None:
+        sender = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        receiver = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        probe = LatencyProbe()
+        audio_frames: list[AudioFrame] = []
+        tasks: list[asyncio.Task[None]] = []
+
+        async def consume(track: MediaStreamTrack) -> None:
+            while True:
+                try:
+                    frame = await track.recv()
+                except MediaStreamError:
+                    return
+                if isinstance(frame, VideoFrame):
+                    probe.observe(frame)
+                else:
+                    audio_frames.append(frame)
+
+        @receiver.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            tasks.append(asyncio.ensure_future(consume(track)))
+
+        sender.addTrack(BotVideoTrack(320, 240, fps=20))
+        sender.addTrack(BotAudioTrack())
+        await sender.setLocalDescription(await sender.createOffer())
+        await receiver.setRemoteDescription(sender.localDescription)
+        await receiver.setLocalDescription(await receiver.createAnswer())
+        await sender.setRemoteDescription(receiver.localDescription)
+        try:
+            deadline = time.monotonic() + 15
+            while probe.frames_seen < 60 and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        finally:
+            await sender.close()
+            await receiver.close()
+            for task in tasks:
+                task.cancel()
+        assert probe.frames_seen >= 60
+        assert probe.frames_unreadable <= 2  # at most the first, blurry keyframe(s)
+        assert probe.frames_missing == 0
+        p50 = probe.percentile(50)
+        assert p50 is not None and 0 <= p50 < 250, probe.summary()
+        assert len(audio_frames) > 50
+
+    asyncio.run(run())
