@@ -198,15 +198,16 @@ class MediaWatchdog:
             self.late_frames += 1
             return None
         self.frames += 1
+        moved = None  # moved before recording the frame, so the transition tells the gap
+        if self.state is LegState.WAITING:
+            moved = self._move(LegState.FLOWING, at, "first frame")
+        elif self.state is LegState.SUSPECT:
+            moved = self._move(LegState.FLOWING, at, "media resumed")
         if self.first_frame_at is None:
             self.first_frame_at = at
         if self.last_frame_at is None or at > self.last_frame_at:
             self.last_frame_at = at
-        if self.state is LegState.WAITING:
-            return self._move(LegState.FLOWING, at, "first frame")
-        if self.state is LegState.SUSPECT:
-            return self._move(LegState.FLOWING, at, "media resumed")
-        return None
+        return moved
 
     def connection_state(self, state: str, at: float | None = None) -> Transition | None:
         """Feed aiortc's `connectionState` or the one the browser reported."""
@@ -521,7 +522,10 @@ class LegSupervisor:
 
     Each rebuild starts a new *generation* with a fresh watchdog whose first-frame timeout is the
     attempt timeout; pass `generation=` with frames/states so a late frame from an old peer
-    connection cannot pass for the new one.
+    connection cannot pass for the new one. On REBUILD, close the previous generation's peer
+    connection. One exception to "dropped is final": an attempt that timed out without a first
+    frame is kept if its first frame arrives before the next attempt starts (a rebuild begun in
+    an outage connects when the path returns, since ICE retransmits its checks for ~30 s).
     """
 
     def __init__(self, clock: Clock, *, backoff: Backoff | None = None, grace_s: float = 30.0,
@@ -554,9 +558,18 @@ class LegSupervisor:
             self.controller.on_recovered(at)
 
     def frame_received(self, at: float | None = None, *, generation: int | None = None) -> None:
-        if self._current(generation):
-            at = self._clock() if at is None else at
-            self._after(self.watchdog.frame_received(at), at)
+        if not self._current(generation):
+            return
+        at = self._clock() if at is None else at
+        dog = self.watchdog
+        if (dog.state is LegState.DROPPED and dog.first_frame_at is None
+                and self.generation > 0 and not self.controller.in_flight
+                and self.controller.state is not ReconnectState.CONNECTED):
+            # A rebuild begun during an outage timed out, but ICE kept checking and it came
+            # through before the next attempt replaced it: keep it rather than start over.
+            self.watchdog = MediaWatchdog(self._clock, first_frame_timeout_s=self.attempt_timeout_s,
+                                          started_at=at, **self._watch_args)
+        self._after(self.watchdog.frame_received(at), at)
 
     def connection_state(self, state: str, at: float | None = None, *,
                          generation: int | None = None) -> None:
