@@ -103,7 +103,8 @@ class RunMeasurements:
     metrics_lost: int | None = None
     """Metric samples taken but absent from MongoDB after the run."""
     quality_level: list[Sample] | None = None
-    """For the charts only: the quality ladder's rung per leg (higher is better)."""
+    """For the charts only: the quality ladder's rung per leg, higher is better
+    (`len(LADDER) - 1 - level.rank` for `videochat.quality.LADDER`)."""
     events: list[TimelineEvent] = field(default_factory=list)
     """For the charts only."""
 
@@ -150,6 +151,8 @@ def _durations(
     if unfinished:
         return _fail(name, threshold, "s", f"{never}: {', '.join(unfinished)}")
     worst_who, worst = max(((w, v) for w, v in values if v is not None), key=lambda p: p[1])
+    if len(values) == 1:
+        return _at_most(name, round(worst, 3), threshold, "s", worst_who)
     shown = ", ".join(f"{w} {v:.2f} s" for w, v in values if v is not None)
     return _at_most(name, round(worst, 3), threshold, "s", f"worst: {worst_who} ({shown})")
 

@@ -168,7 +168,7 @@ def _fault_bands(fig: go.Figure, faults: list[Mapping[str, Any]]) -> None:
 
 def _series_figure(
     title: str, rows: list[list[Any]], faults: list[Mapping[str, Any]], threshold: float | None,
-    duration_s: float,
+    duration_s: float, line_shape: str = "linear",
 ) -> go.Figure:
     by_series: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
     for t, series, value in rows:
@@ -177,7 +177,7 @@ def _series_figure(
     fig = go.Figure()
     for name, (xs, ys) in sorted(by_series.items()):
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=name,
-                                 marker={"size": 4}))
+                                 marker={"size": 4}, line={"shape": line_shape}))
     _fault_bands(fig, faults)
     if threshold is not None:
         fig.add_hline(y=threshold, line_dash="dash", line_color="#555",
@@ -237,9 +237,11 @@ def render_html(doc: Mapping[str, Any]) -> str:
     for key, title, objective in _CHARTS:
         rows = (doc.get("series") or {}).get(key)
         if rows:
+            # A quality level holds until the next change: draw steps, not slopes.
+            shape = "hv" if key == "quality_level" else "linear"
             figures.append(_series_figure(title, rows, timings["faults"],
                                           thresholds.get(objective) if objective else None,
-                                          duration))
+                                          duration, shape))
         elif objective in thresholds:
             missing.append(title)
     charts = [
