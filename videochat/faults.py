@@ -170,8 +170,8 @@ def _explain(exc: PydanticValidationError, data: Any) -> InvalidFaultCommand:
         return InvalidFaultCommand("fault field", field, f"is required for kind {kind}")
     if err["type"] == "extra_forbidden":
         kind = data.get("kind") if isinstance(data, dict) else "?"
-        return InvalidFaultCommand(f"fault field {field}", value, f"is not a parameter of {kind}")
-    return InvalidFaultCommand(f"fault field {field}", value, err["msg"])
+        return InvalidFaultCommand("fault field", field, f"is not a parameter of {kind}")
+    return InvalidFaultCommand(f"fault {field}", value, err["msg"])
 
 
 def parse_fault(data: Any) -> Fault:

@@ -339,6 +339,7 @@ class FaultManager:
         self._reporting: set[str] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._video: tuple[Fault, ...] = ()
+        self._unregister: dict[int, Callable[[], None]] = {}
 
     # --- public, any thread ---------------------------------------------------------------
 
@@ -353,6 +354,21 @@ class FaultManager:
                 self._legs.pop(id(leg), None)
 
         return unregister
+
+    def leg_listener(self, leg: MediaLeg, added: bool) -> None:
+        """Shaped for `videochat.legs.LegRegistry.add_listener`: follows legs coming and going."""
+        if added:
+            self._unregister[id(leg)] = self.register_leg(leg)
+        else:
+            undo = self._unregister.pop(id(leg), None)
+            if undo is not None:
+                undo()
+
+    def legs_matching(self, fault: Fault) -> int:
+        """How many of this process's legs `fault` covers (0 for backend outages)."""
+        if fault.kind in BACKEND_KINDS:
+            return 0
+        return len(self._legs_for(fault))
 
     def apply(self, fault: Fault, *, since: float | None = None, until: float | None = None,
               report: bool = True) -> ActiveFault:
