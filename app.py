@@ -8,11 +8,21 @@ import streamlit as st
 
 from videochat.ui.state import get_settings
 
-logging.basicConfig(
-    level=get_settings().log_level,
-    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-)
 
+def _configure_logging(level: str) -> None:
+    # Streamlit installs its own root handlers, so basicConfig would be a no-op: give our
+    # package its own handler, once per process (this script reruns on every interaction).
+    log = logging.getLogger("videochat")
+    if not any(getattr(h, "_videochat", False) for h in log.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler._videochat = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(level)
+
+
+_configure_logging(get_settings().log_level)
 st.set_page_config(page_title="videochat", page_icon="🎥", layout="wide")
 
 pages = [

@@ -74,6 +74,8 @@ class LegRegistry:
 
         @pc.on("connectionstatechange")
         def _closed() -> None:
+            logger.info("leg %s %s connection %s after %.2f s", leg.leg_id, leg.participant,
+                        pc.connectionState, time.monotonic() - leg.created_at)
             if pc.connectionState == "closed":
                 self.unregister(leg)
 

@@ -114,6 +114,8 @@ class TrackHub:
             frame = received
             self._restamp(frame)
             self.frames_in += 1
+            if self.frames_in == 1:
+                logger.debug("hub %s/%s: first frame in", self.name, self.kind)
             self.last_frame_at = time.monotonic()
             if isinstance(frame, av.VideoFrame):
                 self.size = (frame.width, frame.height)
@@ -256,6 +258,8 @@ class RelayTrack(MediaStreamTrack):
                     continue
                 frame = out
             self.frames_out += 1
+            if self.frames_out == 1:
+                logger.debug("relay %s/%s: first frame out", self.name, self.kind)
             self.last_frame_at = time.monotonic()
             for hook in self.on_frame:
                 hook(frame)

@@ -30,6 +30,15 @@ logger = logging.getLogger(__name__)
 Waker = Callable[[Iterable[str]], object]
 Emit = Callable[[CallEvent], None]
 Hook = Callable[["Room", Participant], None]
+Defer = Callable[[float, Callable[[], None]], None]
+
+SPARE_DELAY_S = 3.0
+
+
+def _timer(delay: float, fn: Callable[[], None]) -> None:
+    t = threading.Timer(delay, fn)
+    t.daemon = True
+    t.start()
 
 
 class RoomFull(ValidationError):
@@ -71,7 +80,11 @@ class RoomRegistry:
         on_join: Hook = _noop_hook,
         on_leave: Hook = _noop_hook,
         clock: Callable[[], float] = time.monotonic,
+        defer: Defer = _timer,
+        spare_delay_s: float = SPARE_DELAY_S,
     ) -> None:
+        self._defer = defer
+        self.spare_delay_s = spare_delay_s
         self.max_participants = max_participants
         self._wake = wake or (lambda ids: None)
         self._emit = emit or (lambda e: None)
@@ -104,10 +117,15 @@ class RoomRegistry:
                 peer.free_slot().bind(me)
                 peer.free_slot()  # keep a spare for the next joiner
             me.free_slot()
+            settle = self.clock() + self.spare_delay_s
+            for p in (me, *peers):
+                p.spare_not_before = settle
         self._emit(CallEvent("participant_joined", room_name, me.name, room.call_id,
                              data={"participant_id": me.id}))
         self._safe(self._on_join, room, me)
         self._wake_peers(room, me.id)
+        ids = [me.id, *(p.id for p in peers)]
+        self._defer(self.spare_delay_s + 0.05, lambda: self.wake(ids))
         return me
 
     def leave(self, participant_id: str, reason: str = "left") -> Participant | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import streamlit as st
 from streamlit_webrtc.eventloop import get_global_event_loop
@@ -21,6 +22,14 @@ SESSION_KEY = "vc_participant"
 
 
 def render() -> None:
+    started = time.perf_counter()
+    try:
+        _render()
+    finally:
+        logger.debug("call page run took %.0f ms", (time.perf_counter() - started) * 1000)
+
+
+def _render() -> None:
     rt = get_runtime()
     webrtc.install_bounded_relay()
     backend_badges(rt)
@@ -97,13 +106,14 @@ def _call(rt: AppRuntime, me: Participant) -> None:
         st.markdown(f"**{me.name}** (you)")
         ctx = webrtc.publish(me, rt.settings)
         _register_leg(rt, me, ctx, "publish", None)
-    spare_shown = False
+    # One warm spare at most, and only once the last join has settled.
+    spare_shown = time.monotonic() < me.spare_not_before
     for slot in me.slots:
         if slot.index + 1 >= len(cells):
             break
         publisher = rt.registry.find(slot.publisher_id)
         if publisher is None and spare_shown:
-            continue  # one warm spare is enough; more would cost idle connections
+            continue
         with cells[slot.index + 1]:
             st.markdown(_tile_title(publisher))
             ctx = webrtc.subscribe(me, slot, rt.settings)
@@ -128,6 +138,7 @@ def _register_leg(rt: AppRuntime, me: Participant, ctx: object, direction: str,
         return
     leg_id = f"{me.id[:12]}:{'pub' if slot is None else f'sub{slot.index}'}"
     room = rt.registry.room_of(me)
+    logger.debug("leg %s registered (worker created)", leg_id)
     rt.legs.register(MediaLeg(
         leg_id=leg_id, room=me.room, participant=me.name, participant_id=me.id,
         direction="publish" if direction == "publish" else "subscribe", pc=pc,

@@ -48,10 +48,34 @@ def wake_sessions(session_ids: Iterable[str]) -> int:
         if info is None:
             continue
         session = info.session
-        # AppSession is not thread-safe: hop onto its own event loop. Its saved client state
-        # carries the query string and page, which a bare rerun would lose.
+        # AppSession is not thread-safe: hop onto its own event loop.
         session._event_loop.call_soon_threadsafe(
-            lambda s=session: s.request_rerun(s._client_state)
+            lambda s=session: s.request_rerun(_WakeState(s._client_state))
         )
         woken += 1
     return woken
+
+
+class _WakeState:
+    """The session's saved page and query string, but *no* widget states.
+
+    Passing the saved ClientState itself would replay the widget values of the last finished
+    run: with fastReruns that can overwrite a newer value the browser just sent (e.g. a
+    streamlit-webrtc component that moved to "playing"), and the component would be reset
+    and its connection stopped. `widget_states=None` keeps whatever the session has now;
+    the query string and page keep the tab where it is.
+    """
+
+    widget_states = None
+    fragment_id = ""
+    is_auto_rerun = False
+    is_history_navigation = False
+    cached_message_hashes: tuple[str, ...] = ()
+
+    def __init__(self, saved: Any) -> None:
+        self.query_string = saved.query_string
+        self.page_script_hash = saved.page_script_hash
+        self.page_name = saved.page_name
+
+    def HasField(self, name: str) -> bool:  # noqa: N802 - mimics the protobuf API
+        return False

@@ -1,0 +1,226 @@
+"""Run the real app and real headless Chromium participants, isolated on loopback.
+
+Everything runs inside a network namespace that holds only `lo`: the app (with its embedded
+Valkey and SecantusDB children), its ICE restricted to 127.0.0.1, and Chromium (launched
+through a tiny wrapper that enters the namespace; Playwright talks to it over pipes, so the
+driver itself can stay outside). No packet leaves loopback, and Chromium's mDNS host
+candidates have no network to go to. Used by the end-to-end tests, the benchmarks and the QA
+runner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from videochat.exceptions import VideoChatError
+
+logger = logging.getLogger(__name__)
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+    "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic", "--allow-loopback-in-peer-connection",
+    "--autoplay-policy=no-user-gesture-required", "--disable-dev-shm-usage",
+]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class HarnessError(VideoChatError, RuntimeError):
+    pass
+
+
+def netns_available() -> bool:
+    return os.geteuid() == 0 and shutil.which("ip") is not None
+
+
+class NetNamespace:
+    """A network namespace with only loopback, deleted on exit."""
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or f"vc-{uuid.uuid4().hex[:8]}"
+
+    def __enter__(self) -> NetNamespace:
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        subprocess.run(["ip", "netns", "exec", self.name, "ip", "link", "set", "lo", "up"],
+                       check=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill_all()
+        subprocess.run(["ip", "netns", "delete", self.name], check=False)
+
+    def prefix(self) -> list[str]:
+        return ["ip", "netns", "exec", self.name]
+
+    def kill_all(self) -> None:
+        out = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True, text=True)
+        for pid in out.stdout.split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+
+
+class AppProcess:
+    """`streamlit run app.py` as a child process, optionally inside a namespace."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        port: int = 8599,
+        netns: NetNamespace | None = None,
+        env: Mapping[str, str] | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self.state_dir = state_dir
+        self.port = port
+        self.netns = netns
+        self.extra_env = dict(env or {})
+        self.log_path = log_path or state_dir / "app.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("REDIS_URL", "MONGODB_URI", "VIDEOCHAT_"))}
+        env.update({
+            "VIDEOCHAT_STATE_DIR": str(self.state_dir),
+            "VIDEOCHAT_ICE_ADDRESSES": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+        })
+        env.update(self.extra_env)
+        return env
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "streamlit", "run", str(PROJECT_ROOT / "app.py"),
+               "--server.port", str(self.port), "--server.address", "127.0.0.1",
+               "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+        return (self.netns.prefix() if self.netns else []) + cmd
+
+    def start(self, timeout: float = 90.0) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(self.command(), cwd=PROJECT_ROOT, env=self.env(),
+                                     stdout=log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        self.wait_healthy(timeout)
+
+    def _probe(self) -> bool:
+        code = (f"import urllib.request as u; u.urlopen('{self.url}/_stcore/health', timeout=1)")
+        cmd = (self.netns.prefix() if self.netns else []) + [sys.executable, "-c", code]
+        return subprocess.run(cmd, capture_output=True, timeout=10).returncode == 0
+
+    def wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise HarnessError(f"app exited with {self.proc.returncode}; see {self.log_path}")
+            if self._probe():
+                return
+            time.sleep(0.3)
+        raise HarnessError(f"app not healthy after {timeout:.0f} s; see {self.log_path}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def chromium_wrapper(netns: NetNamespace | None, folder: Path) -> Path:
+    """An executable that starts Debian's Chromium inside the namespace."""
+    if not CHROMIUM.exists():
+        raise HarnessError(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    path = folder / "chromium-in-netns"
+    prefix = " ".join(netns.prefix()) + " " if netns else ""
+    path.write_text(f'#!/bin/sh\nexec {prefix}{CHROMIUM} "$@"\n')
+    path.chmod(0o755)
+    return path
+
+
+# JS run in every frame: what each remote (unmuted) <video> is showing.
+REMOTE_VIDEO_JS = """
+() => Array.from(document.querySelectorAll('video')).filter(v => !v.muted).map(v => ({
+  w: v.videoWidth, h: v.videoHeight,
+  frames: v.getVideoPlaybackQuality ? v.getVideoPlaybackQuality().totalVideoFrames : 0,
+}))
+"""
+
+
+class Browser:
+    """One headless Chromium; one context (fake camera, own storage) per participant."""
+
+    def __init__(self, netns: NetNamespace | None) -> None:
+        from playwright.sync_api import sync_playwright
+
+        self._tmp = Path(tempfile.mkdtemp(prefix="vc-browser-"))
+        self._pw = sync_playwright().start()
+        self.browser = self._pw.chromium.launch(
+            executable_path=str(chromium_wrapper(netns, self._tmp)), headless=True,
+            args=CHROMIUM_FLAGS)
+
+    def new_page(self) -> Any:
+        context = self.browser.new_context(viewport={"width": 1280, "height": 900})
+        return context.new_page()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.browser.close()
+        with contextlib.suppress(Exception):
+            self._pw.stop()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+
+def remote_videos(page: Any) -> list[dict[str, int]]:
+    """Remote video elements across all frames of a page (one per receiving tile)."""
+    out: list[dict[str, int]] = []
+    for frame in page.frames:
+        with contextlib.suppress(Exception):
+            out.extend(frame.evaluate(REMOTE_VIDEO_JS))
+    return out
+
+
+def decoded_frames(page: Any) -> int:
+    """The largest decoded-frame count among the page's remote videos."""
+    return max((v["frames"] for v in remote_videos(page) if v["w"] > 0), default=0)
+
+
+@contextlib.contextmanager
+def running_app(state_dir: Path, *, port: int = 8599, env: Mapping[str, str] | None = None,
+                isolate: bool = True) -> Iterator[tuple[AppProcess, NetNamespace | None]]:
+    """The app in a fresh loopback-only namespace (when we may create one)."""
+    ns_cm: contextlib.AbstractContextManager[NetNamespace | None] = (
+        NetNamespace() if isolate and netns_available() else contextlib.nullcontext())
+    with ns_cm as ns:
+        app = AppProcess(state_dir, port=port, netns=ns, env=env)
+        try:
+            app.start()
+            yield app, ns
+        finally:
+            app.stop()
