@@ -364,13 +364,18 @@ def test_quality_step_down_and_back_to_full() -> None:
 
 
 def test_video_resumed_from_fps_samples() -> None:
-    windows = [FaultWindow("blackout", "alice", 6.0, 14.0), FaultWindow("kill", "alice", 20, 20)]
-    fps = [Sample(float(t), "a", 0.0 if 6 <= t <= 15 else 20.0) for t in range(30)]
-    fps += [Sample(float(t), "b", 0.0 if 6 <= t <= 16 else 18.0) for t in range(30)]
+    windows = [FaultWindow("blackout", "alice", 6.0, 14.0), FaultWindow("kill", "alice", 20, 20),
+               FaultWindow("latency", "bob", 30, 32)]
+    # Leg a: blacked out, back 2 s after; killed at 20, its samples show it at 21-22, back at 23.
+    fps = [Sample(float(t), "a", 0.0 if 6 <= t <= 15 or 21 <= t <= 22 else 20.0)
+           for t in range(40)]
+    fps += [Sample(float(t), "b", 0.0 if 6 <= t <= 16 else 18.0) for t in range(40)]
     assert video_resumed_from_samples(fps, windows) == {
-        "blackout on alice": 3.0, "kill on alice": 0.0}
-    stuck = fps + [Sample(float(t), "c", 0.0) for t in range(10, 30)]
-    assert video_resumed_from_samples(stuck, windows)["blackout on alice"] is None
+        "blackout on alice": 3.0, "kill on alice": 3.0, "latency on bob": 0.0}
+    stuck = fps + [Sample(float(t), "c", 20.0 if t < 8 else 0.0) for t in range(40)]
+    resumed = video_resumed_from_samples(stuck, windows)
+    assert resumed["blackout on alice"] is None
+    assert resumed["latency on bob"] == 0.0  # leg c was stopped long before this fault
 
 
 def test_chat_ledger_from_message_ids() -> None:

@@ -286,6 +286,7 @@ def all_passed(results: Sequence[AssertionResult]) -> bool:
 NETWORK_FAULT_KINDS = frozenset({"loss", "latency", "bandwidth"})
 RESUMED_FPS = 5.0
 """A leg's video counts as moving again at its first fps sample at or above this after a fault."""
+STOP_LOOKAHEAD_S = 5.0
 
 
 def _t(at: datetime, t0: datetime) -> float:
@@ -404,10 +405,16 @@ def quality_times_from_events(
 
 def video_resumed_from_samples(
     fps: Sequence[Sample], windows: Sequence[FaultWindow], *, resumed_fps: float = RESUMED_FPS,
+    stop_lookahead_s: float = STOP_LOOKAHEAD_S,
 ) -> dict[str, float | None]:
-    """Per fault episode: its end → every leg's first fps sample ≥ `resumed_fps` (0 when a leg
-    never stopped); None when some leg with samples never got there. The resolution is the
-    sampling period (1 s at 1 Hz), and the sample time is when the window it covers ended."""
+    """Per fault episode: its end → the moment every leg whose video stopped moves again (its
+    first fps sample ≥ `resumed_fps` after a lower one); 0 when no leg stopped; None when a leg
+    that stopped never moved again.
+
+    A leg counts as stopped by a fault when it fell below `resumed_fps` between the fault's
+    start and `stop_lookahead_s` after its end (a killed connection shows only in the next
+    samples); a leg already stopped before the fault is not counted. The resolution is the
+    sampling period (1 s at 1 Hz); a sample's time is the end of the interval it covers."""
     legs: dict[str, list[Sample]] = defaultdict(list)
     for s in sorted(fps, key=lambda s: s.t_s):
         legs[s.series].append(s)
@@ -415,12 +422,19 @@ def video_resumed_from_samples(
     for ep in fault_episodes(windows):
         worst: float | None = 0.0
         for samples in legs.values():
-            after = next((s.t_s for s in samples if s.t_s >= ep.end_s
-                          and s.value >= resumed_fps), None)
-            if after is None:
+            before = [s for s in samples if s.t_s < ep.start_s]
+            if before and before[-1].value < resumed_fps:
+                continue  # already stopped before this fault: not this fault's doing
+            stop = next((i for i, s in enumerate(samples)
+                         if ep.start_s <= s.t_s <= ep.end_s + stop_lookahead_s
+                         and s.value < resumed_fps), None)
+            if stop is None:
+                continue
+            back = next((s.t_s for s in samples[stop:] if s.value >= resumed_fps), None)
+            if back is None:
                 worst = None
                 break
-            worst = max(worst or 0.0, after - ep.end_s)
+            worst = max(worst or 0.0, back - ep.end_s, 0.0)
         out[ep.label] = None if worst is None else round(worst, 3)
     return out
 
