@@ -11,17 +11,21 @@ A scenario is a TOML file in `scenarios/` (see `scenarios/blackout-8s.toml`)::
     name = "alice"
     kind = "browser"              # headless Chromium with a fake camera, or "bot"
 
-    [chat]                        optional chat traffic during the run
-    messages_per_second = 2
+    [chat]                        # optional chat traffic during the run
+    messages_per_second = 2       # senders = [...] optional; default every participant
 
-    [[timeline]]                  faults, in the fault issue's vocabulary
+    [[timeline]]                  # faults: videochat.faults' kinds and parameter names
     at_s = 5
     kind = "blackout"
     target = "alice"              # a participant, or "room" for all of them
     duration_s = 8
 
-    [assertions]                  every threshold is optional; only those given are checked
+    [assertions]                  # the objectives; at least one, only those given are checked
     reconnect_time_max_s = 3
+
+Fault kinds and their parameters: loss (percent, direction), latency (ms, jitter_ms, direction),
+bandwidth (kbps, direction), blackout (direction), kill (no duration), freeze_video, black_video,
+redis_outage and mongo_outage (target "room" only). Direction is "up", "down" or "both".
 
 A bad file is refused with one `ScenarioError` listing every problem as
 "scenarios/x.toml line 12, timeline[1].percent: must be between 0 and 100 (got 150)".
