@@ -109,11 +109,11 @@ class Participant:
     def bound_slots(self) -> list[Slot]:
         return [s for s in self.slots if s.publisher_id is not None]
 
-    def set_state(self, state: ParticipantState) -> bool:
+    def set_state(self, state: ParticipantState, now: float) -> bool:
         if state == self.state:
             return False
         self.state = state
-        self.state_since = time.monotonic()
+        self.state_since = now
         return True
 
     def close(self) -> None:

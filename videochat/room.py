@@ -139,7 +139,7 @@ class RoomRegistry:
                 slot = peer.slot_for(participant_id)
                 if slot is not None:
                     slot.bind(None)
-            me.set_state("left")
+            me.set_state("left", self.clock())
             empty = not room.participants
             if empty:
                 del self.rooms[room.name]
@@ -157,7 +157,7 @@ class RoomRegistry:
         me = self._by_id.get(participant_id)
         if me is None or state not in ("joined", "reconnecting"):
             return
-        if me.set_state(state):  # type: ignore[arg-type]
+        if me.set_state(state, self.clock()):  # type: ignore[arg-type]
             room = self.rooms.get(me.room)
             if state == "reconnecting" and room is not None:
                 self._emit(CallEvent("participant_reconnecting", me.room, me.name, room.call_id))
