@@ -8,10 +8,12 @@ import fractions
 import hashlib
 import hmac
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aioice.ice
 import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, VideoStreamTrack
@@ -23,8 +25,11 @@ from videochat.turn import (
     TurnConfig,
     aiortc_configuration,
     aiortc_subset,
+    candidate_types,
     check_config,
     check_turn,
+    gather_check,
+    ice_verdict,
     parse_ice_url,
     parse_url_list,
     rest_credentials,
@@ -208,6 +213,57 @@ def test_unreachable_servers_get_a_plain_verdict(coturn: CoturnProcess) -> None:
     assert bad.kind == "bad_url"
 
 
+# --- ICE gathering and the verdict ---------------------------------------------------------------
+
+
+def test_candidate_types_from_browser_strings() -> None:
+    lines = [
+        "candidate:842163049 1 udp 1677729535 203.0.113.7 50914 typ srflx raddr 0.0.0.0 rport 0",
+        "candidate:1 1 udp 2122260223 3e1c0b8a-5c0e.local 56143 typ host generation 0",
+        "a=candidate:3 1 udp 41885439 198.51.100.2 3478 typ relay raddr 203.0.113.7 rport 5",
+        "not a candidate",
+    ]
+    assert candidate_types(lines) == {"host": 1, "srflx": 1, "prflx": 0, "relay": 1}
+
+
+@pytest.mark.parametrize(
+    ("types", "relay_only", "turn", "level", "fragment"),
+    [
+        ({"host": 1, "relay": 1}, True, True, "good", "TURN relay available"),
+        ({"host": 0}, True, True, "blocked", "relay-only mode but no TURN relay"),
+        ({"host": 1, "srflx": 1}, False, True, "ok", "gave no relay: see the TURN check"),
+        ({"host": 1, "srflx": 1}, False, False, "ok", "No TURN server is configured"),
+        ({"host": 2}, False, False, "warning", "same network only"),
+        ({}, False, False, "blocked", "no ICE candidates"),
+    ],
+)
+def test_ice_verdict(
+    types: dict[str, int], relay_only: bool, turn: bool, level: str, fragment: str
+) -> None:
+    verdict = ice_verdict(types, relay_only, turn)
+    assert verdict.level == level and fragment in verdict.message
+
+
+def test_gather_check_sees_what_aiortc_would_offer(
+    coturn: CoturnProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # aioice never offers 127.0.0.1; on loopback it is the only address worth offering.
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    cfg = TurnConfig(urls=(coturn.url,), shared_secret=coturn.secret)
+    servers = cfg.ice_servers_for("erin", time.time())
+    relay_only = asyncio.run(gather_check(servers, relay_only=True))
+    assert relay_only.types == {"host": 0, "srflx": 0, "prflx": 0, "relay": 1}, relay_only
+    assert 0 < relay_only.elapsed_s < 5
+    everything = asyncio.run(gather_check(servers))
+    assert everything.types["host"] == 1 and everything.types["relay"] == 1, everything
+    refused = asyncio.run(gather_check(
+        TurnConfig(urls=(coturn.url,), username="1:x", credential="bad").ice_servers_for("x", 0),
+        relay_only=True,
+    ))
+    assert refused.types["relay"] == 0
+    assert ice_verdict(refused.types, True, True).level == "blocked"
+
+
 # --- a relay-only call through coturn ----------------------------------------------------------
 
 
@@ -232,11 +288,22 @@ def _selected_pair(pc: RTCPeerConnection) -> Any:
     return pairs[1]
 
 
-async def _relay_call(cfg: TurnConfig, frames_wanted: int) -> dict[str, Any]:
+async def _relay_call(
+    cfg: TurnConfig, frames_wanted: int, bob_relay_only: bool | None = None
+) -> dict[str, Any]:
+    """alice sends video to bob; bob's policy may differ (the server side of a browser call).
+
+    TURN usernames carry a fresh tag, so coturn's accounting can be told apart from other tests'.
+    """
     now = time.time()
+    tag = uuid.uuid4().hex[:8]
     callers = []
+    policies = {"alice": cfg.relay_only,
+                "bob": cfg.relay_only if bob_relay_only is None else bob_relay_only}
     for who in ("alice", "bob"):
-        conf = aiortc_configuration(cfg.ice_servers_for(who, now), relay_only=cfg.relay_only)
+        conf = aiortc_configuration(
+            cfg.ice_servers_for(f"{who}-{tag}", now), relay_only=policies[who]
+        )
         callers.append(RTCPeerConnection(configuration=conf))
     alice, bob = callers
     got_track: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -263,6 +330,7 @@ async def _relay_call(cfg: TurnConfig, frames_wanted: int) -> dict[str, Any]:
             frames.append(await asyncio.wait_for(track.recv(), 20))
         stats = await bob.getStats()
         return {
+            "tag": tag,
             "bob_transport_bytes_received": sum(
                 s.bytesReceived for s in stats.values() if s.type == "transport"
             ),
@@ -277,7 +345,6 @@ async def _relay_call(cfg: TurnConfig, frames_wanted: int) -> dict[str, Any]:
 
 def test_relay_only_call_goes_through_coturn(coturn: CoturnProcess) -> None:
     cfg = TurnConfig(urls=(coturn.url,), shared_secret=coturn.secret, ttl_s=600, relay_only=True)
-    before = set(coturn.final_usage(peer=True))
     result = asyncio.run(_relay_call(cfg, frames_wanted=30))
 
     # Only relay candidates were offered, and both ends nominated relay <-> relay.
@@ -290,21 +357,47 @@ def test_relay_only_call_goes_through_coturn(coturn: CoturnProcess) -> None:
     frames = result["frames"]
     assert len(frames) == 30 and (frames[-1].width, frames[-1].height) == (320, 240)
 
-    # coturn's own accounting: the two new allocations relayed the media between them.
+    # coturn's own accounting: the two allocations of this call relayed the media between them.
+    names = {f"alice-{result['tag']}": "alice", f"bob-{result['tag']}": "bob"}
+    by_user: dict[str, Any] = {}
     deadline = time.monotonic() + 5
-    relayed: dict[str, Any] = {}
-    while time.monotonic() < deadline:  # the closing usage lines are written asynchronously
-        relayed = {k: v for k, v in coturn.final_usage(peer=True).items() if k not in before}
-        if {u.username.split(":", 1)[1] for u in relayed.values()} == {"alice", "bob"}:
-            break
+    while time.monotonic() < deadline and len(by_user) < 2:  # usage lines come asynchronously
+        by_user = {
+            names[u.username.split(":", 1)[1]]: u
+            for u in coturn.final_usage(peer=True).values()
+            if u.username.split(":", 1)[1] in names
+        }
         time.sleep(0.1)
-    assert len(relayed) >= 2, coturn.log_text()[-3000:]
-    users = {u.username.split(":", 1)[1] for u in relayed.values()}
-    assert users == {"alice", "bob"}
-    by_user = {u.username.split(":", 1)[1]: u for u in relayed.values()}
+    assert set(by_user) == {"alice", "bob"}, coturn.log_text()[-3000:]
     # Media alice -> bob left alice's relay towards bob's relay and arrived there: coturn counted
     # at least every byte bob's transport received (STUN checks ride the same path, hence >=).
     bob_got = result["bob_transport_bytes_received"]
     assert bob_got > 20_000  # 30 frames of noise; STUN checks alone are a few hundred bytes
     assert by_user["alice"].sb >= bob_got * 0.95
     assert by_user["bob"].rb >= bob_got * 0.95
+
+
+def test_relay_only_on_one_side_forces_the_media_through_coturn(
+    coturn: CoturnProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The browser is relay-only, the server is not (streamlit-webrtc passes only iceServers to
+    aiortc): media still crosses coturn, since every pair has alice's relay at one end."""
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    cfg = TurnConfig(urls=(coturn.url,), shared_secret=coturn.secret, relay_only=True)
+    result = asyncio.run(_relay_call(cfg, frames_wanted=20, bob_relay_only=False))
+    alice_pair, bob_pair = result["pairs"]
+    assert alice_pair.local_candidate.type == "relay"
+    assert bob_pair.remote_candidate.type == "relay"
+    assert all(" typ relay" in c for c in result["offer_candidates"])
+    bob_got = result["bob_transport_bytes_received"]
+    assert bob_got > 10_000
+    deadline = time.monotonic() + 5
+    alice_usage = None
+    while time.monotonic() < deadline and alice_usage is None:
+        for u in coturn.final_usage(peer=True).values():
+            if u.username.endswith(f":alice-{result['tag']}"):
+                alice_usage = u
+        time.sleep(0.1)
+    assert alice_usage is not None, coturn.log_text()[-3000:]
+    assert alice_usage.sb >= bob_got * 0.95  # alice's relay sent bob everything bob received
+

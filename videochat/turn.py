@@ -493,3 +493,84 @@ def check_config_blocking(
 ) -> list[TurnCheck]:
     """`check_config` for a thread without an event loop (a Streamlit script run)."""
     return asyncio.run(check_config(config, user, now, timeout, relay_probe))
+
+
+# --- ICE gathering: what candidates a side can offer ---------------------------------------------
+
+CandidateType = Literal["host", "srflx", "prflx", "relay"]
+_CANDIDATE_TYPES: tuple[CandidateType, ...] = ("host", "srflx", "prflx", "relay")
+_TYP_RE = re.compile(r"\btyp (host|srflx|prflx|relay)\b")
+
+
+def candidate_types(candidates: Sequence[str]) -> dict[str, int]:
+    """Count candidate types in ICE candidate strings (`candidate:...` or SDP `a=candidate:`),
+    e.g. those a browser reports from `onicecandidate`; unparsable lines are ignored."""
+    counts: dict[str, int] = dict.fromkeys(_CANDIDATE_TYPES, 0)
+    for line in candidates:
+        match = _TYP_RE.search(line)
+        if match:
+            counts[match[1]] += 1
+    return counts
+
+
+@dataclass(frozen=True)
+class IceVerdict:
+    level: Literal["good", "ok", "warning", "blocked"]
+    message: str
+
+
+def ice_verdict(types: dict[str, int], relay_only: bool, turn_configured: bool) -> IceVerdict:
+    """A plain sentence on what the gathered candidate types mean for joining a call."""
+    relay, srflx = types.get("relay", 0), types.get("srflx", 0)
+    host = types.get("host", 0) + types.get("prflx", 0)
+    if relay:
+        return IceVerdict("good", "TURN relay available: the call can connect even through "
+                          "strict firewalls")
+    if relay_only:
+        return IceVerdict("blocked", "relay-only mode but no TURN relay was obtained (server "
+                          "unreachable or credentials refused): the call cannot connect")
+    no_relay = (" TURN is configured but gave no relay: see the TURN check." if turn_configured
+                else " No TURN server is configured, so strict firewalls will block the call.")
+    if srflx:
+        return IceVerdict("ok", "public address found: direct connections should work." + no_relay)
+    if host:
+        return IceVerdict("warning", "only local addresses found: calls work on the same network "
+                          "only." + no_relay)
+    return IceVerdict("blocked", "no ICE candidates at all: no usable network interface")
+
+
+@dataclass(frozen=True)
+class GatherCheck:
+    """The server side's own ICE gathering, as aiortc would do it with the same servers."""
+
+    elapsed_s: float
+    types: dict[str, int]
+    candidates: tuple[str, ...]
+
+
+async def gather_check(
+    ice_servers: Sequence[dict[str, Any]], relay_only: bool = False
+) -> GatherCheck:
+    """Gather candidates with aioice using aiortc's own reading of `ice_servers`.
+
+    aioice drops STUN/TURN failures silently (5 s budget); run `check_turn` to learn why a relay
+    is missing.
+    """
+    from aioice import Connection, TransportPolicy
+    from aiortc.rtcicetransport import connection_kwargs
+
+    config = aiortc_configuration(ice_servers, relay_only)
+    connection = Connection(
+        ice_controlling=True,
+        transport_policy=TransportPolicy.RELAY if relay_only else TransportPolicy.ALL,
+        **connection_kwargs(config.iceServers or []),
+    )
+    start = time.monotonic()
+    try:
+        await connection.gather_candidates()
+        elapsed = time.monotonic() - start
+        lines = tuple(c.to_sdp() for c in connection.local_candidates)
+    finally:
+        await connection.close()
+    return GatherCheck(round(elapsed, 4), candidate_types(lines), lines)
+
