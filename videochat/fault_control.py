@@ -230,6 +230,7 @@ class FaultControl:
         self.outages = outages
         self.by = by
         self.clock = clock
+        self.last_cmd_id: str | None = None  # of the last inject, to wait for its acks
 
     # commands
 
@@ -264,6 +265,7 @@ class FaultControl:
             pipe.hset(ACTIVE, f.id, json.dumps(record))
         pipe.xadd(STREAM, {"cmd": json.dumps(command)}, maxlen=STREAM_MAXLEN, approximate=True)
         pipe.execute()
+        self.last_cmd_id = cmd_id
         self._audit_insert(faults, now, cmd_id)
         for f in backend:
             assert self.outages is not None
