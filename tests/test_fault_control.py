@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pymongo
@@ -23,6 +24,7 @@ from videochat.fault_control import (
     FaultConsumer,
     FaultControl,
     OutageController,
+    start_fault_plane,
 )
 from videochat.faults import parse_fault
 from videochat.injector import FaultManager
@@ -338,3 +340,21 @@ def test_parse_fault_round_trips_through_the_active_hash(redis_conn: redis.Redis
     control.inject(fault)
     [record] = control.active()
     assert record.fault == fault
+
+
+def test_start_fault_plane_wires_a_listening_process(
+    loop: asyncio.AbstractEventLoop, redis_conn: redis.Redis, mongo_db: Any
+) -> None:
+    services = SimpleNamespace(redis=redis_conn, db=mongo_db)
+    bus = EventBus()
+    seen: list[CallEvent] = []
+    bus.add_sink(seen.append)
+    manager, consumer = start_fault_plane(services, loop, bus, node="app-a")
+    try:
+        control = FaultControl(redis_conn, mongo_db)
+        wait_until(lambda: control.listeners() == ["app-a"])
+        control.inject({"kind": "black_video", "room": "r9", "duration_s": 5})
+        wait_until(lambda: manager.video_effect("r9", "x") == "black")
+        wait_until(lambda: [e.kind for e in seen] == ["fault_started"])
+    finally:
+        consumer.stop()

@@ -27,6 +27,7 @@ the consumers, because the control plane may be the very thing that goes down; s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -47,6 +48,7 @@ import pymongo.errors
 import redis
 from pymongo.database import Database
 
+from videochat.events import EventSink
 from videochat.exceptions import BackendUnavailable, InvalidFaultCommand
 from videochat.faults import (
     BACKEND_KINDS,
@@ -591,6 +593,18 @@ class FaultConsumer:
                                 {"$set": {"status": "expired", "ended_at": data["at"]}})
         except pymongo.errors.PyMongoError as exc:
             logger.warning("fault audit write failed for %s: %s", fault_id, exc)
+
+
+def start_fault_plane(services: Any, loop: asyncio.AbstractEventLoop, events: EventSink | None,
+                      node: str) -> tuple[FaultManager, FaultConsumer]:
+    """What an app process hosting media runs once: a FaultManager on the media loop, fed by a
+    FaultConsumer thread. Register legs with ``manager.register_leg`` (or hand
+    ``manager.leg_listener`` to ``LegRegistry.add_listener``); relays ask
+    ``manager.video_effect`` (or use ``injector.VideoEffectFilter``) per frame."""
+    manager = FaultManager(loop, events, node=node)
+    consumer = FaultConsumer(services.redis, manager, services.db, node=node)
+    consumer.start()
+    return manager, consumer
 
 
 def control_from_services(services: Any, by: str = "cli") -> FaultControl:
