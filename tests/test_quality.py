@@ -51,7 +51,8 @@ class FakeClock:
 
 def run(policy: QualityPolicy, clock: FakeClock, loss_at, until: float, period: float = 0.5,
         start: float = 0.0, rtt: float = 40.0) -> list[tuple[float, QualityLevel]]:
-    """Feed samples every `period` s; returns (time, new level) for each change."""
+    """Feed a sample every `period` s, each the mean loss over the interval it covers (as an
+    RTCP report or a counter delta is); returns (time, new level) for each change."""
     out = []
     n = 0
     while True:
@@ -59,7 +60,8 @@ def run(policy: QualityPolicy, clock: FakeClock, loss_at, until: float, period: 
         if at > until + 1e-9:
             return out
         clock.t = at
-        level = policy.observe(loss_at(at), rtt, None, at)
+        loss = sum(loss_at(at - period * (k + 0.5) / 20) for k in range(20)) / 20
+        level = policy.observe(loss, rtt, None, at)
         if level is not None:
             out.append((at, level))
         n += 1
@@ -138,16 +140,18 @@ def test_recovers_one_rung_at_a_time_first_within_ten_seconds_top_within_21() ->
     assert policy.connection_quality() is ConnectionQuality.EXCELLENT
 
 
-def test_a_short_spike_is_ignored() -> None:
+def test_a_short_spike_is_ignored_but_a_bad_second_is_not() -> None:
     clock = FakeClock()
     policy = QualityPolicy(clock, start=TOP)
-    # one bad report at 2 Hz, then one at 1 Hz: neither is a bad second
-    assert run(policy, clock, lambda t: 0.5 if t == 10.0 else 0.0, until=30) == []
-    assert run(policy, clock, lambda t: 0.5 if t == 40.0 else 0.0, until=60, start=31,
-               period=1.0) == []
-    # but a bad 1.5 s is not a spike
-    changes = run(policy, clock, lambda t: 0.5 if 70 <= t < 71.5 else 0.0, until=75, start=60.5)
-    assert [lv for _, lv in changes] == [LADDER[1]]
+    # a bad half-second at 2 Hz, and a bad 0.3 s reported on its own
+    assert run(policy, clock, lambda t: 0.5 if 9.5 <= t < 10.0 else 0.0, until=30) == []
+    assert policy.observe(0.5, 40, None, 30.3, interval_s=0.3) is None
+    assert policy.observe(0.0, 40, None, 30.5) is None
+    # one report covering a whole bad second is a bad second
+    assert policy.observe(0.3, 40, None, 31.5, interval_s=1.0) is LADDER[1]
+    # and so is a bad 1.5 s at 2 Hz
+    run(policy, clock, lambda t: 0.5 if 70 <= t < 71.5 else 0.0, until=75, start=60.5)
+    assert [(c.direction, c.at) for c in policy.changes if c.at >= 70] == [("down", 71.0)]
 
 
 def test_neutral_band_holds_the_level_forever() -> None:
@@ -157,14 +161,17 @@ def test_neutral_band_holds_the_level_forever() -> None:
     assert policy.connection_quality() is ConnectionQuality.GOOD
 
 
-def test_fast_oscillating_loss_does_not_flap() -> None:
-    """2 % / 25 % alternating every 0.5 s averages 13.5 %: down to the floor, never back up."""
+@pytest.mark.parametrize("period", [0.5, 0.7, 1.0, 1.3])
+def test_fast_oscillating_loss_does_not_flap(period: float) -> None:
+    """Loss alternating 2 % / 25 % every 0.5 s (13.5 % on average), sampled at various rates:
+    at most the way down to the floor, never back up."""
     clock = FakeClock()
     policy = QualityPolicy(clock, start=TOP)
-    changes = run(policy, clock, lambda t: 0.25 if int(t / 0.5) % 2 else 0.02, until=300)
+    changes = run(policy, clock, lambda t: 0.25 if int(t / 0.5) % 2 else 0.02, until=300,
+                  period=period)
     assert len(changes) <= 4
-    assert all(lv.rank > prev.rank for (_, lv), prev in
-               zip(changes, [TOP] + [lv for _, lv in changes], strict=False))
+    levels = [TOP] + [lv for _, lv in changes]
+    assert all(b.rank > a.rank for a, b in zip(levels, levels[1:], strict=False))
 
 
 @pytest.mark.parametrize("half", [5.0, 10.0, 15.0])

@@ -13,18 +13,22 @@ Design (why)
   (450 kbps, LiveKit's h360) -> 240p15 (250 kbps, aiortc's floor) -> 180p10 (160 kbps, LiveKit's
   h180) -> audio-only (video paused, placeholder tile; ~40 kbps of Opus).
 * **Down fast, up slowly, never flap.** `QualityPolicy.observe()` is fed each leg's stats sample
-  (loss fraction, RTT, an *available*-bitrate estimate when one exists). Loss and RTT are averaged
-  over the last `window_s` = 1 s, so one bad RTCP report is noise but a bad second is not. Each
-  averaged sample is *bad*, *good* or *neutral*; the band between the down and the up thresholds
-  is neutral and holds the level (hysteresis). The thresholds are GCC's, the congestion control
-  every browser runs: above 10 % loss it cuts its rate, below 2 % it may raise it. RTT: above
-  500 ms a conversation breaks down (ITU-T G.114 puts the one-way limit at 400 ms, and queueing
-  delay grows before loss does); under 250 ms it is comfortable.
-  - Down: bad for `down_after_s` = 1 s (at least two samples, so never a single report), and at
-    least `down_hold_s` = 1 s after the previous change (the new level needs that long to show in
-    the stats). Worst case from the onset of bad conditions at 1-2 Hz sampling: 2 s. Loss and RTT
-    step one rung at a time and stop at the lowest video rung; only `severe_loss` (40 %: most
-    frames cannot be reassembled) or a bitrate below that rung's need pauses video. A measured
+  (loss fraction, RTT, an *available*-bitrate estimate when one exists, and how much media time
+  the sample covers). Each sample is *bad*, *good* or *neutral*; the band between the down and
+  the up thresholds is neutral and holds the level (hysteresis). The thresholds are GCC's, the
+  congestion control every browser runs: above 10 % loss it cuts its rate, below 2 % it may
+  raise it. RTT: above 500 ms a conversation breaks down (ITU-T G.114 puts the one-way limit at
+  400 ms, and queueing delay grows before loss does); under 250 ms it is comfortable. Evidence
+  is counted in *media time*: consecutive bad samples must cover `down_after_s` = 1 s, so a
+  0.5 s blip is ignored while one RTCP report covering a whole bad second is enough (GCC too
+  reacts to each report). This keeps "<= 2 s" honest whatever the sampling rate: at 2 Hz the
+  step comes 1-1.5 s after the onset, at 1 Hz 1-2 s. Receiver reports lag up to ~1 s on top, so
+  feed the policy each fresh report (or sample at 2 Hz) rather than once a second.
+  - Down: bad for `down_after_s` = 1 s, and at least `down_hold_s` = 1 s after the previous
+    change (the new level needs that long to show in the stats); evidence from before a change
+    never counts for the next one. Loss and RTT step one rung at a time and stop at the lowest
+    video rung; only `severe_loss` (40 %: most frames cannot be reassembled) or a bitrate below
+    that rung's need pauses video. A measured
     bitrate below `down_bitrate_ratio` (0.8) x the rung's need jumps straight to the best rung
     that fits, since it is a direct measure of what the path carries.
   - Up: one rung at a time, after `up_after_s` = 8 s of continuously good samples following a
@@ -32,9 +36,9 @@ Design (why)
     good: from 180p10 to 720p30 takes 8 + 3 x 4 = 20 s of good conditions, from audio-only 24 s.
     An up-step needs `up_bitrate_headroom` (1.25) x the next rung's bitrate when a bitrate is known.
   - No flapping: if conditions turn bad within `failed_up_window_s` = 10 s of an up-step, that
-    probe failed and the next first up-step waits twice as long (capped at 60 s), as WebRTC's
-    simulcast layer allocation backs off failed probes. An up-step that holds for the window
-    resets the wait. So oscillating conditions produce at most a few changes, never one per cycle.
+    probe failed and the next first up-step waits twice as long (capped at 60 s): exponential
+    backoff of failed bandwidth probes. An up-step that holds for the window resets the wait.
+    So oscillating conditions produce at most a few changes, never one per cycle.
 * **Badge.** `ConnectionQuality` is what a tile shows (excellent / good / poor / lost, as LiveKit):
   from the same thresholds plus the rung in use, since 240p or less looks poor whatever the loss.
 * **Rebuilt legs start lower.** `start_level()` starts a fresh leg at 480p30 (our cameras are
@@ -117,21 +121,22 @@ def best_fitting(bitrate_kbps: float) -> QualityLevel:
 class QualityThresholds:
     """Ladder tuning; the module docstring says why each default is what it is."""
 
-    window_s: float = 1.0
-    down_loss: float = 0.10
-    up_loss: float = 0.02
-    severe_loss: float = 0.40
-    down_rtt_ms: float = 500.0
-    up_rtt_ms: float = 250.0
-    down_bitrate_ratio: float = 0.8
-    up_bitrate_headroom: float = 1.25
-    down_after_s: float = 1.0
-    down_hold_s: float = 1.0
-    up_after_s: float = 8.0
-    up_step_s: float = 4.0
-    failed_up_window_s: float = 10.0
-    up_backoff_factor: float = 2.0
-    max_up_after_s: float = 60.0
+    window_s: float = 1.0  # smoothing of the badge's loss/RTT only
+    max_interval_s: float = 2.0  # a sample after a stall counts for at most this much evidence
+    down_loss: float = 0.10  # GCC cuts its rate above 10 % loss
+    up_loss: float = 0.02  # ...and may raise it below 2 %: between is the hysteresis band
+    severe_loss: float = 0.40  # most frames lost: only then may loss alone pause video
+    down_rtt_ms: float = 500.0  # conversation breaks down; queues grow before loss shows
+    up_rtt_ms: float = 250.0  # comfortably interactive (G.114: 150 ms one way)
+    down_bitrate_ratio: float = 0.8  # encoders overshoot ~20 %: below that the rung cannot fit
+    up_bitrate_headroom: float = 1.25  # the next rung must fit with room, or it congests at once
+    down_after_s: float = 1.0  # a bad second, never a single short report
+    down_hold_s: float = 1.0  # a new rung needs a report interval to show in the stats
+    up_after_s: float = 8.0  # first up-step after trouble: slow, and inside the 10 s promise
+    up_step_s: float = 4.0  # further up-steps while it stays good
+    failed_up_window_s: float = 10.0  # trouble this soon after an up-step: the probe failed
+    up_backoff_factor: float = 2.0  # ...and the next probe waits twice as long
+    max_up_after_s: float = 60.0  # but never more than a minute
 
     def __post_init__(self) -> None:
         def rule(ok: bool, what: str, value: object, text: str) -> None:
@@ -146,8 +151,8 @@ class QualityThresholds:
         rule(0 < self.down_bitrate_ratio <= 1 <= self.up_bitrate_headroom, "bitrate",
              (self.down_bitrate_ratio, self.up_bitrate_headroom),
              "need 0 < down_bitrate_ratio <= 1 <= up_bitrate_headroom")
-        for name in ("window_s", "down_after_s", "down_hold_s", "up_after_s", "up_step_s",
-                     "failed_up_window_s"):
+        for name in ("window_s", "max_interval_s", "down_after_s", "down_hold_s", "up_after_s",
+                     "up_step_s", "failed_up_window_s"):
             rule(getattr(self, name) > 0, name, getattr(self, name), "must be > 0")
         rule(self.up_backoff_factor >= 1, "up_backoff_factor", self.up_backoff_factor,
              "must be >= 1")
@@ -156,6 +161,7 @@ class QualityThresholds:
 
 
 DEFAULT_THRESHOLDS = QualityThresholds()
+_EPS = 1e-9  # 0.5 + 0.5 must count as a full second
 
 
 # ------------------------------------------------------------------------------------ the badge
@@ -211,7 +217,7 @@ class QualityPolicy:
         self.level = first if first.rank >= ceiling.rank else ceiling
         self.changed_at = clock()
         self.changes: list[QualityChange] = []
-        self._window: deque[tuple[float, float, float | None]] = deque()
+        self._window: deque[tuple[float, float | None, float | None]] = deque()
         self._last_at: float | None = None
         self._bad_since: float | None = None
         self._good_since: float | None = None
@@ -230,68 +236,85 @@ class QualityPolicy:
                                   thresholds=self.t)
 
     def observe(self, loss_fraction: float | None, rtt_ms: float | None = None,
-                bitrate_kbps: float | None = None, at: float | None = None) -> QualityLevel | None:
+                bitrate_kbps: float | None = None, at: float | None = None, *,
+                interval_s: float | None = None) -> QualityLevel | None:
         """Feed one sample; returns the new level when it changes, else None.
 
-        `loss_fraction` in [0, 1] over the sample's interval; `rtt_ms` as measured (None if
-        unknown); `bitrate_kbps` an estimate of what the path can carry (REMB, the browser's
-        availableIncomingBitrate), not what we happen to send, or None.
+        `loss_fraction` in [0, 1] over the sample's interval (an RTCP report's fractionLost, or
+        a delta of counters); `rtt_ms` as measured (None if unknown); `bitrate_kbps` an estimate
+        of what the path can carry (REMB, the browser's availableIncomingBitrate), not what we
+        happen to send, or None. `interval_s` is how much media time the sample covers; by
+        default the time since the previous sample (a first sample only starts the clock).
         """
         at = self._clock() if at is None else at
-        if self._last_at is not None and at < self._last_at:
-            logger.debug("sample at %.3f is older than %.3f; ignored", at, self._last_at)
+        last = self._last_at
+        if last is not None and at < last:
+            logger.debug("sample at %.3f is older than %.3f; ignored", at, last)
             return None
         self._last_at = at
+        if interval_s is None:
+            interval_s = 0.0 if last is None else at - last
+        interval = min(max(0.0, interval_s), self.t.max_interval_s)
         loss = _clean(loss_fraction)
         rtt = None if rtt_ms is None or math.isnan(rtt_ms) else max(0.0, rtt_ms)
         bitrate = None if bitrate_kbps is None or math.isnan(bitrate_kbps) else bitrate_kbps
-        self._window.append((at, 0.0 if loss is None else loss, rtt))
-        while self._window and self._window[0][0] <= at - self.t.window_s:
-            self._window.popleft()
-        self.loss = sum(s[1] for s in self._window) / len(self._window)
-        rtts = [s[2] for s in self._window if s[2] is not None]
-        self.rtt_ms = sum(rtts) / len(rtts) if rtts else None
+        self._smooth(at, loss, rtt)
 
         if self._last_up_at is not None and at - self._last_up_at > self.t.failed_up_window_s:
             self._up_after = self.t.up_after_s  # the last probe held: trust the path again
             self._last_up_at = None
 
-        verdict, target, reason = self._judge(self.loss, self.rtt_ms, bitrate)
+        # Evidence is counted in media time covered by consecutive samples of one verdict,
+        # never from before the last change (that was the old level's evidence).
+        covered_from = max(at - interval, self.changed_at)
+        verdict, target, reason = self._judge(loss, rtt, bitrate)
         if verdict == "bad":
             self._good_since = None
             if self._bad_since is None:
-                self._bad_since = at
-            if (at - self._bad_since >= self.t.down_after_s
-                    and at - self.changed_at >= self.t.down_hold_s and target is not self.level):
+                self._bad_since = covered_from
+            if (at - self._bad_since >= self.t.down_after_s - _EPS
+                    and at - self.changed_at >= self.t.down_hold_s - _EPS
+                    and target is not self.level):
                 return self._change(target, at, reason)
         elif verdict == "good":
             self._bad_since = None
             if self._good_since is None:
-                self._good_since = at
-            climbing = self._last_up_at is not None and self.changes[-1].direction == "up"
+                self._good_since = covered_from
+            climbing = self._last_up_at is not None
             needed = self.t.up_step_s if climbing else self._up_after
-            if (at - max(self._good_since, self.changed_at) >= needed
-                    and target is not self.level):
+            if at - self._good_since >= needed - _EPS and target is not self.level:
                 return self._change(target, at, reason)
         else:
             self._bad_since = self._good_since = None
         return None
 
-    def _judge(self, loss: float, rtt: float | None,
+    def _smooth(self, at: float, loss: float | None, rtt: float | None) -> None:
+        """Means over the last `window_s`, for the badge and the diagnostics only."""
+        self._window.append((at, loss, rtt))
+        while self._window and self._window[0][0] <= at - self.t.window_s:
+            self._window.popleft()
+        losses = [s[1] for s in self._window if s[1] is not None]
+        rtts = [s[2] for s in self._window if s[2] is not None]
+        self.loss = sum(losses) / len(losses) if losses else None
+        self.rtt_ms = sum(rtts) / len(rtts) if rtts else None
+
+    def _judge(self, loss: float | None, rtt: float | None,
                bitrate: float | None) -> tuple[str, QualityLevel, str]:
         t, level = self.t, self.level
         starved = bitrate is not None and bitrate < level.target_kbps * t.down_bitrate_ratio
         if bitrate is not None and level.video and starved:
             target = _not_above(best_fitting(bitrate), step_down(level))
             return "bad", target, f"bitrate {bitrate:.0f} kbps"
-        if loss >= t.down_loss or (rtt is not None and rtt >= t.down_rtt_ms):
-            floor = AUDIO_ONLY if loss >= t.severe_loss else LOWEST_VIDEO
+        lossy = loss is not None and loss >= t.down_loss
+        if lossy or (rtt is not None and rtt >= t.down_rtt_ms):
+            severe = loss is not None and loss >= t.severe_loss
+            floor = AUDIO_ONLY if severe else LOWEST_VIDEO
             target = step_down(level)
             if target.rank > floor.rank:
                 target = level if level.rank >= floor.rank else floor
-            what = f"loss {loss:.0%}" if loss >= t.down_loss else f"rtt {rtt:.0f} ms"
+            what = f"loss {loss:.0%}" if lossy and loss is not None else f"rtt {rtt:.0f} ms"
             return "bad", target, what
-        if loss <= t.up_loss and (rtt is None or rtt <= t.up_rtt_ms):
+        if loss is not None and loss <= t.up_loss and (rtt is None or rtt <= t.up_rtt_ms):
             nxt = step_up(level) if level.rank > self.ceiling.rank else level
             if (nxt is not level and bitrate is not None
                     and bitrate < nxt.target_kbps * t.up_bitrate_headroom):
