@@ -13,7 +13,7 @@ from pymongo.database import Database
 
 from videochat.embedded import SecantusProcess
 from videochat.events import CallEvent
-from videochat.metrics_store import EVENTS, SAMPLES, MetricsStore, bucket_id
+from videochat.metrics_store import EVENTS, ROLLUPS, SAMPLES, MetricsStore, bucket_id
 from videochat.stats import MetricSample
 
 T0 = datetime(2026, 3, 1, 12, 0, 30, tzinfo=UTC)
@@ -66,9 +66,17 @@ def test_samples_land_in_minute_buckets_with_rollups(store: MetricsStore, mongo_
     assert doc is not None
     assert doc["meta"] == {"room": "r1", "call_id": "c1", "participant": "alice", "leg": "L1",
                            "direction": "publish", "kind": "video"}
-    assert doc["r"]["n"] == [0, 0, 0, 10, 10, 10]
-    assert doc["r"]["bi"][3] == pytest.approx(sum(500.0 + i for i in range(10)) / 10)
-    assert doc["r"]["rttx"][3] == max(30.0 + i % 7 for i in range(0, 10, 2))
+    summary = mongo_db[ROLLUPS].find_one({"_id": doc["_id"]})
+    assert summary is not None and summary["n"] == 30 and summary["meta"] == doc["meta"]
+    assert summary["r10"]["n"] == [0, 0, 0, 10, 10, 10]
+    assert summary["r10"]["bi"][3] == pytest.approx(sum(500.0 + i for i in range(10)) / 10)
+    assert summary["r10"]["rttx"][3] == max(30.0 + i % 7 for i in range(0, 10, 2))
+    assert summary["r10"]["rttx"][0] is None and summary["r10"]["bi"][0] is None
+    assert summary["r20"]["n"] == [0, 10, 20] and summary["r30"]["n"] == [0, 30]
+    assert summary["r30"]["bi"][1] == pytest.approx(sum(500.0 + i for i in range(30)) / 30)
+    # RTT exists every other second only: the averages are over the samples that have one.
+    assert summary["m"]["rtt"] == pytest.approx(
+        sum(30.0 + i % 7 for i in range(0, 30, 2)) / 15)
     stats = store.stats()
     assert stats["written_samples"] == 180 and stats["buffered"] == 0
     assert stats["dropped_overflow"] == 0 and stats["backend_up"] is True
@@ -82,7 +90,7 @@ def test_events_and_indexes(store: MetricsStore, mongo_db: Db) -> None:
     docs = list(mongo_db[EVENTS].find({"room": "r1"}).sort("_id", 1))
     assert [d["kind"] for d in docs] == ["participant_joined", "fault_started", "fault_ended"]
     assert docs[0]["data"] == {"x": 1} and docs[0]["participant"] == "alice"
-    for coll in (SAMPLES, EVENTS):
+    for coll in (SAMPLES, ROLLUPS, EVENTS):
         info = mongo_db[coll].index_information()
         assert info["ttl_at"]["expireAfterSeconds"] == 14 * 86_400
     assert any(v["key"] == [("meta.room", 1), ("at", 1)]

@@ -1,4 +1,4 @@
-"""Sampler and LegStats: unit checks of the aiortc quirks, then a real in-process aiortc loopback."""
+"""Sampler and LegStats: unit checks of the aiortc quirks, then a real aiortc loopback."""
 
 from __future__ import annotations
 

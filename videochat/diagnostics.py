@@ -1,9 +1,12 @@
 """Diagnostics queries and charts over what `metrics_store` wrote (no Streamlit here).
 
 Long ranges are downsampled in MongoDB: the range picks a bin width from a ladder so that no
-trace gets more than `max_points` points; widths under 10 s average the raw per-second arrays of
-each minute bucket, 10-50 s widths average its 10-s rollups, and a minute or more averages the
-rollups per bucket and then `$group`s buckets by `$dateTrunc`. Only the bins travel to the app.
+trace gets more than `max_points` points. A range short enough for one point per second reads
+the raw minute buckets (`samples`); otherwise the query reads the small summary documents
+(`samples_10s`, written beside the raw buckets by `metrics_store`): 10, 20 and 30-s bins are
+projected from each minute's precomputed bins, and a minute or more `$group`s the minute
+summaries by `$dateTrunc`. Only the bins travel to the app, never the per-second points of a
+long range.
 """
 
 from __future__ import annotations
@@ -23,14 +26,14 @@ import plotly.graph_objects as go
 from pymongo.database import Database
 
 from videochat.exceptions import ValidationError
-from videochat.metrics_store import EVENTS, SAMPLES, utcnow
+from videochat.metrics_store import EVENTS, ROLLUPS, SAMPLES, utcnow
 
 logger = logging.getLogger(__name__)
 
 MongoDoc = dict[str, Any]
 Db = Database[MongoDoc]
 
-BIN_LADDER_S = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21_600, 43_200,
+BIN_LADDER_S = (1, 10, 20, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21_600, 43_200,
                 86_400)
 DEFAULT_MAX_POINTS = 300
 LIVE_WITHIN_S = 15.0
@@ -136,7 +139,7 @@ def list_rooms(db: Db, *, now: datetime | None = None,
                     "calls": {"$addToSet": "$meta.call_id"}}},
     ]
     rooms: dict[str, dict[str, Any]] = {}
-    for doc in db[SAMPLES].aggregate(pipeline):
+    for doc in db[ROLLUPS].aggregate(pipeline):
         rooms[doc["_id"]] = doc
     for doc in db[EVENTS].aggregate([
         {"$group": {"_id": "$room", "first": {"$min": "$at"}, "last": {"$max": "$at"},
@@ -168,7 +171,7 @@ def list_calls(db: Db, room: str | None = None, *, now: datetime | None = None,
     if room:
         match["meta.room"] = room
     out = []
-    for d in db[SAMPLES].aggregate([
+    for d in db[ROLLUPS].aggregate([
         {"$match": match},
         {"$group": {"_id": {"call": "$meta.call_id", "room": "$meta.room"},
                     "first": {"$min": "$at"}, "last": {"$max": "$last"},
@@ -186,7 +189,7 @@ def participants(db: Db, room: str, *, call_id: str | None = None) -> list[str]:
     query: MongoDoc = {"meta.room": room}
     if call_id:
         query["meta.call_id"] = call_id
-    return sorted(p for p in db[SAMPLES].distinct("meta.participant", query) if p)
+    return sorted(p for p in db[ROLLUPS].distinct("meta.participant", query) if p)
 
 
 def room_range(db: Db, room: str, call_id: str | None = None) -> tuple[datetime, datetime] | None:
@@ -194,7 +197,7 @@ def room_range(db: Db, room: str, call_id: str | None = None) -> tuple[datetime,
     match: MongoDoc = {"meta.room": room}
     if call_id:
         match["meta.call_id"] = call_id
-    docs = list(db[SAMPLES].aggregate([
+    docs = list(db[ROLLUPS].aggregate([
         {"$match": match},
         {"$group": {"_id": None, "first": {"$min": "$at"}, "last": {"$max": "$last"}}},
     ]))
@@ -226,59 +229,51 @@ def _match(sel: Selection) -> MongoDoc:
     return match
 
 
-def _sliced_bins(prefix: str, slots: int, step: int, unit_s: int) -> MongoDoc:
-    """`$map` over the bins of one bucket: averages (or maxima) of `step` array slots each."""
-    def avg(f: str) -> MongoDoc:
-        return {"$avg": {"$slice": [f"${prefix}{f}", "$$b", step]}}
-
-    def mx(f: str) -> MongoDoc:
-        return {"$max": {"$slice": [f"${prefix}{f}", "$$b", step]}}
-
-    count_field = f"${prefix}n" if prefix else "$p"
-    inner: MongoDoc = {"o": {"$multiply": ["$$b", unit_s]},
-                       "n": {"$sum": {"$slice": [count_field, "$$b", step]}},
-                       "q": {"$last": {"$slice": [f"${prefix}q", "$$b", step]}}}
-    inner.update({f: avg(f) for f in METRICS})
-    inner.update({f: mx(f) for f in ("lc", "w", "h")})
-    inner["rttx"] = mx("rttx" if prefix else "rtt")
-    return {"$map": {"input": {"$range": [0, slots, step]}, "as": "b", "in": inner}}
+def _raw_bins() -> MongoDoc:
+    """The raw minute bucket as one bin per second (`$map` over its 60 slots)."""
+    inner: MongoDoc = {"o": "$$b", "n": {"$arrayElemAt": ["$p", "$$b"]},
+                       "rttx": {"$arrayElemAt": ["$rtt", "$$b"]}}
+    inner.update({f: {"$arrayElemAt": [f"${f}", "$$b"]} for f in (*METRICS, "lc", "w", "h", "q")})
+    return {"$map": {"input": {"$range": [0, 60]}, "as": "b", "in": inner}}
 
 
 def query_samples(db: Db, sel: Selection, *, max_points: int = DEFAULT_MAX_POINTS) -> Series:
     """Samples of the selection, at most about `max_points` bins per leg, aggregated in MongoDB."""
     width = choose_bin(sel.span_s, max_points)
-    meta = {"meta": 1, "at": 1}
     series = Series(bin_s=width)
     if width < 60:
-        if width < 10:
-            bins = _sliced_bins("", 60, width, 1)
+        if width == 1:
+            coll, project = SAMPLES, {"meta": 1, "at": 1, "bins": _raw_bins()}
         else:
-            bins = _sliced_bins("r.", 6, width // 10, 10)
-        pipeline: list[MongoDoc] = [{"$match": _match(sel)},
-                                    {"$project": {**meta, "bins": bins}}]
-        for doc in db[SAMPLES].aggregate(pipeline):
+            coll, project = ROLLUPS, {"meta": 1, "at": 1, f"r{width}": 1}
+        pipeline: list[MongoDoc] = [{"$match": _match(sel)}, {"$project": project}]
+        for doc in db[coll].aggregate(pipeline):
             at = _aware(doc["at"])
-            for b in doc["bins"]:
+            if width == 1:
+                bins = doc["bins"]
+            else:
+                cols = doc[f"r{width}"]
+                bins = [{k: v[i] for k, v in cols.items()} | {"o": i * width}
+                        for i in range(len(cols["n"]))]
+            for b in bins:
                 if not b.get("n"):
                     continue
                 t = at + timedelta(seconds=b["o"])
                 if sel.start - timedelta(seconds=width) < t < sel.end:
                     series.rows.append(_row(doc["meta"], t, b))
     else:
-        per_bucket: MongoDoc = {**meta, "n": {"$sum": "$r.n"}, "q": {"$last": "$r.q"}}
-        per_bucket.update({f: {"$avg": f"$r.{f}"} for f in METRICS})
-        per_bucket.update({f: {"$max": f"$r.{f}"} for f in MAXED})
+        # Unweighted mean of minute means: exact for full minutes, close enough at the edges.
         group: MongoDoc = {
             "_id": {"leg": "$meta.leg", "room": "$meta.room",
                     "t": {"$dateTrunc": {"date": "$at", "unit": "minute",
                                          "binSize": width // 60}}},
-            "meta": {"$first": "$meta"}, "n": {"$sum": "$n"}, "q": {"$last": "$q"},
+            "meta": {"$first": "$meta"}, "n": {"$sum": "$m.n"}, "q": {"$last": "$m.q"},
         }
-        group.update({f: {"$avg": f"${f}"} for f in METRICS})
-        group.update({f: {"$max": f"${f}"} for f in MAXED})
+        group.update({f: {"$avg": f"$m.{f}"} for f in METRICS})
+        group.update({f: {"$max": f"$m.{f}"} for f in MAXED})
         pipeline = [{"$match": _match(sel)}, {"$sort": {"at": 1}},
-                    {"$project": per_bucket}, {"$group": group}]
-        for doc in db[SAMPLES].aggregate(pipeline):
+                    {"$project": {"meta": 1, "at": 1, "m": 1}}, {"$group": group}]
+        for doc in db[ROLLUPS].aggregate(pipeline):
             if doc.get("n"):
                 series.rows.append(_row(doc["meta"], _aware(doc["_id"]["t"]), doc))
     series.rows.sort(key=lambda r: (r["participant"], r["leg"], r["t"]))
