@@ -14,10 +14,12 @@ from pymongo.database import Database
 
 from videochat.diagnostics import (
     Selection,
+    badge_text,
     bands,
     build_figures,
     choose_bin,
     compute_kpis,
+    iter_samples,
     list_calls,
     list_rooms,
     participants,
@@ -211,3 +213,96 @@ def test_csv_and_json_export(filled: Db) -> None:
     assert len(doc["samples"]) == len(series.rows) and "bitrate_in_kbps" in doc["samples"][0]
     assert doc["kpis"]["reconnect_count"] == 1
     assert {e["kind"] for e in doc["events"]} >= {"fault_started", "reconnect_started"}
+
+
+def test_badge_text_and_iter_samples(filled: Db) -> None:
+    got = list(iter_samples(filled, "r1", T0 + timedelta(seconds=30), T0 + timedelta(seconds=60)))
+    assert len(got) == 4 * 30
+    assert got[0] == _sample(30, "alice", "alice-pub", "publish")
+    assert badge_text(None) == "no data"
+    assert badge_text(_sample(1, "a", "l", "subscribe")) == "high · 30 ms · 2% loss"
+    assert badge_text(_sample(1, "a", "l", "publish")) == "high · 20 fps · 2% loss"
+
+
+# --- the page, through Streamlit's AppTest ---------------------------------------------------
+
+PAGE = "from videochat.ui.diagnostics import render\nrender()\n"
+
+
+@pytest.fixture
+def page(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    from types import SimpleNamespace
+
+    from streamlit.testing.v1 import AppTest
+
+    import videochat.ui.diagnostics as ui
+
+    script = tmp_path / "diagnostics_page.py"
+    script.write_text(PAGE)
+
+    def make(db: Db, room: str | None) -> AppTest:
+        monkeypatch.setattr(ui, "get_services", lambda: SimpleNamespace(db=db))
+        at = AppTest.from_file(str(script), default_timeout=30)
+        if room is not None:
+            at.query_params["room"] = room
+        return at
+
+    yield make
+
+
+def _charts(at: Any) -> dict[str, dict[str, Any]]:
+    out = {}
+    for el in at.get("plotly_chart"):
+        spec = json.loads(el.proto.spec)
+        out[spec["layout"]["title"]["text"]] = spec
+    return out
+
+
+def test_page_past_room_shows_kpis_and_charts(page: Any, filled: Db) -> None:
+    at = page(filled, "r1").run()
+    assert not at.exception
+    charts = _charts(at)
+    assert {"Bitrate", "Round-trip time", "Packet loss", "Frames per second"} <= set(charts)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Reconnects"] == "1" and metrics["Max RTT"] == "40 ms"
+    assert len(at.get("download_button")) == 2  # CSV and JSON
+
+
+def test_page_unknown_room_gives_empty_state(page: Any, filled: Db) -> None:
+    at = page(filled, "no-such-room").run()
+    assert not at.exception
+    assert any("No metrics for room" in w.value for w in at.warning)
+    assert not at.get("plotly_chart")
+
+
+def test_page_live_two_person_call(page: Any, mongo_db: Db) -> None:
+    """The must-show: after a 10 s two-person call, bitrate and RTT for both, updating."""
+    from videochat.events import utcnow
+
+    store = MetricsStore(mongo_db, flush_interval_s=0.1)
+    start = utcnow().replace(microsecond=0) - timedelta(seconds=10)
+
+    def call_second(i: int) -> None:
+        for who, leg, direction in LEGS:
+            s = _sample(i, who, leg, direction, room="live-room")
+            store.record(MetricSample(**{**s.to_dict(), "at": start + timedelta(seconds=i)}))
+
+    for i in range(10):
+        call_second(i)
+    assert store.flush(10)
+    at = page(mongo_db, "live-room").run()
+    assert not at.exception
+    charts = _charts(at)
+    assert len(charts) >= 2
+    for title in ("Bitrate", "Round-trip time"):
+        names = [t["name"] for t in charts[title]["data"] if t["name"] != "events"]
+        assert any(n.startswith("alice") for n in names), names
+        assert any(n.startswith("bob") for n in names), names
+    assert any(t.value for t in at.toggle)  # live updates on for a live room
+    before = sum(len(t["x"]) for t in charts["Bitrate"]["data"])
+    for i in range(10, 13):
+        call_second(i)
+    assert store.close(10)
+    at.run()
+    after = sum(len(t["x"]) for t in _charts(at)["Bitrate"]["data"])
+    assert after > before

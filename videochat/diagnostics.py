@@ -17,7 +17,7 @@ import json
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,7 +26,8 @@ import plotly.graph_objects as go
 from pymongo.database import Database
 
 from videochat.exceptions import ValidationError
-from videochat.metrics_store import EVENTS, ROLLUPS, SAMPLES, utcnow
+from videochat.metrics_store import EVENTS, FIELDS, ROLLUPS, SAMPLES, utcnow
+from videochat.stats import MetricSample
 
 logger = logging.getLogger(__name__)
 
@@ -291,6 +292,40 @@ def _row(meta: MongoDoc, t: datetime, values: MongoDoc) -> dict[str, Any]:
     return row
 
 
+def iter_samples(db: Db, room: str, start: datetime, end: datetime, *,
+                 call_id: str | None = None) -> Iterator[MetricSample]:
+    """Every stored per-second sample of a room in [start, end), in time order per leg.
+
+    For QA runs and exact checks (a run's samples stored vs taken); the dashboard uses the
+    downsampled `query_samples` instead.
+    """
+    match = _match(Selection(room=room, start=start, end=end, call_id=call_id))
+    for doc in db[SAMPLES].find(match).sort([("meta.leg", 1), ("at", 1)]):
+        at0, meta = _aware(doc["at"]), doc["meta"]
+        for slot, held in enumerate(doc.get("p") or []):
+            at = at0 + timedelta(seconds=slot)
+            if not held or not start <= at < end:
+                continue
+            values = {name: doc[short][slot] for name, short in FIELDS.items()}
+            yield MetricSample(at=at, room=meta["room"], call_id=meta.get("call_id"),
+                               participant=meta["participant"], leg=meta["leg"],
+                               direction=meta["direction"], kind=meta["kind"], **values)
+
+
+def badge_text(sample: MetricSample | None) -> str:
+    """The call page's small live badge: quality level and RTT (or frame rate)."""
+    if sample is None:
+        return "no data"
+    parts = [sample.quality or "?"]
+    if sample.rtt_ms is not None:
+        parts.append(f"{sample.rtt_ms:.0f} ms")
+    elif sample.fps is not None:
+        parts.append(f"{sample.fps:.0f} fps")
+    if sample.loss_fraction:
+        parts.append(f"{sample.loss_fraction:.0%} loss")
+    return " · ".join(parts)
+
+
 # --- events and KPIs ---------------------------------------------------------------------
 
 def query_events(db: Db, sel: Selection, *, limit: int = 5_000) -> list[dict[str, Any]]:
@@ -504,7 +539,8 @@ def _json_default(value: Any) -> Any:
 
 
 __all__ = [
-    "CHARTS", "CallSummary", "Kpis", "RoomSummary", "Selection", "Series", "bands",
-    "build_figure", "build_figures", "choose_bin", "compute_kpis", "list_calls", "list_rooms",
+    "CHARTS", "CallSummary", "Kpis", "RoomSummary", "Selection", "Series", "badge_text", "bands",
+    "build_figure", "build_figures", "choose_bin", "compute_kpis", "iter_samples", "list_calls",
+    "list_rooms",
     "participants", "query_events", "query_samples", "room_range", "to_csv", "to_json",
 ]
