@@ -74,6 +74,10 @@ class ChatHub:
         self._rewind = False
         self.duplicates_dropped = 0
         self.redis_up = True
+        self._uncounted: dict[str, int] = {}
+        self._dups: dict[str, int] = {}
+        self._counted_at = 0.0
+        self._ledger_interval_s = 0.5
 
     # -- public API --------------------------------------------------------------------------
 
@@ -98,12 +102,15 @@ class ChatHub:
         self._ensure_thread()
         with self._lock:
             state.used_at = time.monotonic()
-            items = list(state.messages.values())
-        if since is not None:
-            for i, msg in enumerate(items):
-                if msg.id == since:
-                    return items[i + 1:]
-        return items
+            if since is not None and since in state.messages:
+                # Walk back from the newest: a caller that keeps up reads only what is new.
+                newer: list[ChatMessage] = []
+                for msg in reversed(state.messages.values()):
+                    if msg.id == since:
+                        break
+                    newer.append(msg)
+                return newer[::-1]
+            return list(state.messages.values())
 
     def close(self, timeout: float = 2.0) -> None:
         self._stop.set()
@@ -168,7 +175,9 @@ class ChatHub:
         known = state.messages.get(msg.id)
         if known is not None:
             if known.stream_id is not None and known.stream_id != sid:
-                self.duplicates_dropped += 1  # the same message twice in the stream
+                # The same message twice in the stream (re-sent after Redis lost the first copy).
+                self.duplicates_dropped += 1
+                self._dups[room] = self._dups.get(room, 0) + 1
             return False
         state.messages[msg.id] = msg
         while len(state.messages) > self._max_messages:
@@ -209,7 +218,10 @@ class ChatHub:
                 continue
             failures = 0
             self.redis_up = True
-            self._deliver(reply)
+            if reply:
+                self._deliver(reply)
+            elif self._count_delivered:
+                self._flush_ledger()
 
     def _deliver(self, reply: Any) -> None:
         changed: dict[str, int] = {}
@@ -234,18 +246,28 @@ class ChatHub:
                     callback(room)
                 except Exception:  # noqa: BLE001 - one bad listener must not stop delivery
                     logger.exception("chat listener failed for %s", room)
-        if changed and self._count_delivered:
-            try:
-                pipe = self._redis.pipeline(transaction=False)
-                for room, n in changed.items():
-                    pipe.hincrby(ledger_key(room), "delivered", n)
-                if self.duplicates_dropped:
-                    dropped, self.duplicates_dropped = self.duplicates_dropped, 0
-                    pipe.hincrby(ledger_key(next(iter(changed))), "duplicates_suppressed",
-                                 dropped)
-                pipe.execute()
-            except redis.RedisError as exc:
-                logger.debug("delivery ledger not updated: %s", exc)
+        if self._count_delivered:
+            for room, n in changed.items():
+                self._uncounted[room] = self._uncounted.get(room, 0) + n
+            if time.monotonic() - self._counted_at >= self._ledger_interval_s:
+                self._flush_ledger()
+
+    def _flush_ledger(self) -> None:
+        """Add delivery counts to the ledger, batched: one round trip per interval, not per read."""
+        self._counted_at = time.monotonic()
+        if not self._uncounted and not self._dups:
+            return
+        counts, self._uncounted = self._uncounted, {}
+        dups, self._dups = self._dups, {}
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for room, n in counts.items():
+                pipe.hincrby(ledger_key(room), "delivered", n)
+            for room, n in dups.items():
+                pipe.hincrby(ledger_key(room), "duplicates_suppressed", n)
+            pipe.execute()
+        except redis.RedisError as exc:
+            logger.debug("delivery ledger not updated: %s", exc)
 
     def _recover(self, cursors: dict[str, str]) -> None:
         """After a Redis error: re-read a little of each stream and merge recent MongoDB."""

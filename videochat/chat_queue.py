@@ -160,6 +160,7 @@ class ChatQueue:
         clock: Callable[[], float] = time.time,
         batch_size: int = 200,
         probe_interval_s: float = 0.25,
+        mongo_check_s: float = 5.0,
         max_unconfirmed: int = 50_000,
         backoff_base_s: float = 0.05,
         backoff_cap_s: float = 2.0,
@@ -171,6 +172,8 @@ class ChatQueue:
         self._clock = clock
         self._batch_size = batch_size
         self._probe_interval_s = probe_interval_s
+        self._mongo_check_s = mongo_check_s
+        self._mongo_at = 0.0
         self._max_unconfirmed = max_unconfirmed
         self._backoff_base_s = backoff_base_s
         self._backoff_cap_s = backoff_cap_s
@@ -352,17 +355,28 @@ class ChatQueue:
         return batch, needs
 
     def _send_batch(self, batch: list[ChatMessage], needs: list[int]) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
-        for msg, need in zip(batch, needs, strict=True):
-            args: list[Any] = [msg.seq, need, SEQ_TTL_S, msg.room]
-            for k, v in msg.to_fields().items():
-                args += [k, v]
-            self._script(
-                keys=[stream_key(msg.room), seq_key(msg.room, msg.origin),
-                      ledger_key(msg.room), ROOMS_KEY],
-                args=args, client=pipe,
-            )
-        return pipe.execute()
+        # EVALSHA straight into the pipeline: redis-py's Script would add a SCRIPT EXISTS round
+        # trip to every batch. After a Redis restart the script is gone: load it and re-run the
+        # batch, which the idempotency check makes safe.
+        for attempt in range(2):
+            pipe = self._redis.pipeline(transaction=False)
+            for msg, need in zip(batch, needs, strict=True):
+                args: list[Any] = [msg.seq, need, SEQ_TTL_S, msg.room]
+                for k, v in msg.to_fields().items():
+                    args += [k, v]
+                pipe.evalsha(self._script.sha, 4, stream_key(msg.room),
+                             seq_key(msg.room, msg.origin), ledger_key(msg.room), ROOMS_KEY,
+                             *args)
+            results = pipe.execute(raise_on_error=False)
+            errors = [r for r in results if isinstance(r, Exception)]
+            if not errors:
+                return results
+            if attempt == 0 and all(isinstance(e, redis.exceptions.NoScriptError)
+                                    for e in errors):
+                self._script.sha = self._redis.script_load(_SEND_SCRIPT)
+                continue
+            raise errors[0]
+        raise AssertionError("unreachable")
 
     def _apply(self, batch: list[ChatMessage], results: list[Any]) -> None:
         with self._cond:
@@ -398,38 +412,95 @@ class ChatQueue:
         return lost
 
     def _probe(self) -> None:
-        """Drop in-flight messages seen in MongoDB; re-queue those Redis has forgotten."""
+        """Drop in-flight messages that are persisted; re-queue those Redis has forgotten.
+
+        Persisted is read from the consumer group: the persister acknowledges an entry only after
+        MongoDB has it, so an entry below the group's read position and not pending is in
+        MongoDB. That costs two Redis commands per room instead of a MongoDB query per sender.
+        Messages with no known stream id (accepted as duplicates) or unconfirmed for a long time
+        are looked up in MongoDB, at most every `mongo_check_s`.
+        """
         with self._cond:
             ranges = {k: (min(v), max(v)) for k, v in self._inflight.items() if v}
         if not ranges:
             return
+        rooms = sorted({room for room, _ in ranges})
         pipe = self._redis.pipeline(transaction=False)
         for room, origin in ranges:
             pipe.get(seq_key(room, origin))
-        lasts = [int(x or 0) for x in pipe.execute()]
-        persisted: dict[tuple[str, str], set[int]] = {}
-        try:
-            col = self._db[COLLECTION]
-            for (room, origin), (lo, hi) in ranges.items():
-                found = col.find({"origin": origin, "seq": {"$gte": lo, "$lte": hi},
-                                  "room": room}, {"seq": 1, "_id": 0})
-                persisted[(room, origin)] = {int(d["seq"]) for d in found}
-        except pymongo.errors.PyMongoError as exc:
-            logger.warning("cannot confirm chat messages in MongoDB yet: %s", exc)
+        for room in rooms:
+            pipe.xinfo_groups(stream_key(room))
+            pipe.xpending(stream_key(room), GROUP)
+        replies = pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, redis.ConnectionError | redis.TimeoutError):
+                raise reply
+        lasts = [int(x) if isinstance(x, str) else 0 for x in replies[:len(ranges)]]
+        acked_below = {room: _acked_boundary(replies[len(ranges) + 2 * i],
+                                             replies[len(ranges) + 2 * i + 1])
+                       for i, room in enumerate(rooms)}
+        persisted = self._check_mongo(ranges) if time.monotonic() >= self._mongo_at else {}
         with self._cond:
             requeue: list[ChatMessage] = []
             for key, last in zip(ranges, lasts, strict=True):
                 held = self._inflight.get(key)
                 if held is None:
                     continue
-                for s in persisted.get(key, ()):
-                    held.pop(s, None)
+                ld, pending_min = acked_below[key[0]]
+                for seq, msg in list(held.items()):
+                    if seq in persisted.get(key, ()) or (
+                        msg.stream_id and seq <= last
+                        and _is_acked(_id_key(msg.stream_id), ld, pending_min)
+                    ):
+                        del held[seq]
                 requeue += self._take_lost(key, last)
             for key in [k for k, v in self._inflight.items() if not v]:
                 del self._inflight[key]
             if requeue:
                 self._pending.extendleft(reversed(requeue))
             self._cond.notify_all()
+
+    def _check_mongo(
+        self, ranges: dict[tuple[str, str], tuple[int, int]]
+    ) -> dict[tuple[str, str], set[int]]:
+        """Which in-flight seqs MongoDB has, for messages the group cannot vouch for."""
+        self._mongo_at = time.monotonic() + self._mongo_check_s
+        old = self._clock() - self._mongo_check_s
+        with self._cond:
+            wanted = {k: [s for s, m in self._inflight.get(k, {}).items()
+                          if not m.stream_id or m.sent_at < old] for k in ranges}
+        out: dict[tuple[str, str], set[int]] = {}
+        try:
+            col = self._db[COLLECTION]
+            for (room, origin), seqs in wanted.items():
+                if seqs:
+                    found = col.find({"origin": origin, "seq": {"$in": seqs}, "room": room},
+                                     {"seq": 1, "_id": 0})
+                    out[(room, origin)] = {int(d["seq"]) for d in found}
+        except pymongo.errors.PyMongoError as exc:
+            logger.warning("cannot confirm chat messages in MongoDB yet: %s", exc)
+        return out
+
+
+def _id_key(stream_id: str) -> tuple[int, int]:
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _acked_boundary(groups: Any, pending: Any) -> tuple[tuple[int, int], tuple[int, int] | None]:
+    """(group read position, oldest pending id) of the `persist` group; nothing acked if unknown."""
+    if not isinstance(groups, list) or not isinstance(pending, dict):
+        return (0, 0), (0, 0)
+    group = next((g for g in groups if g.get("name") == GROUP), None)
+    if group is None:
+        return (0, 0), (0, 0)
+    ld = _id_key(str(group["last-delivered-id"]))
+    return ld, _id_key(str(pending["min"])) if pending.get("pending") else None
+
+
+def _is_acked(entry: tuple[int, int], ld: tuple[int, int], pending_min: tuple[int, int] | None
+              ) -> bool:
+    return entry <= ld and (pending_min is None or entry < pending_min) and entry > (0, 0)
 
 
 def rooms_with_chat(client: redis.Redis) -> Iterable[str]:
