@@ -140,18 +140,20 @@ def test_recovers_one_rung_at_a_time_first_within_ten_seconds_top_within_20() ->
     assert policy.connection_quality() is ConnectionQuality.EXCELLENT
 
 
-def test_a_short_spike_is_ignored_but_a_bad_second_is_not() -> None:
+def test_a_blip_is_ignored_but_a_bad_report_is_not() -> None:
     clock = FakeClock()
     policy = QualityPolicy(clock, start=TOP)
-    # a bad half-second at 2 Hz, and a bad 0.3 s reported on its own
-    assert run(policy, clock, lambda t: 0.5 if 9.5 <= t < 10.0 else 0.0, until=30) == []
+    # a bad 0.25 s at 4 Hz, and a bad 0.3 s reported on its own
+    assert run(policy, clock, lambda t: 0.5 if 9.75 <= t < 10.0 else 0.0, until=30,
+               period=0.25) == []
     assert policy.observe(0.5, 40, None, 30.3, interval_s=0.3) is None
     assert policy.observe(0.0, 40, None, 30.5) is None
-    # one report covering a whole bad second is a bad second
-    assert policy.observe(0.3, 40, None, 31.5, interval_s=1.0) is LADDER[1]
-    # and so is a bad 1.5 s at 2 Hz
-    run(policy, clock, lambda t: 0.5 if 70 <= t < 71.5 else 0.0, until=75, start=60.5)
-    assert [(c.direction, c.at) for c in policy.changes if c.at >= 70] == [("down", 71.0)]
+    # one report covering a bad 0.6 s is enough
+    assert policy.observe(0.3, 40, None, 31.1, interval_s=0.6) is LADDER[1]
+    # and so are two bad 0.25 s samples in a row
+    run(policy, clock, lambda t: 0.5 if 70 <= t < 70.5 else 0.0, until=75, start=60.25,
+        period=0.25)
+    assert [(c.direction, c.at) for c in policy.changes if c.at >= 70] == [("down", 70.5)]
 
 
 def test_neutral_band_holds_the_level_forever() -> None:
@@ -242,7 +244,7 @@ def test_changes_are_emitted_as_quality_changed_events() -> None:
     events: list[CallEvent] = []
     policy = QualityPolicy(clock, start=TOP, emit=events.append, wall=clock.wall,
                            context=EventContext("room1", participant="bob", leg="sub:alice"))
-    changes = run(policy, clock, lambda t: 0.3 if t >= 10 else 0.0, until=11.5)
+    changes = run(policy, clock, lambda t: 0.3 if t >= 10 else 0.0, until=11.0)
     assert len(events) == len(changes) == 1
     ev = events[0]
     assert ev.kind == "quality_changed" and ev.room == "room1" and ev.leg == "sub:alice"
@@ -343,6 +345,7 @@ def test_frame_size_for_rejects_audio_only_and_tiny_frames() -> None:
         frame_size_for(TOP, 1, 480)
 
 
+@settings(deadline=None)
 @given(st.sampled_from(LADDER[:-1]), st.integers(2, 4000), st.integers(2, 4000))
 def test_frame_size_properties(level: QualityLevel, w: int, h: int) -> None:
     ow, oh = frame_size_for(level, w, h)
@@ -362,6 +365,7 @@ def test_should_send_by_index(level: QualityLevel, src_fps: int, want: int) -> N
     assert sum(should_send(level, i, src_fps) for i in range(src_fps * 10)) == want * 10
 
 
+@settings(deadline=None)
 @given(st.sampled_from(LADDER[:-1]), st.floats(1.0, 60.0), st.integers(30, 600))
 def test_should_send_keeps_the_rate(level: QualityLevel, src_fps: float, n: int) -> None:
     sent = sum(should_send(level, i, src_fps) for i in range(n))
@@ -369,6 +373,7 @@ def test_should_send_keeps_the_rate(level: QualityLevel, src_fps: float, n: int)
     assert abs(sent - expected) <= 1.5
 
 
+@settings(deadline=None)
 @given(st.sampled_from(LADDER[:-1]), st.floats(5.0, 60.0), st.floats(0.0, 0.3),
        st.integers(0, 2**32))
 def test_frame_decimator_caps_the_rate_with_jitter(level: QualityLevel, src_fps: float,
@@ -393,3 +398,104 @@ def test_frame_decimator_follows_level_changes() -> None:
     assert not any(dec.should_send(t) for t in ts[60:90])
     dec.set_level(LADDER[3])
     assert 14 <= sum(dec.should_send(t) for t in ts[90:120]) <= 16
+
+
+# ------------------------------------------------------------------- real aiortc, on loopback
+def test_policy_fed_real_receiver_reports_under_thirty_percent_loss(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real aiortc sender (the server's subscribe leg) and receiver (the browser) on
+    127.0.0.1; 30 % of the sender's packets are dropped above ICE. Fed each fresh receiver
+    report (remote-inbound-rtp, as the server sees it), the ladder steps down with the first
+    report that shows the loss (so within ~2 s of the onset: reports come every 0.5-1.5 s) and
+    takes its first step back up within 10 s after the loss is cleared."""
+    import asyncio
+    import time
+
+    import aioice
+    import aioice.ice
+    from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection
+    from aiortc.mediastreams import MediaStreamError
+
+    from videochat.bot import BotVideoTrack
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    rng = random.Random(6)
+    drop = {"p": 0.0}
+    lossy: set[int] = set()
+    orig_send = aioice.Connection.send
+
+    async def send(self: aioice.Connection, data: bytes) -> None:
+        if id(self) in lossy and rng.random() < drop["p"]:
+            return
+        await orig_send(self, data)
+
+    monkeypatch.setattr(aioice.Connection, "send", send)
+    policy = QualityPolicy(time.monotonic, start=TOP)
+
+    async def run() -> tuple[float, float]:
+        sender = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        receiver = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        tasks: list[asyncio.Task[None]] = []
+
+        async def consume(track: MediaStreamTrack) -> None:
+            while True:
+                try:
+                    await track.recv()
+                except MediaStreamError:
+                    return
+
+        receiver.on("track", lambda track: tasks.append(asyncio.ensure_future(consume(track))))
+        sender.addTrack(BotVideoTrack(320, 240, fps=20))
+        await sender.setLocalDescription(await sender.createOffer())
+        await receiver.setRemoteDescription(sender.localDescription)
+        await receiver.setLocalDescription(await receiver.createAnswer())
+        await sender.setRemoteDescription(receiver.localDescription)
+        for transceiver in sender.getTransceivers():
+            lossy.add(id(transceiver.sender.transport.transport._connection))
+        seen: set[object] = set()
+        reports: list[tuple[float, float]] = []  # (arrival, loss fraction)
+
+        async def feed_until(done, limit: float) -> float:
+            """Feed each fresh receiver report; returns when done() or after `limit` s."""
+            end = time.monotonic() + limit
+            while time.monotonic() < end:
+                for s in (await sender.getStats()).values():
+                    if s.type == "remote-inbound-rtp" and s.timestamp not in seen:
+                        seen.add(s.timestamp)  # the report's arrival: a fresh one
+                        rtt = None if s.roundTripTime is None else s.roundTripTime * 1000
+                        reports.append((time.monotonic(), s.fractionLost / 256))  # 1/256ths
+                        policy.observe(reports[-1][1], rtt)
+                if done():
+                    return time.monotonic()
+                await asyncio.sleep(0.05)
+            return time.monotonic()
+
+        try:
+            await feed_until(lambda: len(seen) >= 2, 15)
+            assert len(seen) >= 2, "no receiver reports"
+            drop["p"] = 0.30
+            onset = time.monotonic()
+            stepped = await feed_until(lambda: bool(policy.changes), 4)
+            assert policy.changes, "no step down under 30 % loss"
+            first_bad = next(at for at, loss in reports if at > onset and loss >= 0.10)
+            assert policy.changes[0].at == pytest.approx(first_bad, abs=0.01)  # no added delay
+            await feed_until(lambda: False, 1.0)
+            drop["p"] = 0.0
+            cleared = time.monotonic()
+            up = await feed_until(lambda: policy.changes[-1].direction == "up", 12)
+            assert policy.changes[-1].direction == "up", [(c.at, c.reason) for c in
+                                                          policy.changes]
+            return stepped - onset, up - cleared
+        finally:
+            await sender.close()
+            await receiver.close()
+            for task in tasks:
+                task.cancel()
+
+    down_s, up_s = asyncio.run(run())
+    assert down_s <= 2.5  # 2 s target; the report schedule alone can take ~2 s (see above)
+    assert up_s <= 10.0
+    first = policy.changes[0]
+    assert first.direction == "down" and first.reason.startswith("loss")
+    ups = [c for c in policy.changes if c.direction == "up"]
+    assert len(ups) == 1 and ups[0].from_level.rank - ups[0].to_level.rank == 1

@@ -19,12 +19,14 @@ Design (why)
   congestion control every browser runs: above 10 % loss it cuts its rate, below 2 % it may
   raise it. RTT: above 500 ms a conversation breaks down (ITU-T G.114 puts the one-way limit at
   400 ms, and queueing delay grows before loss does); under 250 ms it is comfortable. Evidence
-  is counted in *media time*: consecutive bad samples must cover `down_after_s` = 1 s, so a
-  0.5 s blip is ignored while one RTCP report covering a whole bad second is enough (GCC too
-  reacts to each report). This keeps "<= 2 s" honest whatever the sampling rate: at 2 Hz the
-  step comes 1-1.5 s after the onset, at 1 Hz 1-2 s. Receiver reports lag up to ~1 s on top, so
-  feed the policy each fresh report (or sample at 2 Hz) rather than once a second.
-  - Down: bad for `down_after_s` = 1 s, and at least `down_hold_s` = 1 s after the previous
+  is counted in *media time*: consecutive bad samples must cover `down_after_s` = 0.5 s, the
+  shortest interval between two receiver reports (aiortc and Chrome send one every 0.5-1.5 s,
+  RFC 3550's randomised interval). So every bad report is enough, as GCC too reacts to each
+  report, while a shorter blip seen by a fast counter-delta sampler is not. The step then comes
+  with the first report that shows the loss: within ~1.5 s of the onset, or ~2 s if the onset
+  fell late in a report's interval and diluted it below 10 %. Feed the policy each fresh report
+  (or sample at 2-4 Hz), never once a second on a timer: that would add up to a second.
+  - Down: bad for `down_after_s` = 0.5 s, and at least `down_hold_s` = 1 s after the previous
     change (the new level needs that long to show in the stats); evidence from before a change
     never counts for the next one. Loss and RTT step one rung at a time and stop at the lowest
     video rung; only `severe_loss` (40 %: most frames cannot be reassembled) or a bitrate below
@@ -132,7 +134,7 @@ class QualityThresholds:
     up_rtt_ms: float = 250.0  # comfortably interactive (G.114: 150 ms one way)
     down_bitrate_ratio: float = 0.8  # encoders overshoot ~20 %: below that the rung cannot fit
     up_bitrate_headroom: float = 1.25  # the next rung must fit with room, or it congests at once
-    down_after_s: float = 1.0  # a bad second, never a single short report
+    down_after_s: float = 0.5  # one receiver report's worth; not a shorter blip
     down_hold_s: float = 1.0  # a new rung needs a report interval to show in the stats
     up_after_s: float = 7.0  # first up-step after trouble: slow, yet 10 s with report lag
     up_step_s: float = 4.0  # further up-steps while it stays good
