@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 from pymongo.database import Database
 
@@ -430,16 +431,16 @@ BAND_COLOURS = {"fault": "rgba(214, 39, 40, 0.15)", "reconnect": "rgba(255, 127,
 
 
 def build_figure(name: str, series: Series, events: Sequence[dict[str, Any]],
-                 sel: Selection) -> go.Figure:
+                 sel: Selection, *, _columns: dict[Any, Any] | None = None) -> go.Figure:
     """One chart: a trace per participant and leg (and direction for bitrate), events on top."""
     title, fields, y_title = CHARTS[name]
+    columns = _columns if _columns is not None else _trace_columns(series)
     data: list[dict[str, Any]] = []
-    for (who, leg), rows in sorted(series.traces().items()):
+    for (who, leg), (rows, x, ys) in columns.items():
         direction = rows[0].get("direction") or ""
-        x = [r["t"] for r in rows]
         for f in fields:
-            y = [r.get(f) for r in rows]
-            if all(v is None for v in y):
+            y = ys[f]
+            if np.isnan(y).all():
                 continue
             suffix = f" {FIELD_LABEL[f]}" if len(fields) > 1 else ""
             trace: dict[str, Any] = {
@@ -458,7 +459,7 @@ def build_figure(name: str, series: Series, events: Sequence[dict[str, Any]],
         data.append(markers)
     layout: dict[str, Any] = {
         "title": {"text": title}, "height": 300, "margin": {"l": 50, "r": 10, "t": 40, "b": 30},
-        "xaxis": {"type": "date", "range": [sel.start, sel.end]},
+        "xaxis": {"type": "date", "range": [_naive(sel.start), _naive(sel.end)]},
         "yaxis": {"title": {"text": y_title}, "rangemode": "tozero"},
         "yaxis2": {"overlaying": "y", "range": [0, 1], "visible": False, "fixedrange": True},
         "shapes": shapes, "legend": {"orientation": "h", "y": -0.2}, "hovermode": "x unified",
@@ -471,12 +472,32 @@ def build_figure(name: str, series: Series, events: Sequence[dict[str, Any]],
     return go.Figure(data=data, layout=layout, _validate=False)
 
 
+def _trace_columns(series: Series) -> dict[Any, Any]:
+    """Per trace: rows, x as datetime64 (UTC), and every drawn field as a float array.
+
+    numpy arrays, not lists: plotly deep-copies trace data, and copying thousands of datetime
+    objects was most of the figure time; arrays also serialise as compact binary.
+    """
+    out: dict[Any, Any] = {}
+    drawn = {f for _, fields, _ in CHARTS.values() for f in fields}
+    for key, rows in sorted(series.traces().items()):
+        x = np.array([int(r["t"].timestamp() * 1000) for r in rows], dtype="datetime64[ms]")
+        ys = {f: np.array([r.get(f) for r in rows], dtype=float) for f in drawn}
+        out[key] = (rows, x, ys)
+    return out
+
+
+def _naive(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(tzinfo=None)
+
+
 def _event_overlays(events: Sequence[dict[str, Any]],
                     sel: Selection) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     shapes: list[dict[str, Any]] = []
     for b in bands(events, sel.end):
-        shapes.append({"type": "rect", "xref": "x", "yref": "paper", "x0": b["start"],
-                       "x1": b["end"], "y0": 0, "y1": 1, "line": {"width": 0}, "layer": "below",
+        shapes.append({"type": "rect", "xref": "x", "yref": "paper", "x0": _naive(b["start"]),
+                       "x1": _naive(b["end"]), "y0": 0, "y1": 1, "line": {"width": 0},
+                       "layer": "below",
                        "fillcolor": BAND_COLOURS.get(b["kind"], "rgba(128,128,128,0.15)")})
     markers: dict[str, Any] = {
         "type": "scatter", "mode": "markers", "x": [], "y": [], "text": [], "yaxis": "y2",
@@ -486,19 +507,21 @@ def _event_overlays(events: Sequence[dict[str, Any]],
     drawn = [e for e in events if e["kind"] in MARKER_KINDS or e["kind"] in BAND_PAIRS
              or e["kind"] in ("fault_ended",)]
     for e in drawn[:MAX_MARKERS]:
-        markers["x"].append(e["at"])
+        markers["x"].append(_naive(e["at"]))
         markers["y"].append(0.97)
         markers["text"].append(_label(e))
         if e["kind"] == "quality_changed":
-            shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": e["at"],
-                           "x1": e["at"], "y0": 0, "y1": 1,
+            at = _naive(e["at"])
+            shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": at,
+                           "x1": at, "y0": 0, "y1": 1,
                            "line": {"width": 1, "dash": "dot", "color": "#888"}})
     return shapes, markers
 
 
 def build_figures(series: Series, events: Sequence[dict[str, Any]],
                   sel: Selection) -> dict[str, go.Figure]:
-    return {name: build_figure(name, series, events, sel) for name in CHARTS}
+    columns = _trace_columns(series)
+    return {name: build_figure(name, series, events, sel, _columns=columns) for name in CHARTS}
 
 
 # --- export --------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ Retention: TTL indexes on ``at`` of both collections (``Settings.metrics_retenti
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
 import logging
 import threading
@@ -88,10 +89,6 @@ def bucket_id(room: str, leg: str, minute: datetime) -> str:
     return f"{room}|{leg}|{int(minute.timestamp()) // 60}"
 
 
-def _epoch_minute(at: datetime) -> int:
-    return int(at.timestamp()) // 60
-
-
 def minute_of(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(second=0, microsecond=0)
 
@@ -135,8 +132,10 @@ class _Bucket:
         return "added"
 
     def to_doc(self) -> MongoDoc:
-        return {"_id": self.id, "at": self.at, "meta": self.meta, "n": self.n,
-                "last": self.last, "p": self.present, **self.cols}
+        # Copies: the writer thread encodes this while the next batch changes the bucket.
+        return {"_id": self.id, "at": self.at, "meta": dict(self.meta), "n": self.n,
+                "last": self.last, "p": list(self.present),
+                **{k: list(v) for k, v in self.cols.items()}}
 
     def to_rollup_doc(self) -> MongoDoc:
         return {"_id": self.id, "at": self.at, "meta": self.meta, "n": self.n,
@@ -184,6 +183,15 @@ def _rollups(cols: dict[str, list[Any]], present: list[int]) -> MongoDoc:
         doc[f"r{width}"] = {k: [m[k] for m in merged] for k in merged[0]}
     doc["m"] = merge(base)
     return doc
+
+
+@dataclass
+class _Prepared:
+    items: int  # buffer entries this covers, samples and events
+    samples: int
+    events: list[MongoDoc]
+    raw: list[tuple[bool, MongoDoc]] = field(default_factory=list)  # (stored before?, doc)
+    rollups: list[tuple[bool, MongoDoc]] = field(default_factory=list)
 
 
 class MetricsStore:
@@ -302,41 +310,70 @@ class MetricsStore:
     # --- the flusher thread ----------------------------------------------------------------
 
     def _run(self) -> None:
+        # Two stages overlap: while the writer thread waits for MongoDB to store batch k,
+        # this thread folds batch k+1 into the buckets (the Python half of the work).
+        writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="metrics-writer")
+        inflight: tuple[concurrent.futures.Future[None], _Prepared] | None = None
         backoff = 0.1
-        while True:
-            with self._cond:
-                if not self._buf and not self._stopping:
-                    self._cond.wait(self._interval)
-                if self._stopping and (not self._buf or not self._backend_up):
-                    return
-                batch = list(itertools.islice(self._buf, self._batch_max))
-            if not batch:
-                continue
-            try:
-                if not self._indexes_ready:
-                    self.ensure_indexes()
-                n_samples, n_events = self._write(batch)
-            except pymongo.errors.PyMongoError as exc:
+        try:
+            while True:
                 with self._cond:
-                    if self._backend_up:
-                        logger.warning("MongoDB unreachable, buffering metrics: %s", exc)
-                    self._backend_up = False
-                    self._last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
-                    self._cond.wait(backoff)  # close() can wake us
-                backoff = min(self._retry_max, backoff * 2)
-                continue
-            backoff = 0.1
-            with self._cond:
-                for _ in range(len(batch)):
-                    self._buf.popleft()
-                self._done += len(batch)
-                self._written_samples += n_samples
-                self._written_events += n_events
-                if not self._backend_up:
-                    logger.info("MongoDB back; metrics buffer draining (%d left)", len(self._buf))
-                self._backend_up = True
-                self._cond.notify_all()
-            self._evict()
+                    offset = inflight[1].items if inflight else 0
+                    if inflight is None and not self._buf and not self._stopping:
+                        self._cond.wait(self._interval)
+                    if (self._stopping and inflight is None
+                            and (not self._buf or not self._backend_up)):
+                        return
+                    batch = list(itertools.islice(self._buf, offset, offset + self._batch_max))
+                prepared: _Prepared | None = None
+                error: pymongo.errors.PyMongoError | None = None
+                try:
+                    if not self._indexes_ready:
+                        self.ensure_indexes()
+                    if batch:
+                        prepared = self._prepare(batch)
+                except pymongo.errors.PyMongoError as exc:
+                    error = exc
+                if inflight is not None:
+                    future, sent = inflight
+                    inflight = None
+                    try:
+                        future.result()
+                        self._acknowledge(sent)
+                    except pymongo.errors.PyMongoError as exc:
+                        # Start again from the head of the buffer; what was folded in is
+                        # replayed, and a replay rewrites the same documents.
+                        error, prepared = exc, None
+                if error is not None:
+                    self._failed(error, backoff)
+                    backoff = min(self._retry_max, backoff * 2)
+                    continue
+                backoff = 0.1
+                if prepared is not None:
+                    inflight = (writer.submit(self._send, prepared), prepared)
+        finally:
+            writer.shutdown(wait=True)
+
+    def _acknowledge(self, sent: _Prepared) -> None:
+        with self._cond:
+            for _ in range(sent.items):
+                self._buf.popleft()
+            self._done += sent.items
+            self._written_samples += sent.samples
+            self._written_events += len(sent.events)
+            if not self._backend_up:
+                logger.info("MongoDB back; metrics buffer draining (%d left)", len(self._buf))
+            self._backend_up = True
+            self._cond.notify_all()
+        self._evict()
+
+    def _failed(self, exc: pymongo.errors.PyMongoError, backoff: float) -> None:
+        with self._cond:
+            if self._backend_up:
+                logger.warning("MongoDB unreachable, buffering metrics: %s", exc)
+            self._backend_up = False
+            self._last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+            self._cond.wait(backoff)  # close() can wake us
 
     def ensure_indexes(self) -> None:
         samples, rollups, events = self.db[SAMPLES], self.db[ROLLUPS], self.db[EVENTS]
@@ -354,21 +391,14 @@ class MetricsStore:
                     "name": "ttl_at", "expireAfterSeconds": self._retention_s})
         self._indexes_ready = True
 
-    def _write(self, batch: list[tuple[str, Any]]) -> tuple[int, int]:
-        samples = [s for k, s in batch if k == "s"]
-        events = [d for k, d in batch if k == "e"]
-        written = 0
-        if samples:
-            written = self._write_samples(samples)
-        if events:
-            try:
-                self.db[EVENTS].insert_many(events, ordered=False)
-            except pymongo.errors.BulkWriteError as exc:
-                _raise_unless_duplicates(exc)
-        return written, len(events)
-
-    def _write_samples(self, samples: list[MetricSample]) -> int:
-        keyed = [(f"{s.room}|{s.leg}|{_epoch_minute(s.at)}", s) for s in samples]
+    def _prepare(self, batch: list[tuple[str, Any]]) -> _Prepared:
+        """Fold a batch's samples into their minute buckets; the documents to write."""
+        samples = [x for k, x in batch if k == "s"]
+        events = [x for k, x in batch if k == "e"]
+        prepared = _Prepared(items=len(batch), samples=len(samples), events=events)
+        if not samples:
+            return prepared
+        keyed = [(f"{s.room}|{s.leg}|{int(s.at.timestamp()) // 60}", s) for s in samples]
         missing = list({bid for bid, _ in keyed if bid not in self._buckets})
         if missing:
             for doc in self.db[SAMPLES].find({"_id": {"$in": missing}}):
@@ -390,23 +420,34 @@ class MetricsStore:
         if duplicates:
             with self._cond:
                 self._duplicates += duplicates
-        if touched:
-            buckets = list(touched.values())
-            # Raw buckets first: they are the source of truth a restarted process reads back.
-            self._put(SAMPLES, buckets, [b.to_doc() for b in buckets])
-            self._put(ROLLUPS, buckets, [b.to_rollup_doc() for b in buckets])
-            for b in buckets:
-                b.stored = True
-        return len(samples)
+        for bucket in touched.values():
+            prepared.raw.append((bucket.stored, bucket.to_doc()))
+            prepared.rollups.append((bucket.stored, bucket.to_rollup_doc()))
+            # From now on a write of this bucket replaces: if this one fails, the upsert of
+            # the retry still creates it.
+            bucket.stored = True
+        return prepared
 
-    def _put(self, coll: str, buckets: list[_Bucket], docs: list[MongoDoc]) -> None:
+    def _send(self, prepared: _Prepared) -> None:
+        # Raw buckets first: they are the source of truth a restarted process reads back.
+        if prepared.raw:
+            self._put(SAMPLES, prepared.raw)
+            self._put(ROLLUPS, prepared.rollups)
+        if prepared.events:
+            try:
+                self.db[EVENTS].insert_many(prepared.events, ordered=False)
+            except pymongo.errors.BulkWriteError as exc:
+                _raise_unless_duplicates(exc)
+
+    def _put(self, coll: str, entries: list[tuple[bool, MongoDoc]]) -> None:
         # A bucket new to MongoDB is inserted (on SecantusDB ~6x cheaper than an upsert);
         # one that exists, or turns out to (duplicate key), is replaced under the n guard.
         def replace(d: MongoDoc) -> ReplaceOne[MongoDoc]:
             return ReplaceOne({"_id": d["_id"], "n": {"$lt": d["n"]}}, d, upsert=True)
 
+        docs = [d for _, d in entries]
         ops: list[InsertOne[MongoDoc] | ReplaceOne[MongoDoc]] = [
-            replace(d) if b.stored else InsertOne(d) for b, d in zip(buckets, docs, strict=True)]
+            replace(d) if stored else InsertOne(d) for stored, d in entries]
         try:
             self.db[coll].bulk_write(ops, ordered=False)
         except pymongo.errors.BulkWriteError as exc:
