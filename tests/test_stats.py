@@ -327,23 +327,44 @@ def test_sampler_on_aiortc_loopback_measures_loss_and_bitrate(loopback_ice: None
 
 
 @pytest.mark.timeout(30)
-def test_sampler_latest_and_remove_leg(loopback_ice: None) -> None:
-    async def scenario() -> tuple[dict[str, MetricSample], dict[str, MetricSample]]:
+def test_leg_listener_samples_registered_legs_until_removed(loopback_ice: None) -> None:
+    """Wired as a LegRegistry listener: the sampler binds to the leg's loop and starts."""
+    from types import SimpleNamespace
+
+    async def scenario() -> tuple[dict[str, MetricSample], list[MetricSample], Sampler]:
         sender, receiver, track, received, tasks = await _connect()
-        sampler = Sampler(asyncio.get_running_loop(), lambda s: None)
-        sampler.add_leg("pub", receiver, dict(TAGS), received, lambda: None)
-        await sampler.tick()
-        await asyncio.sleep(0.3)
-        await sampler.tick()
+        samples: list[MetricSample] = []
+        sampler = Sampler(None, samples.append, period_s=0.3)
+        leg = SimpleNamespace(leg_id="pub-1", pc=receiver, loop=asyncio.get_running_loop(),
+                              room="r1", call_id="c1", participant="alice",
+                              direction="publish")
+        listener = sampler.leg_listener(lambda leg_id: f"q-{leg_id}")
+        listener(leg, True)
+        counter = sampler.counter("pub-1")
+
+        async def feed() -> None:  # what the media code does for each frame it delivers
+            while True:
+                await asyncio.sleep(0.05)
+                counter.on_frame(320, 240)
+
+        tasks.append(asyncio.ensure_future(feed()))
+        await asyncio.sleep(1.5)
         latest = sampler.latest("r1")
-        other = sampler.latest("nope")
-        sampler.remove_leg("pub")
-        assert sampler.latest("r1") == {}
+        listener(leg, False)
+        stopped_at = len(samples)
+        await asyncio.sleep(0.7)
+        assert len(samples) == stopped_at  # removed: no more samples for it
+        assert sampler.latest("r1") == {} and sampler.legs() == []
+        sampler.stop()
         for task in tasks:
             task.cancel()
         await sender.close()
         await receiver.close()
-        return latest, other
+        return latest, samples, sampler
 
-    latest, other = asyncio.run(scenario())
-    assert set(latest) == {"pub"} and other == {}
+    latest, samples, _ = asyncio.run(scenario())
+    assert set(latest) == {"pub-1"}
+    assert len(samples) >= 3
+    assert samples[-1].quality == "q-pub-1" and samples[-1].participant == "alice"
+    assert samples[-1].fps is not None and samples[-1].fps > 5
+    assert (samples[-1].width, samples[-1].height) == (320, 240)

@@ -353,7 +353,7 @@ class Sampler:
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
+        loop: asyncio.AbstractEventLoop | None,
         sink: Callable[[MetricSample], None],
         *,
         clock: Clock = utcnow,
@@ -364,6 +364,7 @@ class Sampler:
         self._clock = clock
         self._period = period_s
         self._legs: dict[str, _Leg] = {}
+        self._counters: dict[str, FrameCounter] = {}
         self._latest: dict[str, MetricSample] = {}
         self._lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -391,6 +392,38 @@ class Sampler:
         with self._lock:
             self._legs.pop(leg_id, None)
             self._latest.pop(leg_id, None)
+            self._counters.pop(leg_id, None)
+
+    def counter(self, leg_id: str) -> FrameCounter:
+        """The leg's frame counter (created on first use) for the media code to feed."""
+        with self._lock:
+            return self._counters.setdefault(leg_id, FrameCounter())
+
+    def leg_listener(
+        self, quality_of: Callable[[str], str | None] | None = None
+    ) -> Callable[[Any, bool], None]:
+        """A `LegRegistry` listener: samples every leg from registration to removal.
+
+        The leg object needs leg_id, pc, loop, room, call_id, participant and direction; the
+        sampler starts on the first leg's loop if it was built without one.
+        """
+        def listener(leg: Any, added: bool) -> None:
+            if not added:
+                self.remove_leg(leg.leg_id)
+                return
+            if self._loop is None:
+                self._loop = leg.loop
+            tags = {"room": leg.room, "call_id": leg.call_id, "participant": leg.participant,
+                    "direction": leg.direction}
+            leg_id = str(leg.leg_id)
+
+            def quality() -> str | None:
+                return quality_of(leg_id) if quality_of is not None else None
+
+            self.add_leg(leg_id, leg.pc, tags, self.counter(leg_id), quality)
+            self.start()
+
+        return listener
 
     def legs(self) -> list[str]:
         with self._lock:
@@ -402,15 +435,19 @@ class Sampler:
             return {k: v for k, v in self._latest.items() if v.room == room}
 
     def start(self) -> None:
-        """Start ticking; callable from any thread."""
+        """Start ticking (idempotent); callable from any thread."""
+        loop = self._loop
+        if loop is None:
+            return  # started by the first leg that brings its loop
+
         def create() -> None:
             if self._task is None or self._task.done():
-                self._task = self._loop.create_task(self._run(), name="metrics-sampler")
+                self._task = loop.create_task(self._run(), name="metrics-sampler")
 
-        if _running_loop() is self._loop:
+        if _running_loop() is loop:
             create()
         else:
-            self._loop.call_soon_threadsafe(create)
+            loop.call_soon_threadsafe(create)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop ticking; from the loop's own thread this only requests the cancel."""
@@ -418,10 +455,11 @@ class Sampler:
             if self._task is not None:
                 self._task.cancel()
 
-        if _running_loop() is self._loop:
-            cancel()
+        loop = self._loop
+        if loop is None or loop.is_closed():
             return
-        if self._loop.is_closed():
+        if _running_loop() is loop:
+            cancel()
             return
         done = concurrent.futures.Future[None]()
 
@@ -429,18 +467,19 @@ class Sampler:
             cancel()
             done.set_result(None)
 
-        self._loop.call_soon_threadsafe(cancel_and_signal)
+        loop.call_soon_threadsafe(cancel_and_signal)
         try:
             done.result(timeout)
         except concurrent.futures.TimeoutError:
             logger.warning("sampler stop: loop did not answer in %.1f s", timeout)
 
     async def _run(self) -> None:
-        next_t = self._loop.time()
+        loop = asyncio.get_running_loop()
+        next_t = loop.time()
         while True:
             await self.tick()
             next_t += self._period
-            now = self._loop.time()
+            now = loop.time()
             if next_t < now:
                 # The loop was stalled past a whole period: skip the lost ticks rather than
                 # fire a burst (the next sample covers the longer interval).
@@ -456,7 +495,7 @@ class Sampler:
             return_exceptions=True,
         )
         busy_from = time.perf_counter()
-        t = self._loop.time()
+        t = asyncio.get_running_loop().time()
         at = self._clock().replace(microsecond=0)
         if self._last_at is not None and at <= self._last_at:
             # A late tick followed by a punctual one can land in the same second; the store
