@@ -1,6 +1,7 @@
 """Video quality: the fallback ladder, the connection-quality badge, and the per-leg ladder policy.
 
-Pure: no I/O; time comes from a monotonic `clock` passed in (or an explicit `at`).
+Pure: no I/O; time comes from a monotonic `clock` passed in (or an explicit `at` on that clock).
+Not thread-safe: drive each policy from one thread, normally the media event loop.
 
 Design (why)
 ------------

@@ -2,7 +2,8 @@
 
 Pure policy, no I/O: every class takes a monotonic `clock` (a `Callable[[], float]` such as
 `time.monotonic`) and every method takes an optional `now`/`at` on that clock, so tests drive them
-on a fake clock and the relay can feed timestamps it already has.
+on a fake clock and the relay can feed timestamps it already has. Not thread-safe: drive each
+object from one thread, normally the media event loop.
 
 Design (why)
 ------------
