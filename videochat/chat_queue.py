@@ -37,7 +37,7 @@ import pymongo.errors
 import redis
 from pymongo.database import Database
 
-from videochat.chat import ChatMessage, ChatRateLimiter, check_room
+from videochat.chat import ChatMessage, ChatRateLimiter, check_room, clean_text
 from videochat.exceptions import BackendUnavailable
 from videochat.settings import Settings
 
@@ -209,10 +209,7 @@ class ChatQueue:
         RateLimited when the participant sends too fast, BackendUnavailable if the outbox is full.
         """
         check_room(room)
-        # Validate before counting against the rate limit, and before taking a sequence number.
-        ChatMessage.create(room=room, sender_id=sender_id, sender_name=sender_name, text=text,
-                           max_length=self.max_length, origin="0" * 16, seq=1, sent_at=0.0,
-                           message_id=message_id)
+        clean_text(text, self.max_length)  # bad text does not count against the rate limit
         if self._limiter is not None:
             self._limiter.check(room, sender_id, local_only=not self._redis_up)
         with self._cond:
