@@ -16,6 +16,8 @@ from typing import Any
 import aioice.ice
 import numpy as np
 import pytest
+from aioice import stun
+from aioice.turn import TurnClientUdpProtocol
 from aiortc import RTCPeerConnection, VideoStreamTrack
 from av import VideoFrame
 from turnserver import CoturnProcess, coturn_fixture
@@ -97,6 +99,13 @@ def test_relay_only_reaches_the_browser_configuration() -> None:
     assert rtc["iceServers"][-1] == {"urls": ["stun:other.example.org"]}
     assert "iceTransportPolicy" not in TurnConfig(urls=("turn:x",), shared_secret="s") \
         .rtc_configuration("u", 0)
+    # Relay-only needs a TURN server somewhere: ours or one among the static entries.
+    no_turn = TurnConfig(urls=(), relay_only=True)
+    with pytest.raises(SettingsError, match="relay-only needs a TURN server") as err:
+        no_turn.rtc_configuration("u", 0, extra=[{"urls": ["stun:s.example.org"]}])
+    assert err.value.name == "VIDEOCHAT_ICE_TRANSPORT_POLICY"
+    static_turn = [{"urls": "turn:static.example.org", "username": "a", "credential": "b"}]
+    assert no_turn.rtc_configuration("u", 0, extra=static_turn)["iceServers"] == static_turn
 
 
 @pytest.mark.parametrize(
@@ -109,7 +118,6 @@ def test_relay_only_reaches_the_browser_configuration() -> None:
         ({"urls": ("turn:t",), "username": "u", "credential": "p", "shared_secret": "s"},
          "VIDEOCHAT_TURN_SECRET", "not both"),
         ({"urls": (), "shared_secret": "s"}, "VIDEOCHAT_TURN_URLS", "without URLs"),
-        ({"urls": (), "relay_only": True}, "VIDEOCHAT_ICE_TRANSPORT_POLICY", "at least one"),
         ({"urls": ("turn:t",), "shared_secret": "s", "ttl_s": 5}, "VIDEOCHAT_TURN_TTL_S", "60"),
         ({"urls": ("turns:t?transport=udp",), "shared_secret": "s"}, "VIDEOCHAT_TURN_URLS",
          "tcp"),
@@ -200,6 +208,36 @@ def test_expired_rest_credential_is_refused_by_coturn(coturn: CoturnProcess) -> 
     assert [c.kind for c in stale] == ["refused"], stale
     assert "expired" in stale[0].message
     assert [c.kind for c in fresh] == ["ok"], fresh
+
+
+def test_an_allocation_outlives_its_credential(coturn: CoturnProcess) -> None:
+    """coturn checks the REST expiry when allocating, not when refreshing: a call may outlast
+    its credential (what videochat.turn's docstring and the operations notes promise)."""
+
+    async def scenario() -> tuple[int, str]:
+        username, password = rest_credentials(coturn.secret, "frank", int(time.time()) + 2)
+        loop = asyncio.get_running_loop()
+        transport, proto = await loop.create_datagram_endpoint(
+            lambda: TurnClientUdpProtocol(("127.0.0.1", coturn.port), username, password,
+                                          lifetime=600, channel_refresh_time=500),
+            remote_addr=("127.0.0.1", coturn.port),
+        )
+        try:
+            await proto.connect()
+            await asyncio.sleep(max(0.0, int(username.split(":")[0]) + 1.2 - time.time()))
+            refresh = stun.Message(message_method=stun.Method.REFRESH,
+                                   message_class=stun.Class.REQUEST)
+            refresh.attributes["LIFETIME"] = 600
+            response, _ = await proto.request_with_retry(refresh)
+            fresh_check = await check_turn(coturn.url, username, password, relay_probe=False)
+            return response.attributes["LIFETIME"], fresh_check.kind
+        finally:
+            await proto.delete()
+            transport.close()
+
+    lifetime, new_allocation = asyncio.run(scenario())
+    assert lifetime == 600  # the old allocation was refreshed after the expiry
+    assert new_allocation == "refused"  # while the same credential opens nothing new
 
 
 def test_unreachable_servers_get_a_plain_verdict(coturn: CoturnProcess) -> None:

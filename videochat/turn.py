@@ -3,8 +3,9 @@
 Time-limited credentials follow the TURN REST API (draft-uberti-behave-turn-rest, what coturn's
 `--use-auth-secret` implements): username `"{expiry_unix}:{user}"`, password
 `base64(HMAC-SHA1(shared_secret, username))`. The server needs only the shared secret; a leaked
-credential stops working at its expiry. coturn checks the expiry on every authenticated request,
-refreshes included, so the lifetime must outlast the longest call.
+credential stops opening new allocations at its expiry. An allocation made before the expiry
+keeps being refreshed after it (coturn 4.6.1, pinned by a test), so the lifetime bounds how long
+a page may wait before (re)connecting, not how long a call may last.
 
 Where the lists go:
 - the browser gets every URL (`rtc_configuration`); `iceTransportPolicy: "relay"` makes it gather
@@ -174,11 +175,6 @@ class TurnConfig:
                 )
         elif static or self.shared_secret:
             raise SettingsError("VIDEOCHAT_TURN_URLS", "", "TURN credentials given without URLs")
-        if self.relay_only and not parsed:
-            raise SettingsError(
-                "VIDEOCHAT_ICE_TRANSPORT_POLICY", "relay",
-                "relay-only needs at least one TURN server in VIDEOCHAT_TURN_URLS",
-            )
         if isinstance(self.ttl_s, bool) or not isinstance(self.ttl_s, int) or not (
             TTL_MIN_S <= self.ttl_s <= TTL_MAX_S
         ):
@@ -230,8 +226,10 @@ class TurnConfig:
 
         `extra` (e.g. `Settings.ice_servers` as dicts) comes after ours, so aiortc still picks ours.
         """
-        cfg: dict[str, Any] = {"iceServers": [*self.ice_servers_for(user, now), *extra]}
+        servers = [*self.ice_servers_for(user, now), *extra]
+        cfg: dict[str, Any] = {"iceServers": servers}
         if self.relay_only:
+            validate_relay_only(servers)
             cfg["iceTransportPolicy"] = "relay"
         return cfg
 
@@ -240,6 +238,20 @@ class TurnConfig:
     ) -> list[dict[str, Any]]:
         """Exactly what aiortc will use: the first STUN URL and the first usable TURN URL."""
         return aiortc_subset([*self.ice_servers_for(user, now), *extra])
+
+
+def validate_relay_only(ice_servers: Sequence[dict[str, Any]]) -> None:
+    """Relay-only with no TURN server gathers no candidate at all: refuse that configuration."""
+    for server in ice_servers:
+        urls = server.get("urls", [])
+        for url in [urls] if isinstance(urls, str) else urls:
+            if isinstance(url, str) and url.startswith(("turn:", "turns:")):
+                return
+    raise SettingsError(
+        "VIDEOCHAT_ICE_TRANSPORT_POLICY", "relay",
+        "relay-only needs a TURN server (VIDEOCHAT_TURN_URLS or a turn: entry in "
+        "VIDEOCHAT_ICE_SERVERS)",
+    )
 
 
 def aiortc_subset(ice_servers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
