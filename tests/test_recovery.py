@@ -19,8 +19,8 @@ from videochat.recovery import (
     LegState,
     LegSupervisor,
     MediaWatchdog,
-    Presence,
     PresenceBoard,
+    PresenceState,
     ReconnectController,
     ReconnectState,
 )
@@ -194,7 +194,7 @@ def test_controller_timeline_and_events() -> None:
     assert ctl.due(18.5) and ctl.attempted(18.5) == 3
     clock.t = 20.0
     assert ctl.on_recovered(20.0) and not ctl.on_recovered(20.5)
-    assert ctl.state is ReconnectState.CONNECTED and ctl.presence(20.0) is Presence.PRESENT
+    assert ctl.state is ReconnectState.CONNECTED and ctl.presence(20.0) is PresenceState.PRESENT
 
     assert [e.kind for e in events] == ["reconnect_started"] + ["reconnect_attempted"] * 3 + [
         "reconnect_succeeded"]
@@ -231,8 +231,8 @@ def test_controller_gives_up_then_user_retry() -> None:
     gaps = [b - a for a, b in zip(ep.attempt_times, ep.attempt_times[1:], strict=False)]
     assert gaps == pytest.approx([5.3, 6.2, 7.7, 9.8, 12.0][:len(gaps)], abs=0.11)
     assert not ctl.due(t + 100) and ctl.attempted(t) == 0
-    assert ctl.presence(ep.dropped_at + 29) is Presence.RECONNECTING
-    assert ctl.presence(ep.dropped_at + 30) is Presence.LEFT
+    assert ctl.presence(ep.dropped_at + 29) is PresenceState.RECONNECTING
+    assert ctl.presence(ep.dropped_at + 30) is PresenceState.LEFT
     # a late recovery still counts, flagged as after the failure
     assert ctl.on_recovered(t + 1) and events[-1].data["after_failure"] is True
     ctl.on_dropped(t + 2)
@@ -251,7 +251,7 @@ def test_retry_button_starts_a_fresh_episode() -> None:
     assert ctl.state is ReconnectState.RECONNECTING and ctl.due(50.0) and ctl.attempts == 0
     assert events[-1].kind == "reconnect_started" and events[-1].data["reason"] == "user retry"
     assert len(ctl.episodes) == 2
-    assert ctl.presence(51.0) is Presence.RECONNECTING  # grace restarts with the new episode
+    assert ctl.presence(51.0) is PresenceState.RECONNECTING  # grace restarts with the new episode
 
 
 @settings(max_examples=100, deadline=None)
@@ -283,13 +283,13 @@ def test_attempts_never_overlap_and_respect_the_backoff(durations: list[float],
 # ------------------------------------------------------------------------------ grace/presence
 def test_grace_period() -> None:
     g = GracePeriod(30.0)
-    assert g.status(0.0) is Presence.PRESENT and g.remaining(0.0) == 0.0
+    assert g.status(0.0) is PresenceState.PRESENT and g.remaining(0.0) == 0.0
     g.start(10.0)
     g.start(20.0)  # a second drop does not extend it
-    assert g.status(39.9) is Presence.RECONNECTING and g.remaining(25.0) == 15.0
-    assert g.status(40.0) is Presence.LEFT and g.expired(40.0)
+    assert g.status(39.9) is PresenceState.RECONNECTING and g.remaining(25.0) == 15.0
+    assert g.status(40.0) is PresenceState.LEFT and g.expired(40.0)
     g.clear()
-    assert g.status(50.0) is Presence.PRESENT
+    assert g.status(50.0) is PresenceState.PRESENT
     with pytest.raises(ValidationError):
         GracePeriod(0.0)
 
@@ -303,20 +303,21 @@ def test_presence_board_reports_each_change_once() -> None:
     board.dropped("ann", 5.0)
     board.dropped("ann", 6.0)
     board.dropped("bob", 10.0)
-    assert board.status("ann", 20.0) is Presence.RECONNECTING
+    assert board.status("ann", 20.0) is PresenceState.RECONNECTING
     assert board.reconnecting_since("ann") == 5.0
     board.recovered("bob", 15.0)
-    assert board.status("bob", 16.0) is Presence.PRESENT
+    assert board.status("bob", 16.0) is PresenceState.PRESENT
     assert board.expire(34.9) == []
     assert board.expire(35.0) == ["ann"] and board.expire(36.0) == []
-    assert board.status("ann", 36.0) is Presence.LEFT and board.reconnecting_since("ann") is None
+    assert board.status("ann", 36.0) is PresenceState.LEFT
+    assert board.reconnecting_since("ann") is None
     board.left("cy", 40.0)
     board.left("cy", 41.0)
-    assert board.status("cy") is Presence.LEFT
+    assert board.status("cy") is PresenceState.LEFT
     board.dropped("cy", 42.0)  # gone is gone
     board.recovered("ann", 50.0)  # came back after being shown as gone
-    assert board.status("ann", 50.0) is Presence.PRESENT
-    assert board.status("nobody", 50.0) is Presence.PRESENT
+    assert board.status("ann", 50.0) is PresenceState.PRESENT
+    assert board.status("nobody", 50.0) is PresenceState.PRESENT
     kinds = [(e.kind, e.participant) for e in events]
     assert kinds == [("participant_reconnecting", "ann"), ("participant_reconnecting", "bob"),
                      ("participant_left", "ann"), ("participant_left", "cy"),
@@ -430,7 +431,7 @@ def test_forty_second_blackout_keeps_trying_and_recovers(ice_survives: bool) -> 
         assert back - 50.0 <= 7.0 + 1.5 + 0.25
     assert sup.state is ReconnectState.CONNECTED
     assert not [e for e in events if e.kind == "reconnect_failed"]
-    assert len(actions) >= 5 and sup.controller.presence() is Presence.PRESENT
+    assert len(actions) >= 5 and sup.controller.presence() is PresenceState.PRESENT
 
 
 def test_endless_outage_gives_up_once_and_retry_rebuilds() -> None:

@@ -246,7 +246,7 @@ class MediaWatchdog:
 
 
 # ---------------------------------------------------------------------------------- grace period
-class Presence(StrEnum):
+class PresenceState(StrEnum):
     PRESENT = "present"
     RECONNECTING = "reconnecting"
     LEFT = "left"
@@ -275,10 +275,10 @@ class GracePeriod:
     def expired(self, now: float) -> bool:
         return self.since is not None and now >= self.since + self.grace_s
 
-    def status(self, now: float) -> Presence:
+    def status(self, now: float) -> PresenceState:
         if self.since is None:
-            return Presence.PRESENT
-        return Presence.LEFT if self.expired(now) else Presence.RECONNECTING
+            return PresenceState.PRESENT
+        return PresenceState.LEFT if self.expired(now) else PresenceState.RECONNECTING
 
 
 class PresenceBoard:
@@ -327,12 +327,12 @@ class PresenceBoard:
         self._left.add(who)
         self._send("participant_left", who, at, reason="left")
 
-    def status(self, who: str, now: float | None = None) -> Presence:
+    def status(self, who: str, now: float | None = None) -> PresenceState:
         now = self._clock() if now is None else now
         if who in self._left:
-            return Presence.LEFT
+            return PresenceState.LEFT
         grace = self._grace.get(who)
-        return Presence.PRESENT if grace is None else grace.status(now)
+        return PresenceState.PRESENT if grace is None else grace.status(now)
 
     def reconnecting_since(self, who: str) -> float | None:
         grace = self._grace.get(who)
@@ -504,11 +504,11 @@ class ReconnectController:
         self._begin(now, "user retry", None)
         return True
 
-    def presence(self, now: float | None = None) -> Presence:
+    def presence(self, now: float | None = None) -> PresenceState:
         """How the others should show this leg's participant."""
         now = self._clock() if now is None else now
         if self.state is ReconnectState.CONNECTED:
-            return Presence.PRESENT
+            return PresenceState.PRESENT
         return self.grace.status(now)
 
 
