@@ -153,12 +153,14 @@ def test_record_does_not_block_while_mongo_is_down(
         # Appending to the buffer: far below one blocking round trip to a dead server (3 s).
         assert spent < 1.0
         time.sleep(4.5)
-        assert s.stats()["backend_up"] is False and s.stats()["last_error"]
-        assert s.stats()["buffered"] == 2_000
+        down = s.stats()
+        assert down["backend_up"] is False and down["last_error"] and down["down_since"]
+        assert down["buffered"] == 2_000
     finally:
         secantus_server.start()
     assert s.close(30)
     assert len(stored(mongo_db)) == 2_000
+    assert s.stats()["down_since"] is None and s.stats()["last_written_at"] is not None
 
 
 def _outage(secantus_server: SecantusProcess, db: Db, outage_s: float, legs: int,

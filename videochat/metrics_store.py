@@ -227,6 +227,8 @@ class MetricsStore:
         self._dropped = 0
         self._last_error: str | None = None
         self._backend_up = True
+        self._down_since: datetime | None = None
+        self._last_written_at: datetime | None = None
         self._indexes_ready = False
         self._buckets: dict[str, _Bucket] = {}
         self._ids = itertools.count()
@@ -305,6 +307,7 @@ class MetricsStore:
                 "written_samples": self._written_samples, "written_events": self._written_events,
                 "duplicates": self._duplicates, "dropped_overflow": self._dropped,
                 "last_error": self._last_error, "backend_up": self._backend_up,
+                "down_since": self._down_since, "last_written_at": self._last_written_at,
             }
 
     # --- the flusher thread ----------------------------------------------------------------
@@ -364,6 +367,8 @@ class MetricsStore:
             if not self._backend_up:
                 logger.info("MongoDB back; metrics buffer draining (%d left)", len(self._buf))
             self._backend_up = True
+            self._down_since = None
+            self._last_written_at = self._clock()
             self._cond.notify_all()
         self._evict()
 
@@ -371,6 +376,7 @@ class MetricsStore:
         with self._cond:
             if self._backend_up:
                 logger.warning("MongoDB unreachable, buffering metrics: %s", exc)
+                self._down_since = self._clock()
             self._backend_up = False
             self._last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
             self._cond.wait(backoff)  # close() can wake us
