@@ -231,12 +231,18 @@ def _match(sel: Selection) -> MongoDoc:
     return match
 
 
-def _raw_bins() -> MongoDoc:
-    """The raw minute bucket as one bin per second (`$map` over its 60 slots)."""
-    inner: MongoDoc = {"o": "$$b", "n": {"$arrayElemAt": ["$p", "$$b"]},
-                       "rttx": {"$arrayElemAt": ["$rtt", "$$b"]}}
-    inner.update({f: {"$arrayElemAt": [f"${f}", "$$b"]} for f in (*METRICS, "lc", "w", "h", "q")})
-    return {"$map": {"input": {"$range": [0, 60]}, "as": "b", "in": inner}}
+RAW_FIELDS = (*METRICS, "lc", "w", "h", "q")
+
+
+def _raw_bins(doc: MongoDoc) -> list[dict[str, Any]]:
+    """A raw minute bucket as one bin per held second (no downsampling at one point/s)."""
+    out = []
+    for slot, held in enumerate(doc.get("p") or []):
+        if held:
+            b = {f: (doc.get(f) or [None] * 60)[slot] for f in RAW_FIELDS}
+            b.update(o=slot, n=1, rttx=b["rtt"])
+            out.append(b)
+    return out
 
 
 def query_samples(db: Db, sel: Selection, *, max_points: int = DEFAULT_MAX_POINTS) -> Series:
@@ -245,14 +251,14 @@ def query_samples(db: Db, sel: Selection, *, max_points: int = DEFAULT_MAX_POINT
     series = Series(bin_s=width)
     if width < 60:
         if width == 1:
-            coll, project = SAMPLES, {"meta": 1, "at": 1, "bins": _raw_bins()}
+            coll, project = SAMPLES, {"meta": 1, "at": 1, "p": 1, **{f: 1 for f in RAW_FIELDS}}
         else:
             coll, project = ROLLUPS, {"meta": 1, "at": 1, f"r{width}": 1}
         pipeline: list[MongoDoc] = [{"$match": _match(sel)}, {"$project": project}]
         for doc in db[coll].aggregate(pipeline):
             at = _aware(doc["at"])
             if width == 1:
-                bins = doc["bins"]
+                bins = _raw_bins(doc)
             else:
                 cols = doc[f"r{width}"]
                 bins = [{k: v[i] for k, v in cols.items()} | {"o": i * width}
