@@ -368,3 +368,43 @@ def test_leg_listener_samples_registered_legs_until_removed(loopback_ice: None) 
     assert samples[-1].quality == "q-pub-1" and samples[-1].participant == "alice"
     assert samples[-1].fps is not None and samples[-1].fps > 5
     assert (samples[-1].width, samples[-1].height) == (320, 240)
+
+
+@pytest.mark.timeout(60)
+def test_loopback_to_mongo_to_dashboard(loopback_ice: None, mongo_db: Any) -> None:
+    """The whole flow: real aiortc legs → Sampler → MetricsStore (SecantusDB) → diagnostics."""
+    from videochat.diagnostics import Selection, build_figures, query_events, query_samples
+    from videochat.events import CallEvent
+    from videochat.metrics_store import MetricsStore
+
+    store = MetricsStore(mongo_db, flush_interval_s=0.2)
+
+    async def scenario() -> None:
+        sender, receiver, track, received, tasks = await _connect()
+        sampler = Sampler(asyncio.get_running_loop(), store.record)
+        sampler.add_leg("alice-pub", receiver, {**TAGS, "room": "flow"}, received, lambda: "high")
+        sampler.add_leg("bob-sub", sender, {**TAGS, "room": "flow", "participant": "bob",
+                                            "direction": "subscribe"}, track.counter,
+                        lambda: "high")
+        store.emit(CallEvent("participant_joined", "flow", participant="alice", call_id="c1"))
+        sampler.start()
+        await asyncio.sleep(4.5)
+        sampler.stop()
+        for task in tasks:
+            task.cancel()
+        await sender.close()
+        await receiver.close()
+
+    started = datetime.now(UTC) - timedelta(seconds=2)
+    asyncio.run(scenario())
+    assert store.close(20)
+    sel = Selection(room="flow", start=started, end=datetime.now(UTC) + timedelta(seconds=2))
+    series = query_samples(mongo_db, sel)
+    traces = series.traces()
+    assert set(traces) == {("alice", "alice-pub"), ("bob", "bob-sub")}
+    assert len(traces[("alice", "alice-pub")]) >= 3
+    assert all((r["bi"] or 0) > 50 for r in traces[("alice", "alice-pub")])
+    assert any(r["rtt"] is not None for r in traces[("bob", "bob-sub")])
+    figs = build_figures(series, query_events(mongo_db, sel), sel)
+    assert len([t for t in figs["rtt"].data if t.name != "events"]) == 1
+    assert store.stats()["dropped_overflow"] == 0
