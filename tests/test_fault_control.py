@@ -58,7 +58,7 @@ class Node:
         return [e.kind for e in self.events]
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
