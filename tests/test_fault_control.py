@@ -358,3 +358,34 @@ def test_start_fault_plane_wires_a_listening_process(
         wait_until(lambda: [e.kind for e in seen] == ["fault_started"])
     finally:
         consumer.stop()
+
+
+def test_consumer_resyncs_when_the_stream_is_lost(nodes: list[Node], redis_conn: redis.Redis
+                                                  ) -> None:
+    """A Redis restarted without its data: the consumer starts over from the active set."""
+    node = nodes[0]
+    control = FaultControl(redis_conn)
+    stale = control.inject({"kind": "loss", "room": "r1", "percent": 5})
+    node.consumer.poll_once(0)
+    for _ in range(3):
+        control.inject({"kind": "kill", "room": "r0"})
+    node.consumer.poll_once(0)
+    assert stale in {a.fault.id for a in node.manager.active()}
+    redis_conn.flushdb()  # what a restart without persistence looks like
+    fresh = control.inject({"kind": "latency", "room": "r1", "ms": 50})
+    node.consumer._recover()
+    wait_until(lambda: {a.fault.id for a in node.manager.active()} == {fresh})
+
+
+def test_consumer_outlives_a_redis_outage(nodes: list[Node], valkey_server: ValkeyProcess,
+                                          redis_conn: redis.Redis) -> None:
+    node = nodes[0]
+    node.consumer.start()
+    control = FaultControl(redis_conn, outages=OutageController(redis_pid=valkey_server.pid))
+    wait_until(lambda: control.listeners() == ["node0"])
+    control.inject({"kind": "redis_outage", "duration_s": 2.5})
+    time.sleep(0.5)
+    assert not _redis_up(valkey_server.url)
+    wait_until(lambda: _redis_up(valkey_server.url))
+    fid = control.inject({"kind": "loss", "room": "r1", "percent": 5})
+    wait_until(lambda: fid in {a.fault.id for a in node.manager.active()}, 15)

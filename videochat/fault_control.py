@@ -67,6 +67,7 @@ NODES = "vc:faults:nodes"
 STREAM_MAXLEN = 10_000
 ACK_GRACE_S = 600
 NODE_ALIVE_S = 5.0
+RECONCILE_S = 30.0  # a safety net: the stream alone keeps processes in step
 
 Clock = Callable[[], float]
 Doc = dict[str, Any]
@@ -420,6 +421,7 @@ class FaultConsumer:
         self.block_ms = block_ms
         self.last_id: str | None = None
         self.errors: list[str] = []  # refused commands, newest last (bounded)
+        self._reconciled_at = time.monotonic()
         self._claimed: dict[str, float] = {}  # fault id -> until, for the audit's end
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -443,15 +445,20 @@ class FaultConsumer:
 
     def _run(self) -> None:
         backoff = 0.2
+        recovering = False
         while not self._stop.is_set():
             try:
                 if self.last_id is None:
                     self.sync()
+                elif recovering or time.monotonic() - self._reconciled_at > RECONCILE_S:
+                    self._recover()
+                recovering = False
                 self.poll_once()
                 backoff = 0.2
             except redis.RedisError as exc:
                 logger.warning("fault consumer on %s: Redis unavailable (%s); retrying",
                                self.node, exc)
+                recovering = True
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
             except Exception:  # noqa: BLE001 - the consumer must outlive one bad round
@@ -461,13 +468,35 @@ class FaultConsumer:
     # rounds
 
     def sync(self) -> None:
-        """Start from now: remember the stream's end, then apply the faults already active."""
+        """Start from now: remember the stream's end, then reconcile with the active set."""
         last: Any = self.redis.xrevrange(STREAM, count=1)
         self.last_id = str(last[0][0]) if last else "0-0"
+        self.reconcile()
+
+    def reconcile(self) -> None:
+        """Make this process's faults match the active ones in Redis: apply the missing ones,
+        stop those no longer there. Covers commands missed while Redis was unreachable or
+        lost with a server that restarted without its data (kills excepted: they are instant).
+        """
         control = FaultControl(self.redis, clock=self.clock)
-        for record in control.active(with_acks=False):
+        records = control.active(with_acks=False)
+        for record in records:
             self._apply(record.fault, record.since, record.until, record.cmd_id)
+        wanted = {r.fault.id for r in records}
+        for local in self.manager.active():
+            if local.fault.id not in wanted:
+                self.manager.stop(local.fault.id, "cleared")
+        self._reconciled_at = time.monotonic()
         self._beat()
+
+    def _recover(self) -> None:
+        """After a Redis outage: read on from our position (the stream may be intact), and
+        reconcile with the active set in case it is not."""
+        last: Any = self.redis.xrevrange(STREAM, count=1)
+        tail = str(last[0][0]) if last else "0-0"
+        if _stream_id(tail) < _stream_id(self.last_id or "0-0"):
+            self.last_id = tail
+        self.reconcile()
 
     def poll_once(self, block_ms: int | None = None) -> int:
         """Read and apply the commands that arrived; returns how many."""
@@ -593,6 +622,11 @@ class FaultConsumer:
                                 {"$set": {"status": "expired", "ended_at": data["at"]}})
         except pymongo.errors.PyMongoError as exc:
             logger.warning("fault audit write failed for %s: %s", fault_id, exc)
+
+
+def _stream_id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def start_fault_plane(services: Any, loop: asyncio.AbstractEventLoop, events: EventSink | None,
