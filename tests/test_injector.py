@@ -233,6 +233,23 @@ def test_policy_combines_faults() -> None:
     assert LinkPolicy.combine([]).idle
 
 
+def test_unregistered_legs_are_released_and_new_legs_get_active_faults() -> None:
+    async def main() -> None:
+        async with Call() as call:
+            manager = FaultManager(asyncio.get_running_loop())
+            manager.apply(parse_fault({"kind": "blackout", "room": "r1", "participant": "alice"}))
+            undo = manager.register_leg(call.leg())  # registered mid-fault: gets it at once
+            await asyncio.sleep(0.3)
+            stalled = call.at_server.frames
+            await asyncio.sleep(0.5)
+            assert call.at_server.frames == stalled
+            undo()  # e.g. replaced by a rebuilt leg: the fault must not stick to it
+            await wait_for(lambda: call.at_server.frames > stalled + 5, 5)
+            assert len(manager.active()) == 1
+
+    run(main())
+
+
 def _loss_fraction(before: dict[str, Any], after: dict[str, Any]) -> float:
     lost = after["packetsLost"] - before["packetsLost"]
     got = after["packetsReceived"] - before["packetsReceived"]
@@ -471,5 +488,23 @@ def test_video_effects_reach_the_decoded_frames(kind: str) -> None:
             last = call.at_browser.last[-4:]
             assert all(f.mean() > 90 for f in last)
             assert len({bar_position(f) for f in last}) == 4
+
+    run(main())
+
+
+def test_follows_the_leg_registry_of_the_call_page() -> None:
+    from videochat.legs import LegRegistry, MediaLeg
+
+    async def main() -> None:
+        async with Call() as call:
+            loop = asyncio.get_running_loop()
+            manager = FaultManager(loop)
+            registry = LegRegistry()
+            registry.add_listener(manager.leg_listener)
+            leg = MediaLeg("l1", "r1", "alice", "p-a", "publish", call.server, loop)
+            registry.register(leg)
+            manager.apply(parse_fault({"kind": "kill", "room": "r1", "participant": "alice"}))
+            await wait_for(lambda: call.server.connectionState == "closed", 3)
+            await wait_for(lambda: not registry.legs(), 3)  # the registry saw it close
 
     run(main())

@@ -353,6 +353,13 @@ class FaultManager:
             with self._lock:
                 self._legs.pop(id(leg), None)
 
+            def release() -> None:
+                # A leg we no longer follow must not keep a fault we can no longer end.
+                for shim in entry.shims.values():
+                    shim.set_policies(IDLE, IDLE)
+
+            self._on_loop(release)
+
         return unregister
 
     def leg_listener(self, leg: MediaLeg, added: bool) -> None:
