@@ -179,6 +179,7 @@ class ChatQueue:
         self._backoff_cap_s = backoff_cap_s
         self._script = client.register_script(_SEND_SCRIPT)
         self._cond = threading.Condition()
+        self._send_lock = threading.Lock()
         self._pending: deque[ChatMessage] = deque()
         # (room, origin) -> seq -> message accepted by Redis but not yet seen in MongoDB
         self._inflight: dict[tuple[str, str], dict[int, ChatMessage]] = {}
@@ -226,8 +227,27 @@ class ChatQueue:
             )
             slot[1] += 1
             self._pending.append(msg)
+            # Fast path: nothing queued ahead and Redis up, so send from this thread now; a
+            # hand-off to the flusher would cost a thread switch, which a busy machine makes slow.
+            direct = (self._redis_up and not self._stopping and len(self._pending) == 1
+                      and self._send_lock.acquire(blocking=False))
             self._ensure_thread()
-            self._cond.notify_all()
+            if not direct:
+                self._cond.notify_all()
+                return msg
+        try:
+            self._transmit()
+        except redis.RedisError as exc:
+            with self._cond:
+                self._redis_up = False
+                self._last_error = str(exc)
+            logger.warning("Redis unreachable, chat messages wait in the outbox: %s", exc)
+        except Exception:  # noqa: BLE001 - the message stays queued; the flusher retries
+            logger.exception("sending a chat message failed; the outbox keeps it")
+        finally:
+            self._send_lock.release()
+            with self._cond:
+                self._cond.notify_all()
         return msg
 
     def pending(self, room: str, sender_id: str | None = None) -> list[ChatMessage]:
@@ -306,13 +326,12 @@ class ChatQueue:
                     self._cond.wait(wait)
                 if self._stopping:
                     return
-                batch, needs = self._next_batch()
             try:
-                if batch:
-                    self._apply(batch, self._send_batch(batch, needs))
-                if self._inflight and time.monotonic() >= next_probe:
-                    self._probe()
-                    next_probe = time.monotonic() + self._probe_interval_s
+                with self._send_lock:
+                    self._transmit()
+                    if self._inflight and time.monotonic() >= next_probe:
+                        self._probe()
+                        next_probe = time.monotonic() + self._probe_interval_s
             except redis.RedisError as exc:
                 failures += 1
                 delay = min(self._backoff_cap_s, self._backoff_base_s * 2 ** min(failures, 16))
@@ -336,6 +355,14 @@ class ChatQueue:
             with self._cond:
                 self._redis_up = True
                 self._cond.notify_all()
+
+    def _transmit(self) -> None:
+        """Send the head of the outbox once. Only the holder of `_send_lock` may call this:
+        it alone takes messages off the outbox, which keeps them in order."""
+        with self._cond:
+            batch, needs = self._next_batch()
+        if batch:
+            self._apply(batch, self._send_batch(batch, needs))
 
     def _next_batch(self) -> tuple[list[ChatMessage], list[int]]:
         """The head of the outbox and, per message, the seq that must be in Redis before it."""
