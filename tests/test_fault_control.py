@@ -389,3 +389,14 @@ def test_consumer_outlives_a_redis_outage(nodes: list[Node], valkey_server: Valk
     wait_until(lambda: _redis_up(valkey_server.url))
     fid = control.inject({"kind": "loss", "room": "r1", "percent": 5})
     wait_until(lambda: fid in {a.fault.id for a in node.manager.active()}, 15)
+
+
+def test_audit_keeps_applied_by_when_the_consumer_writes_first(
+    nodes: list[Node], redis_conn: redis.Redis, mongo_db: Any
+) -> None:
+    fault = parse_fault({"kind": "loss", "room": "r1", "percent": 5})
+    nodes[0].consumer._write_audit(fault.id, "applied", {"node": "node0", "at": 1.0})
+    FaultControl(redis_conn, mongo_db, by="t")._audit_insert([fault], 2.0, "c1")
+    doc = mongo_db["faults"].find_one({"_id": fault.id})
+    assert doc["applied_by"] == ["node0"] and doc["status"] == "active"
+    assert doc["requested_by"] == "t" and doc["since"] == 2.0

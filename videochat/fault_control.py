@@ -46,6 +46,7 @@ from typing import Any
 import psutil
 import pymongo.errors
 import redis
+from pymongo import UpdateOne
 from pymongo.database import Database
 
 from videochat.events import EventSink
@@ -373,12 +374,15 @@ class FaultControl:
     def _audit_insert(self, faults: list[Fault], now: float, cmd_id: str) -> None:
         if self.db is None:
             return
-        docs: list[Doc] = [{"_id": f.id, "fault": fault_to_dict(f), "kind": f.kind, "room": f.room,
-                 "participant": f.participant, "requested_by": self.by, "cmd_id": cmd_id,
-                 "since": now, "until": now + f.duration_s, "applied_by": [],
-                 "status": "active"} for f in faults]
+        # Upserts: a fast consumer may record "applied by" before this lands.
+        ops = [UpdateOne({"_id": f.id}, {
+            "$set": {"fault": fault_to_dict(f), "kind": f.kind, "room": f.room,
+                     "participant": f.participant, "requested_by": self.by, "cmd_id": cmd_id,
+                     "since": now, "until": now + f.duration_s, "status": "active"},
+            "$setOnInsert": {"applied_by": []},
+        }, upsert=True) for f in faults]
         try:
-            self.db["faults"].insert_many(docs)
+            self.db["faults"].bulk_write(ops, ordered=False)
         except pymongo.errors.PyMongoError as exc:
             logger.warning("fault audit insert failed (%s); the faults still run", exc)
 
@@ -616,7 +620,8 @@ class FaultConsumer:
         try:
             if what == "applied":
                 coll.update_one({"_id": fault_id}, {"$addToSet": {"applied_by": data["node"]},
-                                                    "$min": {"applied_at": data["at"]}})
+                                                    "$min": {"applied_at": data["at"]}},
+                                upsert=True)
             else:
                 coll.update_one({"_id": fault_id, "status": "active"},
                                 {"$set": {"status": "expired", "ended_at": data["at"]}})
