@@ -571,7 +571,9 @@ class VideoEffectFilter:
     """Per relayed video track: turns frames black or freezes them while a fault says so.
 
     The relay calls `apply(frame)` for each frame it forwards from `participant`; the returned
-    frame keeps the original timing so the encoder and the receiver see a steady stream.
+    frame keeps the original timing so the encoder and the receiver see a steady stream. It fits
+    `relay.RelayTrack.transform` as is; set `participant` again when the track is re-bound to
+    another publisher.
     """
 
     def __init__(self, manager: FaultManager, room: str, participant: str) -> None:
@@ -583,14 +585,15 @@ class VideoEffectFilter:
         self._black: Any = None
 
     def apply(self, frame: av.VideoFrame) -> av.VideoFrame:
-        import av
-        import numpy as np
-
         effect = self.manager.video_effect(self.room, self.participant)
         if effect is None:
             self._last = frame
             self._frozen = None
             return frame
+        # Imported here: the command line imports this module and needs neither.
+        import av
+        import numpy as np
+
         if effect == "black":
             key = (frame.width, frame.height)
             if self._black is None or self._black[0] != key:
