@@ -246,3 +246,28 @@ def test_kill_9_losing_the_last_acknowledged_writes_exactly_once(
         assert wait_for(lambda: read_ledger(s.redis, ROOM).duplicates_suppressed >= 100, 5)
     finally:
         s.close()
+
+
+def test_duplicate_answer_is_confirmed_through_mongodb(
+    redis_conn: redis.Redis, mongo_db: Any
+) -> None:
+    """A re-send answered "dup" has no stream id, so only MongoDB can confirm it."""
+    queue = ChatQueue(redis_conn, mongo_db, probe_interval_s=0.05, mongo_check_s=0.1)
+    persister = ChatPersister(redis_conn, mongo_db, block_ms=50)
+    persister.start()
+    try:
+        msg = ChatMessage.create(room=ROOM, sender_id="a", sender_name="A", text="twice",
+                                 max_length=100, origin="ef" * 8, seq=1, sent_at=time.time())
+        assert queue._send_batch([msg], [0])[0][0] == "ok"  # the reply was "lost"...
+        with queue._cond:  # ...so the sender still holds it and sends it again
+            queue._pending.append(msg)
+            queue._ensure_thread()
+            queue._cond.notify_all()
+        assert queue.flush(10)
+        assert queue.status()["unconfirmed"] in (0, 1)
+        assert queue.wait_persisted(20), queue.status()
+        assert read_ledger(redis_conn, ROOM).duplicates_suppressed == 1
+        assert audit_room(mongo_db, ROOM).stored == 1
+    finally:
+        persister.stop()
+        queue.close(1.0)

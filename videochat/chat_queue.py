@@ -10,7 +10,8 @@ Why messages are neither lost nor duplicated:
 * The XADD, the seq key and the ledger counter change in one script, so they are written to the
   append-only file together: after a `kill -9`, Redis either has all three or none of them.
 * Valkey runs with `appendfsync everysec`, so a crash can forget the last second of *acknowledged*
-  XADDs. The sender therefore keeps every message (in flight) until it sees it in MongoDB. A probe
+  XADDs. The sender therefore keeps every message (in flight) until it is persisted: acknowledged
+  by the `persist` group, which happens only after the MongoDB upsert, or found in MongoDB. A probe
   compares the seq key with what is in flight; messages Redis forgot go back to the front of the
   outbox and are sent again with the same id. The persister's upsert by id makes repeats harmless.
 * While Redis is unreachable the outbox holds messages in order and the flusher retries with
@@ -28,9 +29,10 @@ import random
 import threading
 import time
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 import pymongo.errors
@@ -182,7 +184,9 @@ class ChatQueue:
         self._send_lock = threading.Lock()
         self._pending: deque[ChatMessage] = deque()
         # (room, origin) -> seq -> message accepted by Redis but not yet seen in MongoDB
-        self._inflight: dict[tuple[str, str], dict[int, ChatMessage]] = {}
+        # Each OrderedDict is in seq order: seqs are accepted in order, and every held seq is
+        # below every queued one, so first/last and popping from either end are O(1).
+        self._inflight: dict[tuple[str, str], OrderedDict[int, ChatMessage]] = {}
         self._origins: dict[tuple[str, str], list[Any]] = {}  # (room, sender) -> [origin, next]
         self._redis_up = True
         self._last_error: str | None = None
@@ -332,6 +336,8 @@ class ChatQueue:
                     if self._inflight and time.monotonic() >= next_probe:
                         self._probe()
                         next_probe = time.monotonic() + self._probe_interval_s
+                if self._inflight and time.monotonic() >= self._mongo_at:
+                    self._confirm_from_mongo()
             except redis.RedisError as exc:
                 failures += 1
                 delay = min(self._backoff_cap_s, self._backoff_base_s * 2 ** min(failures, 16))
@@ -373,7 +379,7 @@ class ChatQueue:
             key = (msg.room, msg.origin)
             if key not in prev:
                 held = self._inflight.get(key)
-                prev[key] = max(held) if held else 0
+                prev[key] = next(reversed(held)) if held else 0  # held is in seq order
             needs.append(prev[key])
             prev[key] = msg.seq
         return batch, needs
@@ -416,7 +422,7 @@ class ChatQueue:
                     refused.append(msg)
                     continue
                 stored = msg.with_stream_id(value) if status == "ok" else msg
-                self._inflight.setdefault(key, {})[msg.seq] = stored
+                self._inflight.setdefault(key, OrderedDict())[msg.seq] = stored
             if refused and not requeue:
                 logger.error("Redis refused chat messages as out of order with nothing to "
                              "re-send (origin %s); retrying", refused[0].origin)
@@ -425,8 +431,13 @@ class ChatQueue:
 
     def _take_lost(self, key: tuple[str, str], last: int) -> list[ChatMessage]:
         """Remove and return the in-flight messages of `key` that Redis no longer has."""
-        held = self._inflight.get(key, {})
-        lost = [held.pop(s) for s in sorted(held) if s > last]
+        held = self._inflight.get(key)
+        if held is None:
+            return []
+        lost = []
+        while held and next(reversed(held)) > last:
+            lost.append(held.popitem(last=True)[1])
+        lost.reverse()
         if not held:
             self._inflight.pop(key, None)
         if lost:
@@ -445,7 +456,8 @@ class ChatQueue:
         are looked up in MongoDB, at most every `mongo_check_s`.
         """
         with self._cond:
-            ranges = {k: (min(v), max(v)) for k, v in self._inflight.items() if v}
+            ranges = {k: (next(iter(v)), next(reversed(v))) for k, v in self._inflight.items()
+                      if v}
         if not ranges:
             return
         rooms = sorted({room for room, _ in ranges})
@@ -463,7 +475,6 @@ class ChatQueue:
         acked_below = {room: _acked_boundary(replies[len(ranges) + 2 * i],
                                              replies[len(ranges) + 2 * i + 1])
                        for i, room in enumerate(rooms)}
-        persisted = self._check_mongo(ranges) if time.monotonic() >= self._mongo_at else {}
         with self._cond:
             requeue: list[ChatMessage] = []
             for key, last in zip(ranges, lasts, strict=True):
@@ -471,12 +482,14 @@ class ChatQueue:
                 if held is None:
                     continue
                 ld, pending_min = acked_below[key[0]]
-                for seq, msg in list(held.items()):
-                    if seq in persisted.get(key, ()) or (
-                        msg.stream_id and seq <= last
-                        and _is_acked(_id_key(msg.stream_id), ld, pending_min)
-                    ):
-                        del held[seq]
+                # Oldest first, stopping at the first entry not yet acknowledged: the cost is
+                # what gets confirmed, not what is held (which grows if MongoDB falls behind).
+                while held:
+                    seq, msg = next(iter(held.items()))
+                    if not (msg.stream_id and seq <= last
+                            and _is_acked(_id_key(msg.stream_id), ld, pending_min)):
+                        break
+                    held.popitem(last=False)
                 requeue += self._take_lost(key, last)
             for key in [k for k, v in self._inflight.items() if not v]:
                 del self._inflight[key]
@@ -484,26 +497,38 @@ class ChatQueue:
                 self._pending.extendleft(reversed(requeue))
             self._cond.notify_all()
 
-    def _check_mongo(
-        self, ranges: dict[tuple[str, str], tuple[int, int]]
-    ) -> dict[tuple[str, str], set[int]]:
-        """Which in-flight seqs MongoDB has, for messages the group cannot vouch for."""
+    def _confirm_from_mongo(self) -> None:
+        """Drop in-flight messages MongoDB has, for those the consumer group cannot vouch for:
+        re-sends answered as duplicates (no stream id) and messages held for a long time.
+
+        Runs outside `_send_lock`: dropping a persisted message is safe whatever is being sent.
+        Capped, so a persister far behind does not turn this into a scan of everything held.
+        """
         self._mongo_at = time.monotonic() + self._mongo_check_s
-        old = self._clock() - self._mongo_check_s
+        old = self._clock() - 6 * self._mongo_check_s
         with self._cond:
-            wanted = {k: [s for s, m in self._inflight.get(k, {}).items()
-                          if not m.stream_id or m.sent_at < old] for k in ranges}
-        out: dict[tuple[str, str], set[int]] = {}
+            wanted = {k: [s for s, m in islice(v.items(), 500)
+                          if not m.stream_id or m.sent_at < old]
+                      for k, v in self._inflight.items()}
+        found: dict[tuple[str, str], set[int]] = {}
         try:
             col = self._db[COLLECTION]
             for (room, origin), seqs in wanted.items():
                 if seqs:
-                    found = col.find({"origin": origin, "seq": {"$in": seqs}, "room": room},
-                                     {"seq": 1, "_id": 0})
-                    out[(room, origin)] = {int(d["seq"]) for d in found}
+                    docs = col.find({"origin": origin, "seq": {"$in": seqs}, "room": room},
+                                    {"seq": 1, "_id": 0})
+                    found[(room, origin)] = {int(d["seq"]) for d in docs}
         except pymongo.errors.PyMongoError as exc:
             logger.warning("cannot confirm chat messages in MongoDB yet: %s", exc)
-        return out
+        with self._cond:
+            for key, in_mongo in found.items():
+                held = self._inflight.get(key)
+                for seq in in_mongo:
+                    if held is not None:
+                        held.pop(seq, None)
+                if held is not None and not held:
+                    del self._inflight[key]
+            self._cond.notify_all()
 
 
 def _id_key(stream_id: str) -> tuple[int, int]:
