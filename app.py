@@ -25,8 +25,18 @@ def _configure_logging(level: str) -> None:
 _configure_logging(get_settings().log_level)
 st.set_page_config(page_title="videochat", page_icon="🎥", layout="wide")
 
+call_page = st.Page("pages/call.py", title="Call", icon="🎥", url_path="call")
+
+
+def _home() -> None:
+    # The default page is served at "/" only; a default /call would answer "page not found"
+    # to every shared /call?room=… link. So "/" forwards to /call, keeping the query string.
+    st.switch_page(call_page, query_params=dict(st.query_params))
+
+
 pages = [
-    st.Page("pages/call.py", title="Call", icon="🎥", url_path="call", default=True),
+    st.Page(_home, title="Home", url_path="home", default=True, visibility="hidden"),
+    call_page,
     st.Page("pages/diagnostics.py", title="Diagnostics", icon="📈", url_path="diagnostics"),
     st.Page("pages/faults.py", title="Faults", icon="⚡", url_path="faults"),
     st.Page("pages/qa.py", title="QA sessions", icon="✅", url_path="qa"),

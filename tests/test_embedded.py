@@ -23,9 +23,10 @@ def test_embedded_servers_start_persist_and_are_shared(state_dir: Path) -> None:
         assert all(s.source == "embedded" for s in first.status())
 
         # Another process from the same folder reuses the same servers instead of starting new ones.
+        mapping = {"VIDEOCHAT_STATE_DIR": str(state_dir)}
         code = (
             "from videochat.services import Services; from videochat.settings import Settings;"
-            f"s=Services.from_settings(Settings.from_mapping({{'VIDEOCHAT_STATE_DIR': {str(state_dir)!r}}}));"
+            f"s=Services.from_settings(Settings.from_mapping({mapping!r}));"
             "print(s.redis.get('k'), s.db.things.find_one({'_id': 1})['x'], s.redis_url)"
         )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -2,7 +2,7 @@
 
     VideoChatError
     ├── SettingsError            a setting has a bad value (names the setting and the value)
-    ├── ValidationError          user input broke a rule (room name, display name, chat text, fault command)
+    ├── ValidationError          user input broke a rule (room, name, chat text, fault command)
     │   ├── InvalidRoomName
     │   ├── InvalidDisplayName
     │   ├── InvalidChatMessage

@@ -31,7 +31,7 @@ def render() -> None:
 
 def _render() -> None:
     rt = get_runtime()
-    webrtc.install_bounded_relay()
+    webrtc.install()
     backend_badges(rt)
     me = _current_participant(rt)
     if me is None:
@@ -106,21 +106,28 @@ def _call(rt: AppRuntime, me: Participant) -> None:
         st.markdown(f"**{me.name}** (you)")
         ctx = webrtc.publish(me, rt.settings)
         _register_leg(rt, me, ctx, "publish", None)
-    # One warm spare at most, and only once the last join has settled.
-    spare_shown = time.monotonic() < me.spare_not_before
-    for slot in me.slots:
+    for slot in _visible_slots(rt, me):
         if slot.index + 1 >= len(cells):
             break
-        publisher = rt.registry.find(slot.publisher_id)
-        if publisher is None and spare_shown:
-            continue
         with cells[slot.index + 1]:
-            st.markdown(_tile_title(publisher))
+            st.markdown(_tile_title(rt.registry.find(slot.publisher_id)))
             ctx = webrtc.subscribe(me, slot, rt.settings)
             _register_leg(rt, me, ctx, "subscribe", slot)
-        spare_shown = spare_shown or publisher is None
     if room is not None and len(room.participants) == 1:
         st.info("You are alone in this room. Share the link to invite someone.")
+
+
+def _visible_slots(rt: AppRuntime, me: Participant) -> list[Slot]:
+    """Every bound slot, plus one warm spare once the last join has settled."""
+    out = []
+    spare_allowed = time.monotonic() >= me.spare_not_before
+    for slot in me.slots:
+        if slot.publisher_id is not None and rt.registry.find(slot.publisher_id) is not None:
+            out.append(slot)
+        elif spare_allowed:
+            out.append(slot)
+            spare_allowed = False
+    return out
 
 
 def _tile_title(publisher: Participant | None) -> str:

@@ -53,6 +53,7 @@ def wake_sessions(session_ids: Iterable[str]) -> int:
             lambda s=session: s.request_rerun(_WakeState(s._client_state))
         )
         woken += 1
+        logger.debug("woke session %s", sid)
     return woken
 
 

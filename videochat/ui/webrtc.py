@@ -9,6 +9,12 @@ What we replace, and why (measured figures in docs/ARCHITECTURE.md):
 - **Relay buffering.** streamlit-webrtc wraps every source track in the server-wide
   `MediaRelay` with `buffered=True`: an unbounded queue per consumer, so a slow encoder turns
   into growing latency and memory. We install a relay that keeps only the newest video frame.
+- **Orphan detection.** streamlit-webrtc resets (and stops the worker of) any streamer that
+  missed one script run, assuming the user navigated away. With several streamers on a page,
+  Streamlit's fast reruns routinely interrupt a run before it reaches the later streamers,
+  so live calls were being hung up at random. For our own streamers (keys `pub-`/`sub-`) the
+  check is skipped; page navigation is still caught by streamlit-webrtc's own session
+  observer, and a remounted component by its stale-answer reset.
 Everything else (signalling, workers, the player UI) is streamlit-webrtc's own.
 """
 
@@ -17,7 +23,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import streamlit as st
 import streamlit.components.v1 as components
+import streamlit_webrtc.component as _component
 from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.contrib.media import MediaRelay
 from streamlit.runtime import Runtime
@@ -45,6 +53,24 @@ class BoundedMediaRelay(MediaRelay):
 
     def subscribe(self, track: MediaStreamTrack, buffered: bool = True) -> MediaStreamTrack:
         return super().subscribe(track, buffered=buffered and track.kind != "video")
+
+
+OUR_PREFIXES = ("pub-", "sub-")
+_original_get_or_create_context = _component._get_or_create_context
+
+
+def _get_or_create_context(key: str) -> Any:
+    if key.startswith(OUR_PREFIXES) and key in st.session_state:
+        ctx = st.session_state[key]
+        if hasattr(ctx, "_last_rendered_run_count"):
+            ctx._last_rendered_run_count = None  # skips the orphan check for this run
+    return _original_get_or_create_context(key)
+
+
+def install() -> None:
+    """Apply our two replacements (idempotent; needs the Streamlit runtime)."""
+    _component._get_or_create_context = _get_or_create_context
+    install_bounded_relay()
 
 
 def install_bounded_relay() -> None:
@@ -101,8 +127,10 @@ def peer_connection(ctx: WebRtcStreamerContext[Any, Any]) -> RTCPeerConnection |
     return pc if isinstance(pc, RTCPeerConnection) else None
 
 
-def stop_worker(ctx: WebRtcStreamerContext[Any, Any]) -> None:
-    worker = ctx._get_worker()
+def stop_worker(ctx: object) -> None:
+    """Stop the server side of a streamer now (no-op for other session-state values)."""
+    get_worker = getattr(ctx, "_get_worker", None)
+    worker = get_worker() if callable(get_worker) else None
     if worker is not None:
         worker.stop(timeout=0)
 
@@ -128,16 +156,22 @@ _COMPANION = """
         s.textContent = 'button.vc-hidden{display:none !important}';
         (d.head || d.body).appendChild(s);
       }
-      const st = seen.get(f) || {attempts: 0, next: 0};
-      let start = null;
+      const st = seen.get(f) || {attempts: 0, next: 0, pending: 0};
+      let start = null, stop = null;
       d.querySelectorAll('button').forEach(function (b) {
         const t = (b.textContent || '').trim().toLowerCase();
         if (t === 'start' || t === 'stop') b.classList.add('vc-hidden');
         if (t === 'start') start = b;
-        if (t === 'stop') st.attempts = 0;  // playing: reset the backoff
+        if (t === 'stop') stop = b;
       });
-      if (start && !start.disabled && now >= st.next) {
+      if (stop) { st.attempts = 0; st.pending = 0; }  // signalling or playing: all good
+      // start() awaits a lazy import before it shows Stop: a second press in that window
+      // makes a second RTCPeerConnection and the call never connects. One press per
+      // attempt, then wait for Stop (or give up on that attempt after 10 s).
+      const waiting = st.pending && now - st.pending < 10000;
+      if (start && !start.disabled && !waiting && now >= st.next) {
         st.attempts += 1;
+        st.pending = now;
         // Restart at once, then back off (a denied camera must not loop on prompts).
         st.next = now + Math.min(30000, 1000 * Math.pow(2, Math.max(0, st.attempts - 2)));
         start.click();
@@ -155,3 +189,4 @@ _COMPANION = """
 def autostart_companion() -> None:
     """Press each streamer's Start as soon as it appears; restart a stopped call."""
     components.html(_COMPANION, height=0)
+

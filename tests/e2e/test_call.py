@@ -1,0 +1,88 @@
+"""Two (and three) real browsers join a room by link and see each other's moving video."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import artifacts_dir, wait_for
+from videochat.qa.harness import decoded_frames, remote_videos
+
+pytestmark = pytest.mark.browser
+
+
+def moving(page: Any, seconds: float = 2.0, min_new_frames: int = 10) -> bool:
+    before = decoded_frames(page)
+    time.sleep(seconds)
+    return decoded_frames(page) - before >= min_new_frames
+
+
+def playing_tiles(page: Any) -> int:
+    return sum(1 for v in remote_videos(page) if v["w"] > 0 and v["frames"] > 0)
+
+
+def test_two_participants_see_each_others_moving_video(
+    open_page: Callable[[str], Any], room_name: str
+) -> None:
+    ana = open_page(f"/call?room={room_name}&name=ana&join=1")
+    wait_for(lambda: ana.get_by_text("You are alone in this room").count() > 0, 30,
+             "ana's call page")
+    bob = open_page(f"/call?room={room_name}&name=bob&join=1")
+    took = wait_for(lambda: decoded_frames(ana) > 0 and decoded_frames(bob) > 0, 40,
+                    "both participants to decode a remote frame")
+    print(f"both directions decoding {took:.1f} s after the second participant opened the link")
+    wait_for(lambda: moving(ana), 20, "ana's view of bob to be moving")
+    wait_for(lambda: moving(bob), 20, "bob's view of ana to be moving")
+    assert bob.get_by_text("ana", exact=True).count() >= 1  # the tile is labelled
+    bob.screenshot(path=str(artifacts_dir() / "two-party-bob.png"))
+
+    # Leaving is one click, and the other side's tile goes back to waiting.
+    assert bob.get_by_text("Page not found").count() == 0
+    bob.get_by_role("button", name="Leave").click()
+    wait_for(lambda: ana.get_by_text("You are alone in this room").count() > 0, 20,
+             "ana to see that bob left")
+
+
+def test_three_participants_each_see_two_videos(
+    open_page: Callable[[str], Any], room_name: str
+) -> None:
+    pages = []
+    for name in ("ana", "bob", "cid"):
+        pages.append(open_page(f"/call?room={room_name}&name={name}&join=1"))
+        time.sleep(1)
+    wait_for(lambda: all(playing_tiles(p) >= 2 for p in pages), 60,
+             "every participant to receive both others")
+    for page in pages:
+        wait_for(lambda page=page: moving(page), 20, "every view to be moving")
+
+
+def test_closing_the_tab_counts_as_leaving(
+    open_page: Callable[[str], Any], room_name: str
+) -> None:
+    ana = open_page(f"/call?room={room_name}&name=ana&join=1")
+    bob = open_page(f"/call?room={room_name}&name=bob&join=1")
+    wait_for(lambda: decoded_frames(ana) > 0, 40, "ana to receive bob")
+    bob.context.close()
+    # The app's grace period is 4 s in these tests (30 s by default).
+    wait_for(lambda: ana.get_by_text("You are alone in this room").count() > 0, 30,
+             "ana to see that bob's closed tab left the room")
+
+
+def test_bad_room_name_in_link_names_the_rule(open_page: Callable[[str], Any]) -> None:
+    page = open_page("/call?room=bad%20room!&name=ana&join=1")
+    wait_for(lambda: page.get_by_text("letters, digits").count() > 0, 30,
+             "an error naming the room-name rule")
+    assert page.get_by_text("'bad room!'").count() >= 1
+
+
+def test_same_name_twice_is_told_apart(
+    open_page: Callable[[str], Any], room_name: str
+) -> None:
+    first = open_page(f"/call?room={room_name}&name=ana&join=1")
+    wait_for(lambda: first.get_by_text("You are alone").count() > 0, 30, "first tab joined")
+    second = open_page(f"/call?room={room_name}&name=ana&join=1")
+    wait_for(lambda: second.get_by_text("ana (2)").count() > 0, 30,
+             "the second tab to be named 'ana (2)'")
