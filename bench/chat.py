@@ -154,6 +154,7 @@ def main() -> int:
     ap.add_argument("--ramp", default="1000,2000,4000,8000,12000,16000",
                     help="comma-separated rates for the sustained-rate search ('' to skip)")
     ap.add_argument("--ramp-step", type=float, default=5.0, help="seconds per ramp step")
+    ap.add_argument("--ramp-tries", type=int, default=2, help="attempts per ramp step")
     ap.add_argument("--fsync", default="everysec", choices=["everysec", "no", "always"],
                     help="Valkey appendfsync policy (the app's embedded default is everysec)")
     ap.add_argument("--persister", default="thread", choices=["thread", "process", "after"],
@@ -285,29 +286,36 @@ def _bench(args: argparse.Namespace, client: Any, db: Any, queue: ChatQueue,
 
     steps = []
     highest = 0.0
-    for i, rate in enumerate(float(r) for r in args.ramp.split(",") if r.strip()):
-        step = Run(queue, hub, f"ramp{i}")
-        n, took = step.send_paced(rate, args.ramp_step)
-        drain = step.drain(n, 5)
-        achieved = n / took
-        info = {"rate": rate, "sent": n, "achieved_send_rate": round(achieved, 1),
-                "delivered": step.received, "drain_after_stop_s": round(drain, 3),
-                **summary(step.latency_ms)}
-        # Sustained: the sender kept the pace, every message arrived within 1 s of the end,
-        # and the median stayed low (a growing backlog would push it up).
-        info["sustained"] = bool(achieved >= 0.95 * rate and drain <= 1.0
-                                 and info["p50_ms"] <= 50)
-        steps.append(info)
-        step.unsubscribe()
-        queue.wait_persisted(60)  # start each step with the persister caught up
-        if not info["sustained"]:
+    rates = [float(r) for r in args.ramp.split(",") if r.strip()]
+    for i, rate in enumerate(rates):
+        ok = False
+        for attempt in range(args.ramp_tries):  # a noisy neighbour can spoil one attempt
+            step = Run(queue, hub, f"ramp{i}-{attempt}")
+            n, took = step.send_paced(rate, args.ramp_step)
+            drain = step.drain(n, 5)
+            achieved = n / took
+            info = {"rate": rate, "attempt": attempt + 1, "sent": n,
+                    "achieved_send_rate": round(achieved, 1), "delivered": step.received,
+                    "drain_after_stop_s": round(drain, 3), **summary(step.latency_ms),
+                    "load_average_1m": round(os.getloadavg()[0], 2)}
+            # Sustained: the sender kept the pace, every message arrived within 1 s of the
+            # end, and the median stayed low (a growing backlog would push it up).
+            info["sustained"] = bool(achieved >= 0.95 * rate and drain <= 1.0
+                                     and info["p50_ms"] <= 50)
+            steps.append(info)
+            step.unsubscribe()
+            queue.wait_persisted(60)  # start each attempt with the persister caught up
+            if info["sustained"]:
+                ok = True
+                break
+        if not ok:
             break
         highest = rate
     return {"main": main_run, "ramp": steps, "highest_sustained_rate": highest,
             "ramp_step_s": args.ramp_step,
             "definition": "latency = ChatQueue.send() -> readable in ChatHub.messages() in "
                           "the hub listener; sustained = >=95% of the offered rate sent, all "
-                          "delivered within 1 s of the end, median <= 50 ms"}
+                          "delivered within 1 s of the end, median <= 50 ms (best of --ramp-tries)"}
 
 
 if __name__ == "__main__":
