@@ -16,8 +16,6 @@ from typing import Any
 import pymongo.errors
 from pymongo.database import Database
 
-from videochat.events import CallEvent
-
 logger = logging.getLogger(__name__)
 
 
@@ -61,12 +59,6 @@ class CallLog:
         if call_ended:
             self._put("calls", {"_id": call_id},
                       {"$set": {"active": False, "ended_at": _ts(left_at)}})
-
-    def event(self, event: CallEvent) -> None:
-        """EventBus sink: an idempotent insert (deterministic _id) into `events`."""
-        doc = event.to_doc()
-        key = {"_id": f"{event.kind}:{event.room}:{event.participant}:{event.at.timestamp():.6f}"}
-        self._put("events", key, {"$setOnInsert": doc})
 
     def _run(self) -> None:
         delay = 0.2

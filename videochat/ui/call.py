@@ -103,16 +103,21 @@ def _call(rt: AppRuntime, me: Participant) -> None:
     # Cell 0 is me; cell i+1 is slot i. Fixed positions keep every component mounted (and its
     # connection up) across reruns.
     with cells[0]:
-        st.markdown(f"**{me.name}** (you)")
+        st.markdown(_own_title(rt, me))
         ctx = webrtc.publish(me, rt.settings)
         _register_leg(rt, me, ctx, "publish", None)
     for slot in _visible_slots(rt, me):
         if slot.index + 1 >= len(cells):
             break
         with cells[slot.index + 1]:
-            st.markdown(_tile_title(rt.registry.find(slot.publisher_id)))
+            st.markdown(_tile_title(rt, me, slot))
             ctx = webrtc.subscribe(me, slot, rt.settings)
             _register_leg(rt, me, ctx, "subscribe", slot)
+    if rt.supervisor.gave_up(me.id):
+        st.error("Your connection could not be restored. Check your network, then retry.")
+        if st.button("Retry now"):
+            rt.supervisor.retry(me.id)
+            st.rerun()
     if room is not None and len(room.participants) == 1:
         st.info("You are alone in this room. Share the link to invite someone.")
 
@@ -130,12 +135,50 @@ def _visible_slots(rt: AppRuntime, me: Participant) -> list[Slot]:
     return out
 
 
-def _tile_title(publisher: Participant | None) -> str:
+QUALITY_ICON = {"excellent": "🟢", "good": "🟢", "poor": "🟠", "lost": "🔴"}
+
+
+def _own_title(rt: AppRuntime, me: Participant) -> str:
+    state = rt.supervisor.reconnect_state(me.id)
+    if rt.supervisor.gave_up(me.id):
+        return f"**{_md_text(me.name)}** (you) · 🔴 could not reconnect"
+    if state is not None and state.value != "connected":
+        return f"**{_md_text(me.name)}** (you) · 🟡 reconnecting…"
+    return f"**{_md_text(me.name)}** (you)"
+
+
+def _tile_title(rt: AppRuntime, me: Participant, slot: Slot) -> str:
+    """One line per tile (a fixed element count keeps the components mounted)."""
+    publisher = rt.registry.find(slot.publisher_id)
     if publisher is None:
         return "_waiting for someone to join…_"
+    name = _md_text(publisher.name)
     if publisher.state == "reconnecting":
-        return f"**{publisher.name}** · 🟡 reconnecting…"
-    return f"**{publisher.name}**"
+        return f"**{name}** · 🟡 reconnecting…"
+    leg_id = _leg_id(me, slot)
+    parts = [f"**{name}**"]
+    quality = rt.supervisor.connection_quality(leg_id)
+    level = rt.supervisor.quality_of(leg_id)
+    sample = rt.sampler.latest(me.room).get(leg_id)
+    if quality is not None:
+        parts.append(f"{QUALITY_ICON.get(quality.value, '')} {quality.value}")
+    if level is not None:
+        parts.append(level)
+    if sample is not None and sample.rtt_ms is not None:
+        parts.append(f"RTT {sample.rtt_ms:.0f} ms")
+    view = rt.supervisor.view(leg_id)
+    if view is not None and view.paused:
+        parts.append("video paused (poor network), audio continues")
+    return " · ".join(parts)
+
+
+def _md_text(text: str) -> str:
+    # Display names are validated (letters, digits, space . - _ '), but keep markdown inert.
+    return "".join("\\" + c if c in "\\`*_[]()#+-.!|<>" else c for c in text)
+
+
+def _leg_id(me: Participant, slot: Slot | None) -> str:
+    return f"{me.id[:12]}:{'pub' if slot is None else f'sub{slot.index}'}"
 
 
 def _register_leg(rt: AppRuntime, me: Participant, ctx: object, direction: str,
@@ -143,7 +186,7 @@ def _register_leg(rt: AppRuntime, me: Participant, ctx: object, direction: str,
     pc = webrtc.peer_connection(ctx)  # type: ignore[arg-type]
     if pc is None or rt.legs.known(pc):
         return
-    leg_id = f"{me.id[:12]}:{'pub' if slot is None else f'sub{slot.index}'}"
+    leg_id = _leg_id(me, slot)
     room = rt.registry.room_of(me)
     logger.debug("leg %s registered (worker created)", leg_id)
     rt.legs.register(MediaLeg(

@@ -9,16 +9,22 @@ import time
 from dataclasses import dataclass, field
 
 import streamlit as st
+from streamlit_webrtc.eventloop import get_global_event_loop
 
 from videochat.call_log import CallLog
 from videochat.events import CallEvent, EventBus
+from videochat.fault_control import FaultConsumer, start_fault_plane
 from videochat.ice import restrict_host_addresses
+from videochat.injector import FaultManager
 from videochat.legs import LegRegistry
+from videochat.metrics_store import MetricsStore
 from videochat.participant import Participant
 from videochat.presence import Presence
 from videochat.room import Room, RoomRegistry
 from videochat.services import Services
 from videochat.settings import Settings
+from videochat.stats import MetricSample, Sampler
+from videochat.supervisor import CallSupervisor
 from videochat.ui import wake
 
 logger = logging.getLogger(__name__)
@@ -43,7 +49,12 @@ class AppRuntime:
     presence: Presence
     call_log: CallLog
     node: str
-    legs: LegRegistry = field(default_factory=LegRegistry)
+    legs: LegRegistry
+    metrics: MetricsStore
+    sampler: Sampler
+    faults: FaultManager
+    fault_consumer: FaultConsumer
+    supervisor: CallSupervisor
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start_housekeeping(self) -> None:
@@ -74,7 +85,10 @@ def get_runtime() -> AppRuntime:
     bus = EventBus()
     presence = Presence(services.redis, node=node)
     call_log = CallLog(services.db)
-    bus.add_sink(call_log.event)
+    metrics = MetricsStore.from_settings(services.db, settings)
+    bus.add_sink(metrics.emit)
+    loop = get_global_event_loop()
+    legs = LegRegistry()
 
     def on_join(room: Room, p: Participant) -> None:
         call_log.participant_joined(room=room.name, call_id=room.call_id, participant_id=p.id,
@@ -100,7 +114,28 @@ def get_runtime() -> AppRuntime:
         on_join=on_join,
         on_leave=on_leave,
     )
-    rt = AppRuntime(settings, services, bus, registry, presence, call_log, node)
+    faults, fault_consumer = start_fault_plane(services, loop, bus, node)
+    legs.add_listener(faults.leg_listener)
+
+    def rebuild(p: Participant) -> None:
+        # New component keys: that session's next run mounts fresh streamers (new peer
+        # connections); the old ones were closed by the supervisor.
+        p.publish_epoch += 1
+        for slot in p.slots:
+            slot.epoch += 1
+        registry.wake([p.id])
+
+    supervisor = CallSupervisor(registry, legs, emit=bus.emit, faults=faults, rebuild=rebuild,
+                                grace_s=settings.reconnect_grace_s)
+
+    def sink(sample: MetricSample) -> None:
+        metrics.record(sample)
+        supervisor.on_sample(sample)
+
+    sampler = Sampler(None, sink)
+    legs.add_listener(sampler.leg_listener(quality_of=supervisor.quality_of))
+    rt = AppRuntime(settings, services, bus, registry, presence, call_log, node, legs, metrics,
+                    sampler, faults, fault_consumer, supervisor)
     rt.start_housekeeping()
     return rt
 

@@ -1,0 +1,276 @@
+"""Keeps every call of this process healthy: watches media, rebuilds dropped legs, adapts quality.
+
+Runs on the media loop (all of aiortc lives there), fed by:
+- frames arriving in each participant's video hub (the publish leg is alive),
+- peer-connection state changes of every leg (a killed or failed leg),
+- the stats sampler's per-second samples of subscriber legs (loss, RTT -> quality ladder).
+
+Design (why):
+- A participant is supervised as a whole, by its publish leg: when its camera's frames stop for
+  2.5 s, or any of its legs closes or fails, its network is what broke, so every leg of that
+  participant is rebuilt together. Rebuilding means new component keys for that session
+  (`rebuild` callback, UI side): a new RTCPeerConnection per leg, because aiortc has no ICE
+  restart. Others' subscriber legs stay up: they are bound to hubs, which resume as soon as
+  the rebuilt publish leg delivers frames.
+- Supervision starts at a leg's first frame, so a receive-only participant (no camera) is
+  never "dropped" in a loop.
+- The quality ladder acts per subscriber leg on the server: frames are scaled and decimated
+  before encoding for that one receiver (aiortc has no per-sender bitrate API), and at
+  audio-only video is paused and the tile says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import av
+
+from videochat.events import CallEvent
+from videochat.injector import FaultManager, VideoEffectFilter
+from videochat.legs import LegRegistry, MediaLeg
+from videochat.participant import Participant, Slot
+from videochat.quality import (
+    ConnectionQuality,
+    FrameDecimator,
+    QualityPolicy,
+    frame_size_for,
+    start_level,
+)
+from videochat.recovery import Action, EventContext, LegSupervisor, ReconnectState
+from videochat.room import RoomRegistry
+from videochat.stats import MetricSample
+
+logger = logging.getLogger(__name__)
+
+TICK_S = 0.25
+Emit = Callable[[CallEvent], None]
+Rebuild = Callable[[Participant], None]
+
+
+class SubscriberView:
+    """What one subscriber slot does to each video frame before it is encoded for them."""
+
+    def __init__(self, slot: Slot, room: str, publisher: str, *, emit: Emit | None,
+                 faults: FaultManager | None, clock: Callable[[], float],
+                 context: EventContext) -> None:
+        self.slot = slot
+        self.clock = clock
+        self.policy = QualityPolicy(clock, start=start_level(), emit=emit, context=context)
+        self.decimator = FrameDecimator(self.policy.level)
+        self.effect = VideoEffectFilter(faults, room, publisher) if faults is not None else None
+
+    def set_publisher(self, name: str) -> None:
+        if self.effect is not None:
+            self.effect.participant = name
+
+    def transform(self, frame: Any) -> Any:
+        if self.effect is not None:
+            frame = self.effect.apply(frame)
+        level = self.policy.level
+        self.decimator.set_level(level)
+        if not level.video or not self.decimator.should_send(self.clock()):
+            return None
+        w, h = frame_size_for(level, frame.width, frame.height)
+        if (w, h) == (frame.width, frame.height):
+            return frame
+        out = frame.reformat(width=w, height=h)
+        out.pts, out.time_base = frame.pts, frame.time_base
+        return out
+
+    def observe(self, sample: MetricSample) -> None:
+        self.policy.observe(sample.loss_fraction, sample.rtt_ms, at=self.clock())
+
+    @property
+    def paused(self) -> bool:
+        return not self.policy.level.video
+
+
+@dataclass
+class _Watch:
+    participant: Participant
+    supervisor: LegSupervisor
+    generation_of: dict[int, int] = field(default_factory=dict)  # id(pc) -> generation
+    gave_up: bool = False
+
+
+class CallSupervisor:
+    def __init__(
+        self,
+        registry: RoomRegistry,
+        legs: LegRegistry,
+        *,
+        emit: Emit | None,
+        faults: FaultManager | None,
+        rebuild: Rebuild,
+        grace_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.legs = legs
+        self.emit = emit
+        self.faults = faults
+        self.rebuild = rebuild
+        self.grace_s = grace_s
+        self.clock = clock
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._watches: dict[str, _Watch] = {}
+        self._views: dict[str, SubscriberView] = {}  # leg id -> view
+        self._hooked: set[int] = set()
+        self._task: asyncio.Task[None] | None = None
+        legs.add_listener(self._on_leg)
+
+    # -- legs (called from script threads; hop onto the loop) --------------------------
+    def _on_leg(self, leg: MediaLeg, added: bool) -> None:
+        if self.loop is None:
+            self.loop = leg.loop
+            leg.loop.call_soon_threadsafe(self._start)
+        leg.loop.call_soon_threadsafe(self._leg_changed, leg, added)
+
+    def _start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    def _leg_changed(self, leg: MediaLeg, added: bool) -> None:
+        me = self.registry.find(leg.participant_id)
+        if me is None:
+            return
+        self._hook_hub(me)
+        watch = self._watches.get(me.id)
+        if added:
+            if watch is not None:
+                watch.generation_of[id(leg.pc)] = watch.supervisor.generation
+            pc = leg.pc
+
+            @pc.on("connectionstatechange")
+            def _state() -> None:
+                self._leg_state(leg, pc.connectionState)
+
+            if leg.direction == "subscribe" and leg.slot_index is not None:
+                self._attach_view(me, leg)
+        elif watch is not None and leg.closed:
+            self._leg_state(leg, "closed")
+
+    def _leg_state(self, leg: MediaLeg, state: str) -> None:
+        watch = self._watches.get(leg.participant_id)
+        if watch is None:
+            return
+        gen = watch.generation_of.get(id(leg.pc))
+        if gen is not None and gen == watch.supervisor.generation:
+            watch.supervisor.connection_state(state, generation=gen)
+
+    def _hook_hub(self, me: Participant) -> None:
+        hub = me.video_hub
+        if id(hub) in self._hooked:
+            return
+        self._hooked.add(id(hub))
+        pid = me.id
+
+        def on_frame(frame: Any) -> None:
+            if isinstance(frame, av.VideoFrame):
+                self._frame(pid)
+
+        hub.on_frame.append(on_frame)
+
+    def _frame(self, pid: str) -> None:
+        watch = self._watches.get(pid)
+        if watch is None:
+            me = self.registry.find(pid)
+            if me is None:
+                return
+            room = self.registry.room_of(me)
+            ctx = EventContext(me.room, me.name, room.call_id if room else None, f"{pid[:12]}")
+            sup = LegSupervisor(self.clock, grace_s=self.grace_s, emit=self.emit, context=ctx)
+            watch = self._watches[pid] = _Watch(me, sup)
+            for leg in self.legs.legs(participant_id=pid):
+                watch.generation_of[id(leg.pc)] = 0
+        watch.supervisor.frame_received()
+
+    # -- quality ------------------------------------------------------------------------
+    def _attach_view(self, me: Participant, leg: MediaLeg) -> None:
+        slot = next((s for s in me.slots if s.index == leg.slot_index), None)
+        if slot is None:
+            return
+        view = self._views.get(leg.leg_id)
+        publisher = self.registry.find(slot.publisher_id)
+        if view is None or view.slot is not slot:
+            room = self.registry.room_of(me)
+            ctx = EventContext(me.room, me.name, room.call_id if room else None, leg.leg_id)
+            view = SubscriberView(slot, me.room, publisher.name if publisher else "",
+                                  emit=self.emit, faults=self.faults, clock=self.clock,
+                                  context=ctx)
+            self._views[leg.leg_id] = view
+            slot.video.transform = view.transform
+
+    def on_sample(self, sample: MetricSample) -> None:
+        """Sampler sink (on the loop): subscriber video samples drive that leg's ladder."""
+        if sample.direction != "subscribe" or sample.kind != "video":
+            return
+        view = self._views.get(sample.leg)
+        if view is not None:
+            view.observe(sample)
+
+    def view(self, leg_id: str) -> SubscriberView | None:
+        return self._views.get(leg_id)
+
+    def quality_of(self, leg_id: str) -> str | None:
+        view = self._views.get(leg_id)
+        return view.policy.level.name if view is not None else None
+
+    def connection_quality(self, leg_id: str) -> ConnectionQuality | None:
+        view = self._views.get(leg_id)
+        return view.policy.connection_quality() if view is not None else None
+
+    def reconnect_state(self, participant_id: str) -> ReconnectState | None:
+        watch = self._watches.get(participant_id)
+        return watch.supervisor.state if watch is not None else None
+
+    def gave_up(self, participant_id: str) -> bool:
+        watch = self._watches.get(participant_id)
+        return bool(watch and watch.gave_up)
+
+    def retry(self, participant_id: str) -> None:
+        watch = self._watches.get(participant_id)
+        if watch is not None and self.loop is not None:
+            watch.gave_up = False
+            self.loop.call_soon_threadsafe(watch.supervisor.retry)
+
+    # -- the tick -----------------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - supervision must outlive any one bug
+                logger.exception("call supervisor tick failed")
+
+    def tick(self) -> None:
+        for pid, watch in list(self._watches.items()):
+            me = self.registry.find(pid)
+            if me is None:
+                del self._watches[pid]
+                continue
+            action = watch.supervisor.tick()
+            state = watch.supervisor.state
+            self.registry.set_state(pid, "joined" if state is ReconnectState.CONNECTED
+                                    else "reconnecting")
+            if action is Action.REBUILD:
+                logger.info("rebuilding the legs of %s in %s (attempt %d)", me.name, me.room,
+                            watch.supervisor.generation)
+                for leg in self.legs.legs(participant_id=pid):
+                    leg.close()
+                self.rebuild(me)
+            elif action is Action.GIVE_UP:
+                watch.gave_up = True
+                self.registry.wake([pid])
+        for leg_id in [k for k, v in self._views.items()
+                       if self.registry.find(v.slot.owner_id) is None]:
+            del self._views[leg_id]
+        for view in self._views.values():
+            publisher = self.registry.find(view.slot.publisher_id)
+            if publisher is not None:
+                view.set_publisher(publisher.name)
