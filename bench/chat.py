@@ -32,8 +32,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from videochat.chat_hub import ChatHub  # noqa: E402
+from videochat.chat_ledger import audit_room, read_ledger  # noqa: E402
 from videochat.chat_persister import ChatPersister  # noqa: E402
-from videochat.chat_queue import ChatQueue, audit_room, read_ledger  # noqa: E402
+from videochat.chat_queue import ChatQueue  # noqa: E402
 from videochat.embedded import SecantusProcess, ValkeyProcess, valkey_binary  # noqa: E402
 from videochat.services import mongo_client, redis_client  # noqa: E402
 

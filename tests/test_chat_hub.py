@@ -10,8 +10,9 @@ from typing import Any
 import redis
 
 from videochat.chat_hub import ChatHub
+from videochat.chat_ledger import read_ledger, stream_key
 from videochat.chat_persister import ChatPersister
-from videochat.chat_queue import ChatQueue, read_ledger, stream_key
+from videochat.chat_queue import ChatQueue
 
 ROOM = "lobby"
 

@@ -9,15 +9,9 @@ import pytest
 import redis
 
 from videochat.chat import ChatMessage
+from videochat.chat_ledger import COLLECTION, GROUP, audit_room, read_ledger, stream_key
 from videochat.chat_persister import ChatPersister
-from videochat.chat_queue import (
-    COLLECTION,
-    GROUP,
-    ChatQueue,
-    audit_room,
-    read_ledger,
-    stream_key,
-)
+from videochat.chat_queue import ChatQueue
 
 ROOM = "retro"
 

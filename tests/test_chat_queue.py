@@ -17,14 +17,9 @@ import redis
 
 from videochat.chat import ChatMessage
 from videochat.chat_hub import ChatHub
+from videochat.chat_ledger import COLLECTION, audit_room, read_ledger, stream_key
 from videochat.chat_persister import ChatPersister
-from videochat.chat_queue import (
-    COLLECTION,
-    ChatQueue,
-    audit_room,
-    read_ledger,
-    stream_key,
-)
+from videochat.chat_queue import ChatQueue
 from videochat.embedded import ValkeyProcess
 from videochat.exceptions import BackendUnavailable, InvalidChatMessage
 from videochat.services import redis_client

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import redis
 
-from videochat.chat_queue import ChatQueue, audit_room
+from videochat.chat_ledger import audit_room
+from videochat.chat_queue import ChatQueue
 from videochat.chat_service import ChatService
 from videochat.embedded import SecantusProcess, ValkeyProcess
 from videochat.exceptions import RateLimited

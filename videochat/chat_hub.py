@@ -26,7 +26,7 @@ import redis
 from pymongo.database import Database
 
 from videochat.chat import ChatMessage, check_room
-from videochat.chat_queue import COLLECTION, ledger_key, stream_key
+from videochat.chat_ledger import COLLECTION, ledger_key, stream_key
 from videochat.exceptions import ValidationError
 
 logger = logging.getLogger(__name__)

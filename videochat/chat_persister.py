@@ -28,7 +28,7 @@ from pymongo import UpdateOne
 from pymongo.database import Database
 
 from videochat.chat import ChatMessage
-from videochat.chat_queue import (
+from videochat.chat_ledger import (
     COLLECTION,
     GROUP,
     ROOMS_KEY,

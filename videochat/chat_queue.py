@@ -18,8 +18,7 @@ Why messages are neither lost nor duplicated:
   exponential backoff; nothing is dropped. `send` raises `BackendUnavailable` only when the outbox
   is full (`max_unconfirmed`), never silently.
 
-Keys: stream `vc:chat:{room}`, consumer group `persist`, ledger hash `vc:chatledger:{room}`,
-set of rooms `vc:chatrooms`.
+Keys and the delivery ledger are in `videochat.chat_ledger`.
 """
 
 from __future__ import annotations
@@ -30,8 +29,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from itertools import islice
 from typing import Any
 
@@ -40,31 +38,25 @@ import redis
 from pymongo.database import Database
 
 from videochat.chat import ChatMessage, ChatRateLimiter, check_room, clean_text
+from videochat.chat_ledger import (
+    COLLECTION,
+    GROUP,
+    ROOMS_KEY,
+    SEQ_TTL_S,
+    ChatAudit,
+    ChatLedger,
+    audit_room,
+    ledger_key,
+    read_ledger,
+    seq_key,
+    stream_key,
+)
 from videochat.exceptions import BackendUnavailable
 from videochat.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 MongoDoc = dict[str, Any]
-
-GROUP = "persist"
-ROOMS_KEY = "vc:chatrooms"
-COLLECTION = "chat_messages"
-SEQ_TTL_S = 7 * 24 * 3600
-
-
-def stream_key(room: str) -> str:
-    return f"vc:chat:{room}"
-
-
-def seq_key(room: str, origin: str) -> str:
-    return f"vc:chatseq:{room}:{origin}"
-
-
-def ledger_key(room: str) -> str:
-    return f"vc:chatledger:{room}"
-
-
 # KEYS: stream, seq key, ledger, rooms set. ARGV: seq, need, ttl, room, field/value pairs.
 # `need` is the highest seq below this one that the sender still holds unconfirmed; every lower
 # seq it no longer holds is already in MongoDB, so only `need` has to be in Redis first.
@@ -89,64 +81,6 @@ redis.call('SADD', KEYS[4], ARGV[4])
 return {'ok', id}
 """
 
-
-@dataclass(frozen=True)
-class ChatLedger:
-    """Delivery counters for one room, kept in Redis next to the stream.
-
-    sent: messages accepted into the stream (each id once); persisted: entries written to MongoDB
-    and acknowledged in the consumer group; delivered: new messages handed to a hub's listeners
-    (one count per hub process); duplicates_suppressed: re-sends refused by the idempotency check
-    plus duplicate stream entries dropped by hubs; rejected: malformed stream entries skipped.
-    """
-
-    room: str
-    sent: int = 0
-    delivered: int = 0
-    persisted: int = 0
-    duplicates_suppressed: int = 0
-    rejected: int = 0
-
-    @property
-    def unpersisted(self) -> int:
-        return self.sent - self.persisted
-
-
-def read_ledger(client: redis.Redis, room: str) -> ChatLedger:
-    raw: dict[str, str] = client.hgetall(ledger_key(room))  # type: ignore[assignment]
-    known = ("sent", "delivered", "persisted", "duplicates_suppressed", "rejected")
-    return ChatLedger(room, **{k: int(raw.get(k, 0)) for k in known})
-
-
-@dataclass(frozen=True)
-class ChatAudit:
-    """What MongoDB holds for a room: the proof of "0 lost, 0 duplicated" for QA."""
-
-    room: str
-    stored: int
-    origins: int
-    duplicates: int  # documents sharing (origin, seq) under different ids
-    missing: int  # seqs absent between 1 and the highest stored seq of an origin
-
-    @property
-    def ok(self) -> bool:
-        return self.duplicates == 0 and self.missing == 0
-
-
-def audit_room(db: Database[MongoDoc], room: str) -> ChatAudit:
-    seqs: dict[str, list[int]] = {}
-    for doc in db[COLLECTION].find({"room": room}, {"origin": 1, "seq": 1, "_id": 0}):
-        seqs.setdefault(str(doc["origin"]), []).append(int(doc["seq"]))
-    stored = sum(len(v) for v in seqs.values())
-    duplicates = sum(len(v) - len(set(v)) for v in seqs.values())
-    missing = sum(max(v) - len(set(v)) for v in seqs.values())
-    return ChatAudit(room, stored, len(seqs), duplicates, missing)
-
-
-def ensure_indexes(db: Database[MongoDoc]) -> None:
-    col = db[COLLECTION]
-    col.create_index([("room", 1), ("sent_at", 1)])
-    col.create_index([("origin", 1), ("seq", 1)])
 
 
 class ChatQueue:
@@ -551,6 +485,3 @@ def _is_acked(entry: tuple[int, int], ld: tuple[int, int], pending_min: tuple[in
               ) -> bool:
     return entry <= ld and (pending_min is None or entry < pending_min) and entry > (0, 0)
 
-
-def rooms_with_chat(client: redis.Redis) -> Iterable[str]:
-    return sorted(client.smembers(ROOMS_KEY))  # type: ignore[arg-type]

@@ -15,8 +15,9 @@ import redis
 from pymongo.database import Database
 
 from videochat.chat_hub import ChatHub
+from videochat.chat_ledger import ChatAudit, ChatLedger
 from videochat.chat_persister import ChatPersister
-from videochat.chat_queue import ChatAudit, ChatLedger, ChatQueue
+from videochat.chat_queue import ChatQueue
 from videochat.settings import Settings
 
 logger = logging.getLogger(__name__)
