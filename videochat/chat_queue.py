@@ -57,6 +57,7 @@ from videochat.settings import Settings
 logger = logging.getLogger(__name__)
 
 MongoDoc = dict[str, Any]
+
 # KEYS: stream, seq key, ledger, rooms set. ARGV: seq, need, ttl, room, field/value pairs.
 # `need` is the highest seq below this one that the sender still holds unconfirmed; every lower
 # seq it no longer holds is already in MongoDB, so only `need` has to be in Redis first.
@@ -80,7 +81,6 @@ redis.call('HINCRBY', KEYS[3], 'sent', 1)
 redis.call('SADD', KEYS[4], ARGV[4])
 return {'ok', id}
 """
-
 
 
 class ChatQueue:
@@ -306,7 +306,7 @@ class ChatQueue:
 
     def _next_batch(self) -> tuple[list[ChatMessage], list[int]]:
         """The head of the outbox and, per message, the seq that must be in Redis before it."""
-        batch = [self._pending[i] for i in range(min(self._batch_size, len(self._pending)))]
+        batch = list(islice(self._pending, self._batch_size))
         prev: dict[tuple[str, str], int] = {}
         needs = []
         for msg in batch:
@@ -357,11 +357,13 @@ class ChatQueue:
                     continue
                 stored = msg.with_stream_id(value) if status == "ok" else msg
                 self._inflight.setdefault(key, OrderedDict())[msg.seq] = stored
-            if refused and not requeue:
-                logger.error("Redis refused chat messages as out of order with nothing to "
-                             "re-send (origin %s); retrying", refused[0].origin)
             self._pending.extendleft(reversed(requeue + refused))
             self._cond.notify_all()
+        if refused and not requeue:
+            # Cannot happen while the seq bookkeeping holds; if it ever does, retrying at once
+            # would spin, so let the flusher back off and keep the messages.
+            raise RuntimeError(f"Redis refused chat messages of {refused[0].origin} as out of "
+                               "order with nothing to re-send")
 
     def _take_lost(self, key: tuple[str, str], last: int) -> list[ChatMessage]:
         """Remove and return the in-flight messages of `key` that Redis no longer has."""
