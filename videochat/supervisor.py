@@ -48,6 +48,7 @@ from videochat.stats import MetricSample
 logger = logging.getLogger(__name__)
 
 TICK_S = 0.25
+ATTEMPT_TIMEOUT_S = 30.0  # about how long ICE keeps checking before it declares failure
 Emit = Callable[[CallEvent], None]
 Rebuild = Callable[[Participant], None]
 
@@ -184,7 +185,12 @@ class CallSupervisor:
                 return
             room = self.registry.room_of(me)
             ctx = EventContext(me.room, me.name, room.call_id if room else None, f"{pid[:12]}")
-            sup = LegSupervisor(self.clock, grace_s=self.grace_s, emit=self.emit, context=ctx)
+            # An attempt is judged by its peer connections (failed/closed), not by a short
+            # timer: a rebuild begun during an outage keeps ICE checking and connects within
+            # about a second of the path coming back; replacing it on a timer would throw
+            # exactly that attempt away.
+            sup = LegSupervisor(self.clock, grace_s=self.grace_s, emit=self.emit, context=ctx,
+                                attempt_timeout_s=ATTEMPT_TIMEOUT_S)
             watch = self._watches[pid] = _Watch(me, sup)
             for leg in self.legs.legs(participant_id=pid):
                 watch.generation_of[id(leg.pc)] = 0

@@ -27,14 +27,14 @@ def _require_browser_stack() -> None:
         pytest.skip("browser stack missing: " + ", ".join(missing))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def netns() -> Iterator[NetNamespace]:
     _require_browser_stack()
     with NetNamespace() as ns:
         yield ns
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def app(netns: NetNamespace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppProcess]:
     proc = AppProcess(tmp_path_factory.mktemp("app-state"), port=8611, netns=netns, env=E2E_ENV)
     proc.start()
@@ -43,7 +43,7 @@ def app(netns: NetNamespace, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     print("---- app log (tail) ----\n" + proc.log_tail(80))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(netns: NetNamespace) -> Iterator[Browser]:
     b = Browser(netns)
     yield b

@@ -173,6 +173,51 @@ REMOTE_VIDEO_JS = """
 """
 
 
+# Init script for every frame of a participant's page: records when remote video advances, so
+# timings (first frame, resume after a fault) are read afterwards with ms precision instead of
+# being polled from Python.
+PROGRESS_JS = """
+(() => {
+  if (window.__vcProgressInstalled) return;
+  window.__vcProgressInstalled = true;
+  window.__vcProgress = [];
+  let last = -1;
+  setInterval(() => {
+    let n = 0;
+    for (const v of document.querySelectorAll('video')) {
+      if (!v.muted && v.getVideoPlaybackQuality) n += v.getVideoPlaybackQuality().totalVideoFrames;
+    }
+    if (last >= 0 && n > last) {
+      window.__vcProgress.push(Date.now());
+      if (window.__vcProgress.length > 20000) window.__vcProgress.shift();
+    }
+    last = n;
+  }, 25);
+})();
+"""
+COLLECT_JS = """
+() => {
+  const out = [];
+  for (const f of document.querySelectorAll('iframe')) {
+    try { const p = f.contentWindow.__vcProgress; if (p) out.push(p.slice()); } catch (e) {}
+  }
+  return out;
+}
+"""
+
+
+def progress_times(page: Any) -> list[float]:
+    """Wall-clock times (s) at which any remote video of the page showed a new frame."""
+    series: list[list[float]] = page.evaluate(COLLECT_JS)
+    return sorted(t / 1000.0 for s in series for t in s)
+
+
+def first_progress_after(page: Any, t: float, min_frames: int = 3) -> float | None:
+    """When video was moving again after `t`: the time of the `min_frames`-th new frame."""
+    after = [x for x in progress_times(page) if x > t]
+    return after[min_frames - 1] if len(after) >= min_frames else None
+
+
 class Browser:
     """One headless Chromium; one context (fake camera, own storage) per participant."""
 
@@ -185,8 +230,10 @@ class Browser:
             executable_path=str(chromium_wrapper(netns, self._tmp)), headless=True,
             args=CHROMIUM_FLAGS)
 
-    def new_page(self) -> Any:
+    def new_page(self, *, probe: bool = True) -> Any:
         context = self.browser.new_context(viewport={"width": 1280, "height": 900})
+        if probe:
+            context.add_init_script(PROGRESS_JS)
         return context.new_page()
 
     def close(self) -> None:
