@@ -6,9 +6,11 @@ Every bad value raises `SettingsError` naming the variable and the value.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import os
+import time
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from videochat.exceptions import SettingsError
+from videochat.turn import TurnConfig, parse_url_list
 
 DEFAULT_SECRETS_FILE = Path(".streamlit/secrets.toml")
 
@@ -71,6 +74,40 @@ class Settings:
         default="all",
         metadata={"env": "VIDEOCHAT_ICE_TRANSPORT_POLICY", "doc": "'all' or 'relay' (TURN only)"},
     )
+    turn_urls: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "env": "VIDEOCHAT_TURN_URLS",
+            "doc": "comma-separated turn:/turns: URLs; the first one aiortc can use serves the "
+            "server too",
+        },
+    )
+    stun_urls: tuple[str, ...] = field(
+        default=(), metadata={"env": "VIDEOCHAT_STUN_URLS", "doc": "comma-separated stun: URLs"}
+    )
+    turn_secret: str | None = field(
+        default=None,
+        metadata={
+            "env": "VIDEOCHAT_TURN_SECRET",
+            "doc": "TURN REST shared secret (coturn static-auth-secret): time-limited credentials",
+        },
+    )
+    turn_ttl_s: int = field(
+        default=43_200,
+        metadata={
+            "env": "VIDEOCHAT_TURN_TTL_S",
+            "doc": "lifetime of time-limited TURN credentials in s (60-604800); "
+            "must outlast the longest call",
+        },
+    )
+    turn_username: str | None = field(
+        default=None,
+        metadata={"env": "VIDEOCHAT_TURN_USERNAME", "doc": "static TURN username (no secret)"},
+    )
+    turn_credential: str | None = field(
+        default=None,
+        metadata={"env": "VIDEOCHAT_TURN_CREDENTIAL", "doc": "static TURN password (no secret)"},
+    )
     dev_mode: bool = field(
         default=True,
         metadata={"env": "VIDEOCHAT_DEV_MODE", "doc": "development mode: no admin token needed"},
@@ -103,6 +140,21 @@ class Settings:
     log_level: str = field(
         default="INFO", metadata={"env": "VIDEOCHAT_LOG_LEVEL", "doc": "logging level"}
     )
+
+    def __post_init__(self) -> None:
+        # Cross-field TURN rules fail at load time, naming the variable to fix.
+        self.rtc_configuration("settings-check", 0.0)
+
+    def turn(self) -> TurnConfig:
+        return TurnConfig(
+            urls=self.turn_urls,
+            username=self.turn_username,
+            credential=self.turn_credential,
+            shared_secret=self.turn_secret,
+            ttl_s=self.turn_ttl_s,
+            stun_urls=self.stun_urls,
+            relay_only=self.ice_transport_policy == "relay",
+        )
 
     @classmethod
     def load(
@@ -142,17 +194,32 @@ class Settings:
     def embedded_mongo(self) -> bool:
         return self.mongodb_uri is None
 
-    def rtc_configuration(self) -> dict[str, Any]:
-        """What the browser's RTCPeerConnection gets; always an explicit (maybe empty) list."""
-        cfg: dict[str, Any] = {"iceServers": [s.as_dict() for s in self.ice_servers]}
-        if self.ice_transport_policy == "relay":
-            cfg["iceTransportPolicy"] = "relay"
-        return cfg
+    def rtc_configuration(
+        self, user: str = "anonymous", now: float | None = None
+    ) -> dict[str, Any]:
+        """What the browser's RTCPeerConnection gets; always an explicit (maybe empty) list.
+
+        TURN credentials are minted for `user` and stay identical within a ttl/4 window, so
+        reruns do not change the component's arguments.
+        """
+        extra = [s.as_dict() for s in self.ice_servers]
+        now = time.time() if now is None else now
+        return self.turn().rtc_configuration(user, now, extra=extra)
+
+    def server_rtc_configuration(
+        self, user: str = "anonymous", now: float | None = None
+    ) -> dict[str, Any]:
+        """For webrtc_streamer(server_rtc_configuration=...): the one STUN and one TURN URL
+        aiortc uses (streamlit-webrtc hands only iceServers on to aiortc)."""
+        extra = [s.as_dict() for s in self.ice_servers]
+        now = time.time() if now is None else now
+        return {"iceServers": self.turn().server_ice_servers(user, now, extra=extra)}
 
     def check_admin(self, token: str | None) -> bool:
         if self.dev_mode:
             return True
-        return self.admin_token is not None and token == self.admin_token
+        return (self.admin_token is not None and token is not None
+                and hmac.compare_digest(token.encode(), self.admin_token.encode()))
 
     @classmethod
     def documentation(cls) -> list[tuple[str, str, str]]:
@@ -283,6 +350,12 @@ _PARSERS: dict[str, Any] = {
     "ice_servers": _ice_servers,
     "ice_addresses": _ice_addresses,
     "ice_transport_policy": _policy,
+    "turn_urls": lambda n, v: parse_url_list(n, v, ("turn", "turns")),
+    "stun_urls": lambda n, v: parse_url_list(n, v, ("stun",)),
+    "turn_secret": lambda n, v: _str(n, v) or None,
+    "turn_ttl_s": _int(60, 604_800),
+    "turn_username": lambda n, v: _str(n, v) or None,
+    "turn_credential": lambda n, v: _str(n, v) or None,
     "dev_mode": _bool,
     "admin_token": lambda n, v: _str(n, v) or None,
     "max_participants": _int(2, 16),

@@ -95,7 +95,8 @@ def publish(participant: Participant, settings: Settings) -> WebRtcStreamerConte
     return webrtc_streamer(
         key=publish_key(participant),
         mode=WebRtcMode.SENDONLY,
-        rtc_configuration=settings.rtc_configuration(),
+        frontend_rtc_configuration=settings.rtc_configuration(user=participant.id),
+        server_rtc_configuration=settings.server_rtc_configuration(user=participant.id),
         media_stream_constraints=PUBLISH_CONSTRAINTS,
         sink_video_track=participant.video_hub.sink(),
         sink_audio_track=participant.audio_hub.sink(),
@@ -111,7 +112,8 @@ def subscribe(
     return webrtc_streamer(
         key=slot_key(participant, slot),
         mode=WebRtcMode.RECVONLY,
-        rtc_configuration=settings.rtc_configuration(),
+        frontend_rtc_configuration=settings.rtc_configuration(user=participant.id),
+        server_rtc_configuration=settings.server_rtc_configuration(user=participant.id),
         media_stream_constraints=SUBSCRIBE_CONSTRAINTS,
         source_video_track=slot.video,
         source_audio_track=slot.audio,
