@@ -39,6 +39,18 @@ def test_two_participants_see_each_others_moving_video(
     assert bob.get_by_text("ana", exact=True).count() >= 1  # the tile is labelled
     bob.screenshot(path=str(artifacts_dir() / "two-party-bob.png"))
 
+    # Chat: typed by ana, shown to bob within about a second, HTML kept as literal text.
+    text = "<b>hi</b> <script>alert(1)</script> from ana"
+    box = ana.get_by_placeholder("Message")
+    box.fill(text)
+    sent_at = time.monotonic()
+    box.press("Enter")
+    took = wait_for(lambda: bob.get_by_text(text, exact=False).count() > 0, 10,
+                    "bob to see ana's chat message")
+    print(f"chat message shown to bob {time.monotonic() - sent_at:.2f} s after Enter")
+    assert took < 3.0, f"chat took {took:.1f} s to reach bob"
+    assert bob.locator("b", has_text="hi").count() == 0  # not rendered as HTML
+
     # Leaving is one click, and the other side's tile goes back to waiting.
     assert bob.get_by_text("Page not found").count() == 0
     bob.get_by_role("button", name="Leave").click()

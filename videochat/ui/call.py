@@ -12,6 +12,7 @@ from videochat.exceptions import ValidationError
 from videochat.legs import MediaLeg
 from videochat.participant import NAME_RULE, ROOM_RULE, Participant, Slot
 from videochat.ui import wake, webrtc
+from videochat.ui.chat import render_chat
 from videochat.ui.sidebar import backend_badges
 from videochat.ui.state import AppRuntime, get_runtime
 
@@ -96,7 +97,22 @@ def _call(rt: AppRuntime, me: Participant) -> None:
             _leave(rt, me)
             return
     webrtc.autostart_companion()
+    grid, side = st.columns([3, 2], gap="medium")
+    with grid:
+        _grid(rt, me)
+    with side:
+        rt.watch_chat(me.room)
+        render_chat(me.room, me.id, me.name, rt.chat.hub, rt.chat.queue)
+    if rt.supervisor.gave_up(me.id):
+        st.error("Your connection could not be restored. Check your network, then retry.")
+        if st.button("Retry now"):
+            rt.supervisor.retry(me.id)
+            st.rerun()
+    if room is not None and len(room.participants) == 1:
+        st.info("You are alone in this room. Share the link to invite someone.")
 
+
+def _grid(rt: AppRuntime, me: Participant) -> None:
     cells = []
     for _ in range((rt.settings.max_participants + COLUMNS - 1) // COLUMNS):
         cells.extend(st.columns(COLUMNS))
@@ -113,13 +129,6 @@ def _call(rt: AppRuntime, me: Participant) -> None:
             st.markdown(_tile_title(rt, me, slot))
             ctx = webrtc.subscribe(me, slot, rt.settings)
             _register_leg(rt, me, ctx, "subscribe", slot)
-    if rt.supervisor.gave_up(me.id):
-        st.error("Your connection could not be restored. Check your network, then retry.")
-        if st.button("Retry now"):
-            rt.supervisor.retry(me.id)
-            st.rerun()
-    if room is not None and len(room.participants) == 1:
-        st.info("You are alone in this room. Share the link to invite someone.")
 
 
 def _visible_slots(rt: AppRuntime, me: Participant) -> list[Slot]:

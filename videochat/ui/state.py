@@ -6,12 +6,14 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import streamlit as st
 from streamlit_webrtc.eventloop import get_global_event_loop
 
 from videochat.call_log import CallLog
+from videochat.chat_service import ChatService
 from videochat.events import CallEvent, EventBus
 from videochat.fault_control import FaultConsumer, start_fault_plane
 from videochat.ice import restrict_host_addresses
@@ -55,7 +57,21 @@ class AppRuntime:
     faults: FaultManager
     fault_consumer: FaultConsumer
     supervisor: CallSupervisor
+    chat: ChatService
+    chat_rooms: dict[str, Callable[[], None]] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
+
+    def watch_chat(self, room: str) -> None:
+        """Wake every session in `room` when a chat message arrives (once per room)."""
+        if room in self.chat_rooms:
+            return
+
+        def on_message(r: str) -> None:
+            found = self.registry.rooms.get(r)
+            if found is not None:
+                self.registry.wake(list(found.participants))
+
+        self.chat_rooms[room] = self.chat.hub.subscribe(room, on_message)
 
     def start_housekeeping(self) -> None:
         threading.Thread(target=self._housekeeping, name="rooms-housekeeping",
@@ -134,9 +150,14 @@ def get_runtime() -> AppRuntime:
 
     sampler = Sampler(None, sink)
     legs.add_listener(sampler.leg_listener(quality_of=supervisor.quality_of))
+    chat = ChatService.start(services.redis, services.db, settings)
     rt = AppRuntime(settings, services, bus, registry, presence, call_log, node, legs, metrics,
-                    sampler, faults, fault_consumer, supervisor)
+                    sampler, faults, fault_consumer, supervisor, chat)
     rt.start_housekeeping()
+    # Bot participants (videochat.bots): hosted here, added by the call page or through Redis.
+    from videochat.bots import start_bot_plane
+
+    start_bot_plane(services.redis, registry, loop, node)
     return rt
 
 
