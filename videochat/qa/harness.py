@@ -180,6 +180,19 @@ PROGRESS_JS = """
 (() => {
   if (window.__vcProgressInstalled) return;
   window.__vcProgressInstalled = true;
+  // Keep every peer connection of this frame, for browser-side stats.
+  const Orig = window.RTCPeerConnection;
+  if (Orig) {
+    window.__vcPCs = [];
+    const Wrapped = function (...args) {
+      const pc = new Orig(...args);
+      window.__vcPCs.push(pc);
+      return pc;
+    };
+    Wrapped.prototype = Orig.prototype;
+    Object.setPrototypeOf(Wrapped, Orig);
+    window.RTCPeerConnection = Wrapped;
+  }
   window.__vcProgress = [];
   let last = -1;
   setInterval(() => {
@@ -204,6 +217,42 @@ COLLECT_JS = """
   return out;
 }
 """
+
+
+INBOUND_JS = """
+async () => {
+  const out = {packetsLost: 0, packetsReceived: 0, framesDecoded: 0};
+  for (const f of document.querySelectorAll('iframe')) {
+    let pcs;
+    try { pcs = f.contentWindow.__vcPCs; } catch (e) { continue; }
+    for (const pc of pcs || []) {
+      if (pc.connectionState !== 'connected') continue;
+      const stats = await pc.getStats();
+      stats.forEach(r => {
+        if (r.type === 'inbound-rtp' && r.kind === 'video') {
+          out.packetsLost += r.packetsLost || 0;
+          out.packetsReceived += r.packetsReceived || 0;
+          out.framesDecoded += r.framesDecoded || 0;
+        }
+      });
+    }
+  }
+  return out;
+}
+"""
+
+
+def inbound_video(page: Any) -> dict[str, int]:
+    """The browser's own inbound-rtp video counters, summed over its connected legs."""
+    result: dict[str, int] = page.evaluate(INBOUND_JS)
+    return result
+
+
+def loss_between(before: dict[str, int], after: dict[str, int]) -> float | None:
+    """Loss fraction the browser measured between two `inbound_video` snapshots."""
+    lost = after["packetsLost"] - before["packetsLost"]
+    got = after["packetsReceived"] - before["packetsReceived"]
+    return None if lost + got <= 0 else lost / (lost + got)
 
 
 def progress_times(page: Any) -> list[float]:

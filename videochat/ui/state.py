@@ -16,7 +16,7 @@ from videochat.call_log import CallLog
 from videochat.chat_service import ChatService
 from videochat.events import CallEvent, EventBus
 from videochat.fault_control import FaultConsumer, start_fault_plane
-from videochat.ice import restrict_host_addresses
+from videochat.ice import cap_stun_retransmissions, restrict_host_addresses
 from videochat.injector import FaultManager
 from videochat.legs import LegRegistry
 from videochat.metrics_store import MetricsStore
@@ -30,6 +30,8 @@ from videochat.supervisor import CallSupervisor
 from videochat.ui import wake
 
 logger = logging.getLogger(__name__)
+
+STUN_RETRY_CAP_S = 0.5  # see videochat/ice.py: rebuilt legs connect soon after a path returns
 
 
 @st.cache_resource
@@ -97,6 +99,7 @@ def get_runtime() -> AppRuntime:
     settings = get_settings()
     services = get_services()
     restrict_host_addresses(settings.ice_addresses)
+    cap_stun_retransmissions(STUN_RETRY_CAP_S)
     node = f"{socket.gethostname()}:{services.redis_url.rsplit(':', 1)[-1]}"
     bus = EventBus()
     presence = Presence(services.redis, node=node)
