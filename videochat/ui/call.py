@@ -8,7 +8,8 @@ import time
 import streamlit as st
 from streamlit_webrtc.eventloop import get_global_event_loop
 
-from videochat.exceptions import ValidationError
+from videochat.bots import add_bot
+from videochat.exceptions import ValidationError, VideoChatError
 from videochat.legs import MediaLeg
 from videochat.participant import NAME_RULE, ROOM_RULE, Participant, Slot
 from videochat.ui import wake, webrtc
@@ -96,6 +97,12 @@ def _call(rt: AppRuntime, me: Participant) -> None:
         if right.button("Leave", type="primary", use_container_width=True):
             _leave(rt, me)
             return
+        if right.button("Add a bot", use_container_width=True,
+                        help="A server-side participant with a moving test pattern and a tone"):
+            try:
+                add_bot(rt, me.room, "bot")
+            except VideoChatError as exc:
+                st.error(str(exc))
     webrtc.autostart_companion()
     grid, side = st.columns([3, 2], gap="medium")
     with grid:
