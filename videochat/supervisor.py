@@ -48,6 +48,7 @@ from videochat.stats import MetricSample
 logger = logging.getLogger(__name__)
 
 TICK_S = 0.25
+STALL_S = 1.0  # a tick this late means the loop was blocked, not that media stopped
 ATTEMPT_TIMEOUT_S = 30.0  # about how long ICE keeps checking before it declares failure
 Emit = Callable[[CallEvent], None]
 Rebuild = Callable[[Participant], None]
@@ -123,6 +124,7 @@ class CallSupervisor:
         self._views: dict[str, SubscriberView] = {}  # leg id -> view
         self._hooked: set[int] = set()
         self._task: asyncio.Task[None] | None = None
+        self.stalls = 0
         legs.add_listener(self._on_leg)
 
     # -- legs (called from script threads; hop onto the loop) --------------------------
@@ -247,8 +249,19 @@ class CallSupervisor:
 
     # -- the tick -----------------------------------------------------------------------
     async def _run(self) -> None:
+        last = self.clock()
         while True:
             await asyncio.sleep(TICK_S)
+            now = self.clock()
+            gap, last = now - last, now
+            stalled = gap > STALL_S
+            if stalled:
+                # The loop itself was starved (CPU): frames waiting in socket buffers have not
+                # been read yet, so "no frame for 2.5 s" would be our stall, not the network's.
+                # Rebuilding then would only add load. Give the backlog one tick to drain.
+                self.stalls += 1
+                logger.warning("media loop stalled %.1f s; skipping one supervision tick", gap)
+                continue
             try:
                 self.tick()
             except Exception:  # noqa: BLE001 - supervision must outlive any one bug

@@ -51,6 +51,26 @@ def test_two_participants_see_each_others_moving_video(
     assert took < 3.0, f"chat took {took:.1f} s to reach bob"
     assert bob.locator("b", has_text="hi").count() == 0  # not rendered as HTML
 
+    # Diagnostics: live plotly charts of both participants' legs, from MongoDB.
+    diag = open_page(f"/diagnostics?room={room_name}")
+    plots_js = ("() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
+                ".map(p => (p.data || []).map(t => [t.name, (t.x || []).length]))")
+    def traces() -> list[list[list]]:
+        return diag.evaluate(plots_js)
+
+    wait_for(lambda: len(traces()) >= 2 and any(
+        any("ana" in str(t[0]) for t in plot) and any("bob" in str(t[0]) for t in plot)
+        for plot in traces()), 45, "diagnostics charts with traces for ana and bob")
+    titles = diag.evaluate("() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
+                           ".map(p => String((p.layout.title || {}).text || p.layout.title))")
+    print("diagnostics chart titles:", titles)
+    assert any("bitrate" in t.lower() for t in titles)
+    assert any("round-trip" in t.lower() for t in titles)
+    points = sum(n for plot in traces() for _, n in plot)
+    wait_for(lambda: sum(n for plot in traces() for _, n in plot) > points, 20,
+             "the diagnostics charts to update live")
+    diag.screenshot(path=str(artifacts_dir() / "diagnostics.png"), full_page=True)
+
     # Leaving is one click, and the other side's tile goes back to waiting.
     assert bob.get_by_text("Page not found").count() == 0
     bob.get_by_role("button", name="Leave").click()
