@@ -19,7 +19,7 @@ from videochat.qa.harness import CHROMIUM, PROJECT_ROOT, netns_available
 from videochat.qa.runner import (
     event_from_doc,
     expected_events_seen,
-    fps_from_progress,
+    fps_from_counts,
     missing_samples,
     reconnect_times_after_faults,
     series_from_samples,
@@ -105,10 +105,16 @@ def test_kill_window_has_no_length_and_a_later_stop_still_counts() -> None:
     assert out == {"kill on alice": pytest.approx(2.1, abs=0.01)}
 
 
-def test_fps_from_progress_counts_frames_per_second_per_tile() -> None:
-    series = fps_from_progress(frames(0, 5, fps=20), T0.timestamp(), 5, "alice", tiles=2)
-    assert [s.value for s in series] == [10.0] * 5
+def test_fps_from_counts_uses_frame_totals_and_survives_a_new_video() -> None:
+    base = T0.timestamp() * 1000
+    # one iframe: 20 frames/s for 3 s polled every 200 ms, then a new <video> counting from 0
+    first = {base + i * 200: i * 4 for i in range(16)}            # 0..60 frames over 0-3 s
+    second = {base + 3000 + i * 200: i * 2 for i in range(1, 11)}  # 10 fps for 2 s, from 0
+    series = fps_from_counts({"f1": {**first, **second}}, T0.timestamp(), 5, "alice")
+    assert [s.value for s in series] == [20.0, 20.0, 20.0, 10.0, 10.0]
     assert [s.t_s for s in series] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    two = fps_from_counts({"a": first, "b": first}, T0.timestamp(), 3, "bob", tiles=2)
+    assert [s.value for s in two] == [20.0, 20.0, 20.0]
 
 
 # --- samples -----------------------------------------------------------------------------------

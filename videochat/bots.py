@@ -52,6 +52,7 @@ ACK_TTL_S = 600
 NODE_ALIVE_S = 5.0
 CLAIM_DELAY_S = 0.5
 WATCH_SLOTS_S = 0.5
+PER_SECOND_KEEP = 3600
 
 
 def ack_key(cmd_id: str) -> str:
@@ -71,6 +72,21 @@ class BotReception:
     first_at: float | None = None
     last_at: float | None = None
     probe: LatencyProbe = field(default_factory=LatencyProbe)
+    per_second: dict[int, int] = field(default_factory=dict)
+    """Frames received per wall-clock second (the last `PER_SECOND_KEEP` seconds)."""
+
+    def count(self, wall: float, mono: float) -> None:
+        self.frames += 1
+        self.first_at = self.first_at or mono
+        self.last_at = mono
+        sec = int(wall)
+        self.per_second[sec] = self.per_second.get(sec, 0) + 1
+        if len(self.per_second) > PER_SECOND_KEEP:
+            del self.per_second[min(self.per_second)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"frames": self.frames, "fps": self.fps, "per_second": self.per_second,
+                "latency": self.probe.summary()}
 
     @property
     def fps(self) -> float | None:
@@ -102,10 +118,12 @@ class BotHost:
         self._bots: dict[str, Bot] = {}
         self._lock = threading.Lock()
 
-    def add(self, room: str, name: str) -> Participant:
-        """Join `room` as a bot named `name` (made unique like a person's) and start its media."""
+    def add(self, room: str, name: str, *, size: tuple[int, int] | None = None,
+            fps: float | None = None) -> Participant:
+        """Join `room` as a bot named `name` (made unique like a person's) and start its media;
+        `size` and `fps` default to the host's."""
+        video = BotVideoTrack(*(size or self.size), fps=fps or self.fps)  # validates them first
         me = self.registry.join(room, name, session_id=None)
-        video = BotVideoTrack(*self.size, fps=self.fps)
         audio = BotAudioTrack()
         vin, ain = me.video_hub.sink(), me.audio_hub.sink()
         vin.addTrack(video)
@@ -144,10 +162,7 @@ class BotHost:
             rec = bot.received.get(publisher.name)
             if rec is None:
                 rec = bot.received[publisher.name] = BotReception(publisher.name)
-            now = time.monotonic()
-            rec.frames += 1
-            rec.first_at = rec.first_at or now
-            rec.last_at = now
+            rec.count(time.time(), time.monotonic())
             if publisher.session_id is None and decode_stamp(frame) is not None:
                 rec.probe.observe(frame)
 
@@ -298,10 +313,19 @@ class BotConsumer:
             if not self.redis.set(claim_key(cmd_id), self.node, nx=True, ex=ACK_TTL_S):
                 return
             try:
-                me = self.host.add(str(room), str(name or "bot"))
+                size = command.get("size")
+                me = self.host.add(str(room), str(name or "bot"),
+                                   size=(int(size[0]), int(size[1])) if size else None,
+                                   fps=float(command["fps"]) if command.get("fps") else None)
                 self._ack(cmd_id, ok=True, participant_id=me.id, name=me.name)
-            except ValidationError as exc:
+            except (ValidationError, ValueError, TypeError, IndexError) as exc:
                 self._ack(cmd_id, ok=False, error=str(exc))
+        elif op == "stats":
+            bots = self.host.bots(str(room))
+            if bots:
+                self._ack(cmd_id, ok=True, latency=relay_latency(bots), bots={
+                    b.participant.name: {pub: rec.to_dict() for pub, rec in b.received.items()}
+                    for b in bots})
         elif op in ("remove", "clear"):
             gone = self.host.remove_named(str(room), None if op == "clear" else str(name))
             self._ack(cmd_id, ok=True, removed=len(gone))
@@ -348,9 +372,10 @@ class BotControl:
                 return found
             time.sleep(0.2)
 
-    def _send(self, op: str, room: str, name: str | None, timeout_s: float) -> dict[str, Any]:
+    def _send(self, op: str, room: str, name: str | None, timeout_s: float,
+              **extra: Any) -> dict[str, Any]:
         cmd_id = uuid.uuid4().hex
-        cmd = {"op": op, "cmd_id": cmd_id, "room": room, "name": name}
+        cmd = {"op": op, "cmd_id": cmd_id, "room": room, "name": name, **extra}
         try:
             self.redis.xadd(STREAM, {"cmd": json.dumps(cmd)}, maxlen=STREAM_MAXLEN,
                             approximate=True)
@@ -368,15 +393,23 @@ class BotControl:
         raise BackendUnavailable(
             f"no app process answered the bot command {op} {room}/{name} within {timeout_s:g} s")
 
-    def add(self, room: str, name: str, timeout_s: float = 10.0) -> dict[str, Any]:
+    def add(self, room: str, name: str, timeout_s: float = 10.0, *,
+            size: tuple[int, int] | None = None, fps: float | None = None) -> dict[str, Any]:
         """Add a bot; the reply holds ok, participant_id and its (unique) name."""
-        reply = self._send("add", room, name, timeout_s)
+        reply = self._send("add", room, name, timeout_s, size=list(size) if size else None,
+                           fps=fps)
         if not reply.get("ok"):
             raise ValidationError("bot", name, str(reply.get("error")))
         return reply
 
     def remove(self, room: str, name: str, timeout_s: float = 5.0) -> dict[str, Any]:
         return self._send("remove", room, name, timeout_s)
+
+    def stats(self, room: str, timeout_s: float = 5.0) -> dict[str, Any]:
+        """What the bots of `room` received: per bot, per publisher, frames, fps, frames per
+        wall-clock second and stamp latency; and `latency`, the relay's added latency pooled
+        over every bot-to-bot path (`relay_latency`). Only the process hosting them answers."""
+        return self._send("stats", room, None, timeout_s)
 
     def clear(self, room: str, timeout_s: float = 5.0) -> dict[str, Any]:
         with contextlib.suppress(BackendUnavailable):

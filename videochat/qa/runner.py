@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 import uuid
@@ -71,6 +72,41 @@ GAP_S = 0.5
 STOP_LOOKAHEAD_S = 5.0
 RESUME_FRAMES = 3
 EVENTS = "events"
+BOT_SIZE = (320, 240)
+"""QA bots send 320x240: on this 2-core machine a 640x480 bot (4.3 ms to draw and 5.5 ms to
+encode per frame, both on the media loop) competes with the very call being measured."""
+
+# Init script for every frame of a participant's page: the remote videos' decoded-frame total
+# every 200 ms, so frame rates are counted, not inferred from how often a timer saw progress
+# (timers slow down on a loaded machine; frame counters do not).
+FRAME_COUNT_JS = """
+(() => {
+  if (window.__vcFcInstalled) return;
+  window.__vcFcInstalled = true;
+  window.__vcFcId = Math.random().toString(36).slice(2);
+  window.__vcFc = [];
+  setInterval(() => {
+    let n = 0;
+    for (const v of document.querySelectorAll('video')) {
+      if (!v.muted && v.getVideoPlaybackQuality) n += v.getVideoPlaybackQuality().totalVideoFrames;
+    }
+    window.__vcFc.push([Date.now(), n]);
+    if (window.__vcFc.length > 20000) window.__vcFc.shift();
+  }, 200);
+})();
+"""
+COLLECT_COUNTS_JS = """
+() => {
+  const out = [];
+  for (const f of document.querySelectorAll('iframe')) {
+    try {
+      const w = f.contentWindow;
+      if (w.__vcFc) out.push([w.__vcFcId, w.__vcFc.slice()]);
+    } catch (e) {}
+  }
+  return out;
+}
+"""
 TIMELINE_KINDS = frozenset({
     "participant_joined", "participant_left", "reconnect_started", "reconnect_succeeded",
     "reconnect_failed", "fault_started", "fault_ended", "quality_changed", "backend_down",
@@ -212,16 +248,29 @@ def missing_samples(samples: Iterable[MetricSample], windows: Sequence[FaultWind
     return lost
 
 
-def fps_from_progress(times: Sequence[float], t0_wall: float, duration_s: float, series: str,
-                      tiles: int = 1) -> list[Sample]:
+def fps_from_counts(counts: dict[str, dict[float, int]], t0_wall: float, duration_s: float,
+                    series: str, tiles: int = 1) -> list[Sample]:
     """Frames per second a page showed, per whole second of the run (sample at the second's
-    end), averaged over its `tiles` remote videos."""
-    counts = [0] * int(duration_s)
-    for t in times:
-        k = int(t - t0_wall)
-        if 0 <= t - t0_wall and k < len(counts):
-            counts[k] += 1
-    return [Sample(float(k + 1), series, n / tiles) for k, n in enumerate(counts)]
+    end), averaged over its `tiles` remote videos. `counts` holds, per iframe, its remote
+    videos' decoded-frame total by wall-clock time (ms); a total that goes down is a new
+    `<video>` counting from 0."""
+    per_second = [0] * int(duration_s)
+    for by_time in counts.values():
+        points = sorted(by_time.items())
+        for (_ta, na), (tb, nb) in zip(points, points[1:], strict=False):
+            rel = tb / 1000.0 - t0_wall
+            k = math.ceil(rel) - 1  # a delta ending at tb covers (ta, tb]: second (k, k + 1]
+            if 0 <= k < len(per_second):
+                per_second[k] += nb - na if nb >= na else nb
+    return [Sample(float(k + 1), series, n / tiles) for k, n in enumerate(per_second)]
+
+
+def bot_fps_series(per_second: dict[int, int], t0_wall: float, duration_s: float,
+                   series: str) -> list[Sample]:
+    """A bot's frames per wall-clock second, for the whole seconds inside the run."""
+    first, last = int(t0_wall) + 1, int(t0_wall + duration_s)
+    return [Sample(round(sec + 1 - t0_wall, 3), series, float(per_second.get(sec, 0)))
+            for sec in range(first, last)]
 
 
 def timeline_events(events: Iterable[CallEvent], t0: datetime) -> list[TimelineEvent]:
@@ -306,6 +355,8 @@ class ScenarioRun:
         # Remote-frame times per page, polled during the run: a rebuilt call mounts new
         # iframes, and the old ones' records go with them.
         self._progress: dict[str, set[float]] = defaultdict(set)
+        self._counts: dict[str, dict[str, dict[float, int]]] = defaultdict(
+            lambda: defaultdict(dict))
         self._pages: dict[str, Any] = {}
 
     def say(self, msg: str) -> None:
@@ -430,6 +481,7 @@ class ScenarioRun:
             self._stack.callback(page.context.close)
         for p in people:
             page = browser.new_page()
+            page.context.add_init_script(FRAME_COUNT_JS)
             page.goto(f"{url}/call?room={self.room}&name={p.name}&join=1")
             self._stack.callback(page.context.close)
             who.pages[p.name] = page
@@ -448,7 +500,7 @@ class ScenarioRun:
             raise RunError("no app process listens for bot commands (is the bot plane wired?)")
         self._stack.callback(lambda: control.clear(self.room))
         for p in bots:
-            reply = control.add(self.room, p.name)
+            reply = control.add(self.room, p.name, size=BOT_SIZE)
             who.bots.append(str(reply.get("name", p.name)))
             self.say(f"{p.name} (bot) joined")
 
@@ -482,12 +534,36 @@ class ScenarioRun:
         _sleep_until(t0_wall + self.scenario.duration_s, self._poll_progress)
         self.say(f"t={self.scenario.duration_s:g} s: end of the timeline")
 
+    def _bot_fps(self, services: Any, t0_wall: float) -> list[Sample]:
+        """Frames per second each bot received through the relay, per publisher; the relay's
+        bot-to-bot latency goes to the notes."""
+        try:
+            stats = BotControl(services.redis).stats(self.room)
+        except VideoChatError as exc:
+            self.notes.append(f"bot reception not read: {exc}")
+            return []
+        latency = stats.get("latency") or {}
+        if latency.get("p50_ms") is not None:
+            self.notes.append(
+                f"relay latency bot to bot (stamp to relay output, no encoder/network): "
+                f"p50 {latency['p50_ms']:.1f} ms, p95 {latency['p95_ms']:.1f} ms over "
+                f"{latency['frames_seen']} frames, {latency['frames_missing']} missing")
+        out = []
+        for bot, received in (stats.get("bots") or {}).items():
+            for publisher, rec in received.items():
+                per_second = {int(k): int(v) for k, v in (rec.get("per_second") or {}).items()}
+                out += bot_fps_series(per_second, t0_wall, self.scenario.duration_s,
+                                      f"{publisher}→{bot} (bot)")
+        return out
+
     def _poll_progress(self) -> None:
         from videochat.qa.harness import progress_times
 
         for name, page in self._pages.items():
             try:
                 self._progress[name].update(progress_times(page))
+                for frame_id, points in page.evaluate(COLLECT_COUNTS_JS):
+                    self._counts[name][frame_id].update((float(t), int(n)) for t, n in points)
             except Exception as exc:  # noqa: BLE001 - a page mid-reload answers next time
                 logger.debug("progress of %s not read: %s", name, exc)
 
@@ -548,9 +624,9 @@ class ScenarioRun:
                                   "the browsers' received frames (remote-video probe)")
                 fps = []
             tiles = max(1, len(self.scenario.participants) - 1)
-            for name, times in progress.items():
-                fps += fps_from_progress(times, t0_wall, self.scenario.duration_s,
-                                         f"{name} received (browser)", tiles)
+            for name in who.pages:
+                fps += fps_from_counts(self._counts[name], t0_wall, self.scenario.duration_s,
+                                       f"{name} received (browser)", tiles)
         m = RunMeasurements(
             fault_windows=windows,
             reconnect_times_s=reconnects,
@@ -564,6 +640,8 @@ class ScenarioRun:
             metrics_lost=missing_samples(samples, windows, t0) if samples else None,
             events=timeline_events(in_run, t0),
         )
+        if who.bots:
+            m.fps = [*(m.fps or []), *self._bot_fps(services, t0_wall)]
         if chat is not None:
             m.chat = chat.ledger()
         self.say(f"collected {len(in_run)} events, {len(samples)} samples")
