@@ -1,0 +1,65 @@
+"""The private Streamlit / streamlit-webrtc / aioice APIs we rely on still exist.
+
+These fail loudly when an upgrade moves them (versions are pinned in requirements.txt);
+see videochat/ui/wake.py, videochat/ui/webrtc.py and videochat/ice.py for why each is used.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import aioice.ice
+import aioice.stun
+import streamlit_webrtc.component as component
+from streamlit.runtime import Runtime
+from streamlit.runtime.app_session import AppSession
+from streamlit.runtime.pages_manager import PagesManager
+from streamlit.runtime.websocket_session_manager import WebsocketSessionManager
+from streamlit_webrtc.relay import _SERVER_GLOBAL_RELAY_ATTR_NAME_
+
+from videochat.ui import wake
+
+
+def test_streamlit_session_internals_used_to_wake_sessions() -> None:
+    assert hasattr(Runtime, "instance") and hasattr(Runtime, "exists")
+    for name in ("get_active_session_info", "is_active_session"):
+        assert callable(getattr(WebsocketSessionManager, name))
+    src = inspect.getsource(AppSession.request_rerun)
+    # Every attribute request_rerun reads from the client state must exist on our stand-in.
+    for attr in ("widget_states", "query_string", "page_script_hash", "page_name",
+                 "fragment_id", "is_auto_rerun", "is_history_navigation",
+                 "cached_message_hashes", "HasField"):
+        assert f"client_state.{attr}" in src, attr
+        assert hasattr(wake._WakeState, attr) or attr in ("query_string", "page_script_hash",
+                                                          "page_name")
+    init = inspect.getsource(AppSession.__init__)
+    assert "self._event_loop" in init and "self._client_state" in init
+
+
+def test_wake_state_copies_the_page_but_no_widget_values() -> None:
+    class Saved:
+        query_string = "room=r&name=n"
+        page_script_hash = "abc"
+        page_name = "call"
+
+    state = wake._WakeState(Saved())
+    assert state.widget_states is None
+    assert (state.query_string, state.page_script_hash, state.page_name) == (
+        "room=r&name=n", "abc", "call")
+    assert state.HasField("context_info") is False
+
+
+def test_streamlit_webrtc_internals_we_replace() -> None:
+    assert callable(component._get_or_create_context)
+    src = inspect.getsource(component._original_get_or_create_context
+                            if hasattr(component, "_original_get_or_create_context")
+                            else component._get_or_create_context)
+    assert "_last_rendered_run_count" in src
+    assert _SERVER_GLOBAL_RELAY_ATTR_NAME_ == "streamlit-webrtc-global-relay"
+    assert hasattr(PagesManager, "uses_pages_directory")
+
+
+def test_aioice_internals_we_patch() -> None:
+    assert callable(aioice.ice.get_host_addresses)
+    assert hasattr(aioice.stun.Transaction, "_Transaction__retry")
+    assert aioice.stun.RETRY_MAX == 6 and aioice.stun.RETRY_RTO == 0.5
