@@ -243,6 +243,19 @@ def add_bot(rt: _HasRegistry, room: str, name: str = "bot") -> Participant:
     return host_for(rt.registry).add(room, name)
 
 
+def remove_bot(rt: _HasRegistry, participant_id: str) -> bool:
+    """For the call page: the bot leaves (its tracks stop); False if it was not a bot here."""
+    return host_for(rt.registry).remove(participant_id)
+
+
+def is_bot(rt: _HasRegistry, participant_id: str) -> bool:
+    """Whether a participant is a bot of this process (its tile may offer "remove")."""
+    try:
+        return any(b.participant.id == participant_id for b in host_for(rt.registry).bots())
+    except NotFound:
+        return False
+
+
 class BotConsumer:
     """Executes bot commands from the Redis stream in this process (a daemon thread)."""
 

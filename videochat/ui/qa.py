@@ -45,6 +45,7 @@ def render() -> None:
         st.error(f"A built-in scenario is broken: {exc}")
         return
     _new_run(scenarios)
+    _bots()
     _live()
     _history()
 
@@ -97,6 +98,39 @@ def _new_run(scenarios: dict[str, Any]) -> None:
             return
         _jobs().append(job)
         st.success(f"Started {name} (pid {job.proc.pid}).")
+
+
+def _bots() -> None:
+    """A bot in any room of this server: a demo needs only one person."""
+    from videochat.bots import add_bot, host_for, remove_bot
+    from videochat.ui.state import get_runtime
+
+    if not st.toggle("Bots: synthetic participants (moving test pattern with a timestamp, "
+                     "and a tone)", key="qa-bots"):
+        return
+    with st.container(border=True):
+        try:
+            rt = get_runtime()
+            bots = host_for(rt.registry).bots()
+        except Exception as exc:  # noqa: BLE001 - the page works without the media runtime
+            st.caption(f"Bots are not available in this process: {exc}")
+            return
+        c1, c2, c3 = st.columns([2, 2, 1])
+        room = c1.text_input("Room", key="qa-bot-room")
+        name = c2.text_input("Bot name", "bot", key="qa-bot-name")
+        if c3.button("Add a bot", disabled=not room.strip()):
+            try:
+                me = add_bot(rt, room.strip(), name.strip() or "bot")
+                st.success(f"{me.name} joined {me.room}.")
+            except VideoChatError as exc:
+                st.error(str(exc))
+        for bot in bots:
+            p = bot.participant
+            cols = st.columns([4, 1])
+            cols[0].write(f"{p.name} in {p.room}: {bot.video.frames_sent} frames sent")
+            if cols[1].button("Remove", key=f"rm-{p.id}"):
+                remove_bot(rt, p.id)
+                st.rerun()
 
 
 @st.fragment(run_every=2)
