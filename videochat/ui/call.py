@@ -9,9 +9,16 @@ import streamlit as st
 from streamlit_webrtc.eventloop import get_global_event_loop
 
 from videochat.bots import add_bot
-from videochat.exceptions import ValidationError, VideoChatError
+from videochat.exceptions import VideoChatError
 from videochat.legs import MediaLeg
-from videochat.participant import NAME_RULE, ROOM_RULE, Participant, Slot
+from videochat.participant import (
+    NAME_RULE,
+    ROOM_RULE,
+    Participant,
+    Slot,
+    validate_display_name,
+    validate_room_name,
+)
 from videochat.ui import wake, webrtc
 from videochat.ui.chat import render_chat
 from videochat.ui.sidebar import backend_badges
@@ -54,19 +61,27 @@ def _current_participant(rt: AppRuntime) -> Participant | None:
         st.session_state.pop(SESSION_KEY)
         room, name = st.session_state.get("vc_room"), st.session_state.get("vc_name")
         if room and name:
-            return _join(rt, room, name)
+            return _join(rt, room, name, st.session_state.get("vc_passcode", ""))
     return None
 
 
-def _join(rt: AppRuntime, room: str, name: str) -> Participant | None:
+def _join(rt: AppRuntime, room: str, name: str, passcode: str = "") -> Participant | None:
     try:
+        validate_room_name(room)
+        validate_display_name(name)
+        existing = rt.registry.rooms.get(room)
+        if rt.access.requires_passcode(room):
+            rt.access.check(room, passcode or None)
+        elif passcode and (existing is None or not existing.participants):
+            rt.access.set_passcode(room, passcode)  # whoever opens the room may protect it
         me = rt.registry.join(room, name, wake.current_session_id())
-    except ValidationError as exc:
+    except VideoChatError as exc:
         st.error(str(exc))
         return None
     st.session_state[SESSION_KEY] = me.id
     st.session_state["vc_room"] = room
     st.session_state["vc_name"] = name
+    st.session_state["vc_passcode"] = passcode  # to rejoin by itself after a lost session
     return me
 
 
@@ -80,8 +95,11 @@ def _join_form(rt: AppRuntime) -> None:
     with st.form("join"):
         name = st.text_input("Your name", value=name, max_chars=32, help=NAME_RULE)
         room = st.text_input("Room", value=room, max_chars=40, help=ROOM_RULE)
+        passcode = st.text_input(
+            "Passcode (optional)", type="password", max_chars=64,
+            help="Needed if the room has one; opening a new room with a passcode protects it.")
         submitted = st.form_submit_button("Join", type="primary")
-    if submitted and _join(rt, room.strip(), name.strip()) is not None:
+    if submitted and _join(rt, room.strip(), name.strip(), passcode) is not None:
         st.query_params.update({"room": room.strip(), "name": name.strip()})
         st.rerun()
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import streamlit as st
 from streamlit_webrtc.eventloop import get_global_event_loop
 
+from videochat.access import RoomAccess
 from videochat.call_log import CallLog
 from videochat.chat_service import ChatService
 from videochat.events import CallEvent, EventBus
@@ -60,6 +61,7 @@ class AppRuntime:
     fault_consumer: FaultConsumer
     supervisor: CallSupervisor
     chat: ChatService
+    access: RoomAccess
     chat_rooms: dict[str, Callable[[], None]] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -117,7 +119,14 @@ def get_runtime() -> AppRuntime:
         except Exception:  # noqa: BLE001 - Redis down: housekeeping re-publishes presence
             logger.warning("presence join failed for %s", p.name, exc_info=True)
 
+    access = RoomAccess(services.redis, services.db["rooms"])
+
     def on_leave(room: Room, p: Participant) -> None:
+        if not room.participants:
+            try:
+                access.clear_passcode(room.name)  # a room's passcode lives as long as its call
+            except Exception:  # noqa: BLE001
+                logger.warning("could not clear the passcode of %s", room.name, exc_info=True)
         call_log.participant_left(call_id=room.call_id, participant_id=p.id,
                                   left_at=time.time(), reason="left",
                                   call_ended=not room.participants)
@@ -155,7 +164,7 @@ def get_runtime() -> AppRuntime:
     legs.add_listener(sampler.leg_listener(quality_of=supervisor.quality_of))
     chat = ChatService.start(services.redis, services.db, settings)
     rt = AppRuntime(settings, services, bus, registry, presence, call_log, node, legs, metrics,
-                    sampler, faults, fault_consumer, supervisor, chat)
+                    sampler, faults, fault_consumer, supervisor, chat, access)
     rt.start_housekeeping()
     # Bot participants (videochat.bots): hosted here, added by the call page or through Redis.
     from videochat.bots import start_bot_plane
