@@ -132,3 +132,24 @@ def test_old_commands_are_not_replayed(host: BotHost, redis_conn: redis.Redis) -
     consumer = BotConsumer(redis_conn, host, node="node-2", block_ms=200, claim_delay_s=0.0)
     consumer.poll_once(block_ms=200)
     assert host.bots("room-f") == []  # the add sent before this process listened is ignored
+
+
+def test_stats_report_reception_and_relay_latency(host: BotHost, redis_conn: redis.Redis) -> None:
+    consumer = BotConsumer(redis_conn, host, node="node-3", block_ms=200, claim_delay_s=0.0)
+    consumer.start()
+    try:
+        control = BotControl(redis_conn)
+        assert control.wait_listener(3)
+        control.add("room-g", "a", size=(160, 120), fps=10)
+        control.add("room-g", "b", size=(160, 120), fps=10)
+        assert host.bots("room-g")[0].video.width == 160
+        with pytest.raises(ValidationError, match="fps"):
+            control.add("room-g", "c", fps=500)
+        time.sleep(2.5)
+        stats = control.stats("room-g")
+        assert set(stats["bots"]) == {"a", "b"}
+        rec = stats["bots"]["a"]["b"]
+        assert rec["frames"] >= 10 and sum(rec["per_second"].values()) == rec["frames"]
+        assert stats["latency"]["frames_seen"] >= 20 and stats["latency"]["p50_ms"] < 200
+    finally:
+        consumer.stop()
