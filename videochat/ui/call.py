@@ -21,6 +21,7 @@ from videochat.participant import (
 )
 from videochat.ui import wake, webrtc
 from videochat.ui.chat import render_chat
+from videochat.ui.precall import render_precall
 from videochat.ui.sidebar import backend_badges
 from videochat.ui.state import AppRuntime, get_runtime
 
@@ -102,6 +103,7 @@ def _join_form(rt: AppRuntime) -> None:
     if submitted and _join(rt, room.strip(), name.strip(), passcode) is not None:
         st.query_params.update({"room": room.strip(), "name": name.strip()})
         st.rerun()
+    render_precall(rt)
 
 
 def _call(rt: AppRuntime, me: Participant) -> None:
