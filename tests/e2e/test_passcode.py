@@ -20,7 +20,8 @@ def join_with_form(page: Any, name: str, passcode: str) -> None:
 
 def test_passcode_protects_a_room(open_page: Callable[[str], Any], room_name: str) -> None:
     owner = open_page(f"/call?room={room_name}")
-    wait_for(lambda: owner.get_by_role("textbox", name="Passcode (optional)").count() > 0, 30, "join form")
+    passcode_box = owner.get_by_role("textbox", name="Passcode (optional)")
+    wait_for(lambda: passcode_box.count() > 0, 30, "join form")
     join_with_form(owner, "ana", "s3cret-pass")
     wait_for(lambda: owner.get_by_text("You are alone in this room").count() > 0, 30,
              "the owner in the call")
