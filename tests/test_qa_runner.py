@@ -88,6 +88,12 @@ def test_video_resumed_measures_from_fault_end_to_third_frame_after_the_gap() ->
     assert out == {"blackout on alice": pytest.approx(1.3, abs=0.01)}
 
 
+def test_a_short_hiccup_early_in_the_fault_is_not_taken_for_the_resume() -> None:
+    progress = {"alice": frames(0, 6.2) + frames(6.9, 7.5) + frames(16.0, 30)}
+    out = video_resumed_from_progress(progress, [BLACKOUT], T0.timestamp())
+    assert out == {"blackout on alice": pytest.approx(2.1, abs=0.01)}
+
+
 def test_video_that_never_stopped_resumed_at_zero() -> None:
     out = video_resumed_from_progress({"alice": frames(0, 30)}, [BLACKOUT], T0.timestamp())
     assert out == {"blackout on alice": 0.0}
