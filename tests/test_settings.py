@@ -46,6 +46,8 @@ def test_ice_settings() -> None:
     ("VIDEOCHAT_MAX_PARTICIPANTS", "1", "between 2 and 16"),
     ("VIDEOCHAT_DEV_MODE", "maybe", "true/false"),
     ("VIDEOCHAT_ICE_TRANSPORT_POLICY", "udp", "'all' or 'relay'"),
+    ("VIDEOCHAT_CAPTURE", "640x480", "WIDTHxHEIGHT@FPS"),
+    ("VIDEOCHAT_CAPTURE", "9000x480@20", "64-3840"),
 ])
 def test_bad_values_name_the_setting_and_value(name: str, value: str, message: str) -> None:
     with pytest.raises(SettingsError) as err:
@@ -67,3 +69,9 @@ def test_bad_secrets_file_is_reported(tmp_path: Path) -> None:
     bad.write_text("REDIS_URL = ")
     with pytest.raises(SettingsError, match="not valid TOML"):
         Settings.load({}, secrets_file=bad)
+
+
+def test_capture_setting() -> None:
+    assert Settings.load({}, secrets_file=None).capture == (640, 480, 20)
+    assert Settings.load({"VIDEOCHAT_CAPTURE": "320x240@15"}, secrets_file=None).capture == (
+        320, 240, 15)

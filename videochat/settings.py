@@ -10,6 +10,7 @@ import hmac
 import ipaddress
 import json
 import os
+import re
 import time
 import tomllib
 from collections.abc import Mapping
@@ -136,6 +137,11 @@ class Settings:
     chat_rate_per_s: int = field(
         default=10,
         metadata={"env": "VIDEOCHAT_CHAT_RATE_PER_S", "doc": "messages per second per participant"},
+    )
+    capture: tuple[int, int, int] = field(
+        default=(640, 480, 20),
+        metadata={"env": "VIDEOCHAT_CAPTURE",
+                  "doc": "camera capture asked of browsers, WIDTHxHEIGHT@FPS"},
     )
     log_level: str = field(
         default="INFO", metadata={"env": "VIDEOCHAT_LOG_LEVEL", "doc": "logging level"}
@@ -328,6 +334,16 @@ def _policy(name: str, value: Any) -> str:
     return text
 
 
+def _capture(name: str, value: Any) -> tuple[int, int, int]:
+    m = re.fullmatch(r"\s*(\d{2,4})x(\d{2,4})@(\d{1,2})\s*", str(value))
+    if not m:
+        raise SettingsError(name, value, "must look like 640x480@20 (WIDTHxHEIGHT@FPS)")
+    w, h, fps = (int(g) for g in m.groups())
+    if not (64 <= w <= 3840 and 48 <= h <= 2160 and 1 <= fps <= 60):
+        raise SettingsError(name, value, "needs 64-3840 x 48-2160 pixels at 1-60 fps")
+    return w, h, fps
+
+
 def _level(name: str, value: Any) -> str:
     text = _str(name, value).upper()
     if text not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -363,5 +379,6 @@ _PARSERS: dict[str, Any] = {
     "metrics_retention_days": _int(1, 3650),
     "chat_max_length": _int(1, 100_000),
     "chat_rate_per_s": _int(1, 1000),
+    "capture": _capture,
     "log_level": _level,
 }

@@ -12,7 +12,9 @@ import pytest
 
 from videochat.qa.harness import CHROMIUM, AppProcess, Browser, NetNamespace, netns_available
 
-E2E_ENV = {"VIDEOCHAT_RECONNECT_GRACE_S": "4", "VIDEOCHAT_LOG_LEVEL": "INFO"}
+# A smaller capture keeps three browsers and the relay within a 2-core machine.
+E2E_ENV = {"VIDEOCHAT_RECONNECT_GRACE_S": "4", "VIDEOCHAT_LOG_LEVEL": "INFO",
+           "VIDEOCHAT_CAPTURE": "320x240@15"}
 
 
 def _require_browser_stack() -> None:

@@ -85,7 +85,7 @@ def test_three_participants_each_see_two_videos(
     for name in ("ana", "bob", "cid"):
         pages.append(open_page(f"/call?room={room_name}&name={name}&join=1"))
         time.sleep(1)
-    wait_for(lambda: all(playing_tiles(p) >= 2 for p in pages), 60,
+    wait_for(lambda: all(playing_tiles(p) >= 2 for p in pages), 90,
              "every participant to receive both others")
     for page in pages:
         wait_for(lambda page=page: moving(page), 40, "every view to be moving")

@@ -44,6 +44,11 @@ def _render() -> None:
     webrtc.install()
     backend_badges(rt)
     me = _current_participant(rt)
+    qp = st.query_params
+    if me is None and qp.get("join") == "1" and qp.get("room") and qp.get("name"):
+        # Join by link within this same run: no extra rerun before the call's components
+        # are sent to the browser (each rerun costs a round trip on the join path).
+        me = _join(rt, qp.get("room", ""), qp.get("name", ""))
     if me is None:
         _join_form(rt)
         return
@@ -90,9 +95,6 @@ def _join_form(rt: AppRuntime) -> None:
     qp = st.query_params
     room, name = qp.get("room", ""), qp.get("name", "")
     st.title("Join a call")
-    if qp.get("join") == "1" and room and name:
-        if _join(rt, room, name) is not None:
-            st.rerun()
     with st.form("join"):
         name = st.text_input("Your name", value=name, max_chars=32, help=NAME_RULE)
         room = st.text_input("Room", value=room, max_chars=40, help=ROOM_RULE)

@@ -38,10 +38,12 @@ from videochat.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-PUBLISH_CONSTRAINTS: dict[str, Any] = {
-    "video": {"width": {"ideal": 640}, "height": {"ideal": 480}, "frameRate": {"ideal": 20}},
-    "audio": True,
-}
+def publish_constraints(settings: Settings) -> dict[str, Any]:
+    w, h, fps = settings.capture
+    return {"video": {"width": {"ideal": w}, "height": {"ideal": h},
+                      "frameRate": {"ideal": fps, "max": fps}}, "audio": True}
+
+
 SUBSCRIBE_CONSTRAINTS: dict[str, Any] = {"video": True, "audio": True}
 TILE_VIDEO_ATTRS: dict[str, Any] = {
     "autoPlay": True, "controls": False, "playsInline": True, "style": {"width": "100%"},
@@ -97,7 +99,7 @@ def publish(participant: Participant, settings: Settings) -> WebRtcStreamerConte
         mode=WebRtcMode.SENDONLY,
         frontend_rtc_configuration=settings.rtc_configuration(user=participant.id),
         server_rtc_configuration=settings.server_rtc_configuration(user=participant.id),
-        media_stream_constraints=PUBLISH_CONSTRAINTS,
+        media_stream_constraints=publish_constraints(settings),
         sink_video_track=participant.video_hub.sink(),
         sink_audio_track=participant.audio_hub.sink(),
         video_html_attrs={**TILE_VIDEO_ATTRS, "muted": True},
