@@ -43,7 +43,7 @@ from videochat.quality import (
 )
 from videochat.recovery import Action, EventContext, LegSupervisor, ReconnectState
 from videochat.room import RoomRegistry
-from videochat.stats import MetricSample
+from videochat.stats import FrameCounter, MetricSample
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,8 @@ class CallSupervisor:
         self._watches: dict[str, _Watch] = {}
         self._views: dict[str, SubscriberView] = {}  # leg id -> view
         self._hooked: set[int] = set()
+        self._counted: set[int] = set()
+        self.counter_of: Callable[[str], FrameCounter] | None = None
         self._task: asyncio.Task[None] | None = None
         self.stalls = 0
         legs.add_listener(self._on_leg)
@@ -143,6 +145,7 @@ class CallSupervisor:
         if me is None:
             return
         self._hook_hub(me)
+        self._count_frames(me, leg)
         watch = self._watches.get(me.id)
         if added:
             if watch is not None:
@@ -178,6 +181,28 @@ class CallSupervisor:
                 self._frame(pid)
 
         hub.on_frame.append(on_frame)
+
+    def _count_frames(self, me: Participant, leg: MediaLeg) -> None:
+        """Feed the sampler's per-leg frame counter (fps and resolution come from us)."""
+        if self.counter_of is None:
+            return
+        if leg.direction == "publish":
+            source: Any = me.video_hub
+        else:
+            slot = next((s for s in me.slots if s.index == leg.slot_index), None)
+            if slot is None:
+                return
+            source = slot.video
+        if id(source) in self._counted:
+            return
+        self._counted.add(id(source))
+        counter_of, leg_id = self.counter_of, leg.leg_id
+
+        def on_frame(frame: Any) -> None:
+            if isinstance(frame, av.VideoFrame):
+                counter_of(leg_id).on_frame(frame.width, frame.height)
+
+        source.on_frame.append(on_frame)
 
     def _frame(self, pid: str) -> None:
         watch = self._watches.get(pid)
@@ -215,11 +240,17 @@ class CallSupervisor:
             slot.video.transform = view.transform
 
     def on_sample(self, sample: MetricSample) -> None:
-        """Sampler sink (on the loop): subscriber video samples drive that leg's ladder."""
-        if sample.direction != "subscribe" or sample.kind != "video":
+        """Sampler sink (on the loop): subscriber samples drive that leg's ladder.
+
+        Video reports drive it while video flows; once it is paused (audio-only) no video
+        reports arrive, so the audio ones (same path) decide when video may come back.
+        """
+        if sample.direction != "subscribe":
             return
         view = self._views.get(sample.leg)
-        if view is not None:
+        if view is None:
+            return
+        if sample.kind == ("audio" if view.paused else "video"):
             view.observe(sample)
 
     def view(self, leg_id: str) -> SubscriberView | None:

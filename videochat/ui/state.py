@@ -161,6 +161,7 @@ def get_runtime() -> AppRuntime:
         supervisor.on_sample(sample)
 
     sampler = Sampler(None, sink)
+    supervisor.counter_of = sampler.counter
     legs.add_listener(sampler.leg_listener(quality_of=supervisor.quality_of))
     chat = ChatService.start(services.redis, services.db, settings)
     rt = AppRuntime(settings, services, bus, registry, presence, call_log, node, legs, metrics,
