@@ -83,7 +83,9 @@ class AppProcess:
         netns: NetNamespace | None = None,
         env: Mapping[str, str] | None = None,
         log_path: Path | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
+        self.tls = tls  # (certificate, key): serve HTTPS with Streamlit's own TLS support
         self.state_dir = state_dir
         self.port = port
         self.netns = netns
@@ -93,7 +95,7 @@ class AppProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
@@ -103,6 +105,9 @@ class AppProcess:
             "VIDEOCHAT_ICE_ADDRESSES": "127.0.0.1",
             "PYTHONUNBUFFERED": "1",
         })
+        if self.tls:
+            env["STREAMLIT_SERVER_SSL_CERT_FILE"] = str(self.tls[0])
+            env["STREAMLIT_SERVER_SSL_KEY_FILE"] = str(self.tls[1])
         env.update(self.extra_env)
         return env
 
@@ -122,7 +127,9 @@ class AppProcess:
         self.wait_healthy(timeout)
 
     def _probe(self) -> bool:
-        code = (f"import urllib.request as u; u.urlopen('{self.url}/_stcore/health', timeout=1)")
+        code = ("import ssl, urllib.request as u; c = ssl.create_default_context();"
+                "c.check_hostname = False; c.verify_mode = ssl.CERT_NONE;"
+                f"u.urlopen('{self.url}/_stcore/health', timeout=1, context=c)")
         cmd = (self.netns.prefix() if self.netns else []) + [sys.executable, "-c", code]
         return subprocess.run(cmd, capture_output=True, timeout=10).returncode == 0
 
@@ -279,8 +286,9 @@ class Browser:
             executable_path=str(chromium_wrapper(netns, self._tmp)), headless=True,
             args=CHROMIUM_FLAGS)
 
-    def new_page(self, *, probe: bool = True) -> Any:
-        context = self.browser.new_context(viewport={"width": 1280, "height": 900})
+    def new_page(self, *, probe: bool = True, ignore_https_errors: bool = False) -> Any:
+        context = self.browser.new_context(viewport={"width": 1280, "height": 900},
+                                           ignore_https_errors=ignore_https_errors)
         if probe:
             context.add_init_script(PROGRESS_JS)
         return context.new_page()

@@ -214,12 +214,16 @@ def series_from_samples(
     fps: list[Sample] = []
     rtt: list[Sample] = []
     quality: list[Sample] = []
+    samples = list(samples)
+    # A warm spare receive leg is bound to nobody and carries no video by design: a leg that
+    # never showed a frame in the whole run is not one whose frame rate the objectives judge.
+    carried = {s.leg for s in samples if s.kind == "video" and (s.fps or 0) > 0}
     for s in samples:
         if s.kind != "video":
             continue
         t = round(_secs(s.at, t0), 3)
         name = f"{s.participant} {s.direction} {s.leg}"
-        if s.fps is not None:
+        if s.fps is not None and s.leg in carried:
             fps.append(Sample(t, name, float(s.fps)))
         if s.rtt_ms is not None and s.direction == "subscribe":
             rtt.append(Sample(t, name, float(s.rtt_ms)))
