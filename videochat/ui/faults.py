@@ -13,8 +13,7 @@ from typing import Any
 
 import streamlit as st
 
-from videochat.access import require_admin
-from videochat.exceptions import AccessDenied, VideoChatError
+from videochat.exceptions import VideoChatError
 from videochat.fault_control import ActiveRecord, FaultControl, control_from_services
 from videochat.faults import (
     BACKEND_KINDS,
@@ -25,11 +24,11 @@ from videochat.faults import (
     parse_fault,
 )
 from videochat.presence import Presence
-from videochat.ui.state import get_services, get_settings
+from videochat.ui.admin import admitted
+from videochat.ui.state import get_services
 
 logger = logging.getLogger(__name__)
 
-TOKEN_KEY = "vc_admin_token"
 WHOLE_ROOM = "(whole room)"
 KIND_LABELS = {
     "loss": "Packet loss", "latency": "Latency + jitter", "bandwidth": "Bandwidth cap",
@@ -41,7 +40,7 @@ KIND_LABELS = {
 
 def render() -> None:
     st.title("Fault injection")
-    if not _admitted():
+    if not admitted("Faults"):
         return
     try:
         services = get_services()
@@ -57,22 +56,6 @@ def render() -> None:
                    "recorded and apply to media processes that start before they end.")
     _form(control, Presence(services.redis))
     _active_section(control)
-
-
-def _admitted() -> bool:
-    settings = get_settings()
-    token = st.query_params.get("token") or st.session_state.get(TOKEN_KEY)
-    try:
-        require_admin(settings, token, "Faults")
-        return True
-    except AccessDenied as exc:
-        st.error(f"Access denied: {exc}.")
-        if settings.admin_token is not None:
-            typed = st.text_input("Admin token", type="password")
-            if typed:
-                st.session_state[TOKEN_KEY] = typed
-                st.rerun()
-        return False
 
 
 def _safe(fn: Any, default: Any) -> Any:

@@ -17,16 +17,15 @@ from typing import Any
 
 import streamlit as st
 
-from videochat.access import require_admin
-from videochat.exceptions import AccessDenied, VideoChatError
+from videochat.exceptions import VideoChatError
 from videochat.qa.report import RunStore, render_html
 from videochat.qa.runner import BackgroundRun, launch_run
 from videochat.scenario import ScenarioError, builtin_scenarios
+from videochat.ui.admin import admitted
 from videochat.ui.state import get_services, get_settings
 
 logger = logging.getLogger(__name__)
 
-TOKEN_KEY = "vc_admin_token"
 
 
 @st.cache_resource
@@ -37,7 +36,7 @@ def _jobs() -> list[BackgroundRun]:
 
 def render() -> None:
     st.title("QA sessions")
-    if not _admitted():
+    if not admitted("QA"):
         return
     try:
         scenarios = builtin_scenarios()
@@ -48,22 +47,6 @@ def render() -> None:
     _bots()
     _live()
     _history()
-
-
-def _admitted() -> bool:
-    settings = get_settings()
-    token = st.query_params.get("token") or st.session_state.get(TOKEN_KEY)
-    try:
-        require_admin(settings, token, "QA")
-        return True
-    except AccessDenied as exc:
-        st.error(f"Access denied: {exc}.")
-        if settings.admin_token is not None:
-            typed = st.text_input("Admin token", type="password")
-            if typed:
-                st.session_state[TOKEN_KEY] = typed
-                st.rerun()
-        return False
 
 
 def _app_url() -> str:
