@@ -163,6 +163,7 @@ def main() -> None:
                         continue
                     r = trial(ns, state, pages, kind)
                     results.append(r)
+                    write("reconnect-partial", {"trials": results, "ladder": ladder})
                     print(f"{kind} {i + 1}/{args.trials}: detect {fmt(r.get('detection_s'))}, "
                           f"both moving {fmt(r.get('both_moving_after_end_s'))} after the end",
                           flush=True)

@@ -295,7 +295,7 @@ def test_random_measurements_never_flap(phases: list[tuple[float, float, float |
     (0.0, 30.0, TOP, True, ConnectionQuality.EXCELLENT),
     (0.01, 200.0, LADDER[1], True, ConnectionQuality.EXCELLENT),
     (0.05, 30.0, TOP, True, ConnectionQuality.GOOD),
-    (0.0, 300.0, TOP, True, ConnectionQuality.GOOD),
+    (0.0, 450.0, TOP, True, ConnectionQuality.GOOD),
     (0.0, 30.0, LADDER[2], True, ConnectionQuality.GOOD),
     (0.15, 30.0, TOP, True, ConnectionQuality.POOR),
     (0.0, 700.0, TOP, True, ConnectionQuality.POOR),

@@ -132,7 +132,10 @@ class QualityThresholds:
     up_loss: float = 0.02  # ...and may raise it below 2 %: between is the hysteresis band
     severe_loss: float = 0.40  # most frames lost: only then may loss alone pause video
     down_rtt_ms: float = 500.0  # conversation breaks down; queues grow before loss shows
-    up_rtt_ms: float = 250.0  # comfortably interactive (G.114: 150 ms one way)
+    # aiortc derives RTT from receiver reports as they are processed on a busy event loop and
+    # smooths it heavily (measured 150-320 ms on loopback after a fault), so a tight gate would
+    # keep a recovered leg down for good; loss is the steadier signal for climbing back.
+    up_rtt_ms: float = 400.0
     down_bitrate_ratio: float = 0.8  # encoders overshoot ~20 %: below that the rung cannot fit
     up_bitrate_headroom: float = 1.25  # the next rung must fit with room, or it congests at once
     down_after_s: float = 0.5  # one receiver report's worth; not a shorter blip
