@@ -17,25 +17,26 @@ pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
-def tls_app(netns: NetNamespace, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppProcess]:
+def tls_app(tls_netns: NetNamespace,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppProcess]:
     folder = tmp_path_factory.mktemp("tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
-    app = AppProcess(folder / "state", port=8613, netns=netns, tls=(cert, key),
+    app = AppProcess(folder / "state", port=8613, netns=tls_netns, tls=(cert, key),
                      env={"VIDEOCHAT_CAPTURE": "320x240@15"})
     app.start()
     yield app
     app.stop()
 
 
-def test_call_over_https_is_a_secure_context(tls_app: AppProcess, browser: Browser) -> None:
+def test_call_over_https_is_a_secure_context(tls_app: AppProcess, tls_browser: Browser) -> None:
     assert tls_app.url.startswith("https://")
     pages = []
     for name in ("ana", "bob"):
-        page = browser.new_page(ignore_https_errors=True)
+        page = tls_browser.new_page(ignore_https_errors=True)
         page.goto(f"{tls_app.url}/call?room=tls&name={name}&join=1")
         pages.append(page)
     try:
