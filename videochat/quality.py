@@ -127,6 +127,7 @@ class QualityThresholds:
     """Ladder tuning; the module docstring says why each default is what it is."""
 
     window_s: float = 1.0  # smoothing of the badge's loss/RTT only
+    severe_window_s: float = 3.0  # pausing video needs severe loss on average over this long
     max_interval_s: float = 2.0  # a sample after a stall counts for at most this much evidence
     down_loss: float = 0.10  # GCC cuts its rate above 10 % loss
     up_loss: float = 0.02  # ...and may raise it below 2 %: between is the hysteresis band
@@ -226,6 +227,8 @@ class QualityPolicy:
         self.changed_at = clock()
         self.changes: list[QualityChange] = []
         self._window: deque[tuple[float, float | None, float | None]] = deque()
+        self._severe: deque[tuple[float, float | None]] = deque()
+        self._severe_mean = 0.0
         self._last_at: float | None = None
         self._bad_since: float | None = None
         self._good_since: float | None = None
@@ -305,6 +308,11 @@ class QualityPolicy:
         rtts = [s[2] for s in self._window if s[2] is not None]
         self.loss = sum(losses) / len(losses) if losses else None
         self.rtt_ms = sum(rtts) / len(rtts) if rtts else None
+        self._severe.append((at, loss))
+        while self._severe and self._severe[0][0] <= at - self.t.severe_window_s:
+            self._severe.popleft()
+        known = [x for _, x in self._severe if x is not None]
+        self._severe_mean = sum(known) / len(known) if known else 0.0
 
     def _judge(self, loss: float | None, rtt: float | None,
                bitrate: float | None) -> tuple[str, QualityLevel, str]:
@@ -315,7 +323,10 @@ class QualityPolicy:
             return "bad", target, f"bitrate {bitrate:.0f} kbps"
         lossy = loss is not None and loss >= t.down_loss
         if lossy or (rtt is not None and rtt >= t.down_rtt_ms):
-            severe = loss is not None and loss >= t.severe_loss
+            # One receiver report is a small sample at low frame rates: pausing video needs
+            # the recent mean to be severe too, not a single unlucky report.
+            severe = (loss is not None and loss >= t.severe_loss
+                      and self._severe_mean >= t.severe_loss)
             floor = AUDIO_ONLY if severe else LOWEST_VIDEO
             target = step_down(level)
             if target.rank > floor.rank:
@@ -360,6 +371,8 @@ class QualityPolicy:
         self.level = level if level.rank >= self.ceiling.rank else self.ceiling
         self.changed_at = self._clock() if at is None else at
         self._window.clear()
+        self._severe.clear()
+        self._severe_mean = 0.0
         self._bad_since = self._good_since = self._last_up_at = None
         self.loss = self.rtt_ms = None
 
