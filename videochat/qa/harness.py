@@ -236,7 +236,7 @@ async () => {
       if (pc.connectionState !== 'connected') continue;
       const stats = await pc.getStats();
       stats.forEach(r => {
-        if (r.type === 'inbound-rtp' && r.kind === 'video') {
+        if (r.type === 'inbound-rtp') {
           out.packetsLost += r.packetsLost || 0;
           out.packetsReceived += r.packetsReceived || 0;
           out.framesDecoded += r.framesDecoded || 0;
@@ -250,7 +250,8 @@ async () => {
 
 
 def inbound_video(page: Any) -> dict[str, int]:
-    """The browser's own inbound-rtp video counters, summed over its connected legs."""
+    """The browser's own inbound-rtp counters (audio and video), summed over its connected
+    legs; framesDecoded counts video only."""
     result: dict[str, int] = page.evaluate(INBOUND_JS)
     return result
 
