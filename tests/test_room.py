@@ -144,3 +144,12 @@ def test_spare_waits_for_the_join_to_settle() -> None:
     assert delay > 3.0
     fn()
     assert woken[-1] == ["s-ana", "s-bob"]
+
+
+def test_media_reconnect_is_not_undone_while_the_tab_is_open() -> None:
+    reg, *_ = make_registry()
+    reg.join("r1", "ana", "s-ana")
+    bob = reg.join("r1", "bob", "s-bob")
+    reg.set_state(bob.id, "reconnecting")  # the supervisor: bob's media dropped
+    reg.reap(lambda s: True, grace_s=10)
+    assert bob.state == "reconnecting"

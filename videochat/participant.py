@@ -83,6 +83,7 @@ class Participant:
     state: ParticipantState = "joined"
     state_since: float = field(default_factory=time.monotonic)
     publish_epoch: int = 0
+    session_lost: bool = False  # "reconnecting" because the tab's session went away
     # A new spare connection is opened only after a join settles: negotiating it at the same
     # moment as the legs a join needs would slow those down (measured: 2 cores, 3 legs).
     spare_not_before: float = 0.0

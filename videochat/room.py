@@ -195,10 +195,14 @@ class RoomRegistry:
         for me in self.participants():
             alive = me.session_id is None or is_alive(me.session_id)
             if alive:
-                if me.state == "reconnecting" and not getattr(me, "media_down", False):
+                # Undo only what session loss did: a media reconnect (the supervisor's) is not
+                # over just because the tab is still open.
+                if me.state == "reconnecting" and me.session_lost:
+                    me.session_lost = False
                     self.set_state(me.id, "joined")
                 continue
             if me.state == "joined":
+                me.session_lost = True
                 self.set_state(me.id, "reconnecting")
             elif me.state == "reconnecting" and now - me.state_since >= grace_s:
                 gone.append(me.id)
