@@ -2,6 +2,8 @@
 
 This is the only module that reads `os.environ`. Environment variables win over the secrets file.
 Every bad value raises `SettingsError` naming the variable and the value.
+The secrets file's `[auth]` table belongs to Streamlit's `st.login`; it is checked here too, and
+its presence switches sign-in on (`require_login`).
 """
 
 from __future__ import annotations
@@ -17,11 +19,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from videochat.exceptions import SettingsError
 from videochat.turn import TurnConfig, parse_url_list
 
 DEFAULT_SECRETS_FILE = Path(".streamlit/secrets.toml")
+# The secrets.toml table Streamlit's st.login reads (Streamlit reads it itself, we only check it).
+AUTH_SECTION = "auth"
+DEFAULT_PROVIDER = "default"  # st.login's name for the provider set in [auth] itself
+MIN_COOKIE_SECRET = 16  # Streamlit only warns below 14 bytes; a short one lets cookies be forged
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,22 @@ class Settings:
         default=None,
         metadata={"env": "VIDEOCHAT_ADMIN_TOKEN", "doc": "token for the Faults and QA pages"},
     )
+    require_login: bool = field(
+        default=False,
+        metadata={
+            "env": "VIDEOCHAT_REQUIRE_LOGIN",
+            "doc": "sign in with st.login (OIDC) before any page; on by itself when "
+            ".streamlit/secrets.toml has an [auth] section, 'false' turns it off",
+        },
+    )
+    login_providers: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "env": "VIDEOCHAT_LOGIN_PROVIDERS",
+            "doc": "comma-separated providers offered on the sign-in screen, in order: NAME of an "
+            "[auth.NAME] section, or 'default' for [auth]'s own client_id; empty: all",
+        },
+    )
     max_participants: int = field(
         default=6, metadata={"env": "VIDEOCHAT_MAX_PARTICIPANTS", "doc": "people per room (2-16)"}
     )
@@ -150,6 +173,9 @@ class Settings:
     def __post_init__(self) -> None:
         # Cross-field TURN rules fail at load time, naming the variable to fix.
         self.rtc_configuration("settings-check", 0.0)
+        if self.require_login and not self.login_providers:
+            raise SettingsError("VIDEOCHAT_REQUIRE_LOGIN", self.require_login,
+                                "sign-in needs an [auth] section in .streamlit/secrets.toml")
 
     def turn(self) -> TurnConfig:
         return TurnConfig(
@@ -190,6 +216,7 @@ class Settings:
             if name not in raw or raw[name] is None or raw[name] == "":
                 continue
             kwargs[f.name] = _PARSERS[f.name](name, raw[name])
+        _apply_auth_section(raw, kwargs)
         return cls(**kwargs)
 
     @property
@@ -358,6 +385,108 @@ def _db_name(name: str, value: Any) -> str:
     return text
 
 
+def _provider_names(name: str, value: Any) -> tuple[str, ...]:
+    parts = value if isinstance(value, list) else str(value).split(",")
+    out: list[str] = []
+    for part in (str(p).strip() for p in parts):
+        if not part:
+            continue
+        if "_" in part or not re.fullmatch(r"[A-Za-z0-9-]{1,40}", part):
+            # Streamlit's st.login cannot route a provider name containing "_".
+            raise SettingsError(name, part, "provider names are 1-40 letters, digits or '-' "
+                                "(st.login cannot use '_')")
+        if part not in out:
+            out.append(part)
+    return tuple(out)
+
+
+def _absolute_url(name: str, value: Any, rule: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise SettingsError(name, value, f"required: {rule}")
+    # Streamlit fills "{port}" in itself; any port checks the shape.
+    parts = urlsplit(value.strip().replace("{port}", "8501"))
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SettingsError(name, value, f"must be an absolute http(s) URL: {rule}")
+    return value.strip()
+
+
+def _check_provider(where: str, section: Mapping[str, Any]) -> None:
+    for key in ("client_id", "client_secret"):
+        value = section.get(key)
+        if not isinstance(value, str) or not value.strip():
+            # Never echo a client secret, not even a wrong one.
+            shown = value if key == "client_id" or not value else "<hidden>"
+            raise SettingsError(f"{where} {key}", shown,
+                                "required: the value your identity provider issued")
+    _absolute_url(f"{where} server_metadata_url", section.get("server_metadata_url"),
+                  "the provider's .well-known/openid-configuration URL")
+
+
+def auth_providers(section: Any) -> tuple[str, ...]:
+    """Check the `[auth]` table of secrets.toml as `st.login` will read it; its provider names.
+
+    `default` stands for a provider configured in `[auth]` itself; `NAME` for `[auth.NAME]`.
+    Errors name the key, e.g. `[auth.google] client_id`, and never echo a secret.
+    """
+    where = f"[{AUTH_SECTION}]"
+    if not isinstance(section, Mapping):
+        raise SettingsError(where, section, "must be a TOML table ([auth] section)")
+    redirect = _absolute_url(
+        f"{where} redirect_uri", section.get("redirect_uri"),
+        "this app's address followed by /oauth2callback, e.g. "
+        "https://chat.example.org/oauth2callback",
+    )
+    if not urlsplit(redirect).path.endswith("/oauth2callback"):
+        raise SettingsError(f"{where} redirect_uri", redirect, "must end with /oauth2callback")
+    secret = section.get("cookie_secret")
+    if not isinstance(secret, str) or len(secret.strip()) < MIN_COOKIE_SECRET:
+        shown = (f"<{len(secret)} characters>" if isinstance(secret, str)
+                 else None if secret is None else f"<{type(secret).__name__}>")
+        raise SettingsError(
+            f"{where} cookie_secret", shown,
+            f"must be a random string of at least {MIN_COOKIE_SECRET} characters, e.g. from "
+            "python -c 'import secrets; print(secrets.token_hex(32))'",
+        )
+    providers: list[str] = []
+    named = {k: v for k, v in section.items() if isinstance(v, Mapping) and k != "client_kwargs"}
+    if DEFAULT_PROVIDER not in named and any(
+        k in section for k in ("client_id", "client_secret", "server_metadata_url")
+    ):
+        _check_provider(where, section)
+        providers.append(DEFAULT_PROVIDER)
+    for name, sub in named.items():
+        _provider_names(f"[{AUTH_SECTION}.{name}]", name)
+        _check_provider(f"[{AUTH_SECTION}.{name}]", sub)
+        providers.append(name)
+    if not providers:
+        raise SettingsError(
+            where, "<no provider>", "needs client_id, client_secret and server_metadata_url, "
+            "in [auth] itself or in an [auth.NAME] section",
+        )
+    return tuple(providers)
+
+
+def _apply_auth_section(raw: Mapping[str, Any], kwargs: dict[str, Any]) -> None:
+    """Derive the sign-in settings from secrets.toml's [auth] section (absent: sign-in off)."""
+    if kwargs.get("require_login") is False:
+        return  # explicitly off: an [auth] section kept for other uses is not our business
+    section = raw.get(AUTH_SECTION)
+    providers = auth_providers(section) if section is not None else ()
+    wanted: tuple[str, ...] = kwargs.get("login_providers", ())
+    unknown = [p for p in wanted if p not in providers]
+    if unknown:
+        known = ", ".join(providers) or "none: no [auth] section in .streamlit/secrets.toml"
+        raise SettingsError("VIDEOCHAT_LOGIN_PROVIDERS", unknown[0],
+                            f"not a configured provider (configured: {known})")
+    if not wanted:
+        kwargs["login_providers"] = providers
+    if "require_login" not in kwargs:
+        kwargs["require_login"] = bool(providers)
+    elif not providers:
+        raise SettingsError("VIDEOCHAT_REQUIRE_LOGIN", raw.get("VIDEOCHAT_REQUIRE_LOGIN"),
+                            "sign-in needs an [auth] section in .streamlit/secrets.toml")
+
+
 _PARSERS: dict[str, Any] = {
     "redis_url": _url(("redis", "rediss", "unix")),
     "mongodb_uri": _url(("mongodb", "mongodb+srv")),
@@ -374,6 +503,8 @@ _PARSERS: dict[str, Any] = {
     "turn_credential": lambda n, v: _str(n, v) or None,
     "dev_mode": _bool,
     "admin_token": lambda n, v: _str(n, v) or None,
+    "require_login": _bool,
+    "login_providers": _provider_names,
     "max_participants": _int(2, 16),
     "reconnect_grace_s": _float(0, 600),
     "metrics_retention_days": _int(1, 3650),
