@@ -1,0 +1,164 @@
+"""The server half of the capacity benchmark: our relay behind real aiortc peer connections.
+
+Run as its own process (``python bench/_capacity_server.py``), ideally pinned to one core. It
+hosts what the app's media loop hosts for a call, minus Streamlit: one `Participant` per
+person (a video and an audio `TrackHub`, fed by a SENDONLY publish connection: one VP8 and one
+Opus decode per publisher) and one receive-only connection per `Slot` (two `RelayTrack`s: one
+VP8 and one Opus encode per subscriber). Every connection lives on one asyncio loop, as in the
+app. ICE is restricted to 127.0.0.1 (`videochat.ice`).
+
+Signalling: JSON lines over a loopback TCP socket; the first line on stdout is ``{"port": P}``.
+Requests ``{"op": ...}``: ``join`` (room, name → pid; binds the slots of everyone in the room),
+``publish`` / ``subscribe`` (an SDP offer → the answer), ``stats`` (frame counters of hubs and
+relay tracks) and ``quit``. The server also stops when the control connection closes, so a
+crashed client never leaves it behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from aiortc import RTCPeerConnection, RTCSessionDescription  # noqa: E402
+from aiortc.mediastreams import MediaStreamTrack  # noqa: E402
+
+from videochat import ice  # noqa: E402
+from videochat.participant import Participant  # noqa: E402
+from videochat.relay import HubInput  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+
+class RelayServer:
+    """Rooms of participants and their peer connections, driven by one control connection."""
+
+    def __init__(self) -> None:
+        self.participants: dict[str, Participant] = {}
+        self.pcs: list[RTCPeerConnection] = []
+        self.inputs: list[HubInput] = []
+        self.done = asyncio.Event()
+
+    # -- control -------------------------------------------------------------------------
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while not self.done.is_set():
+                line = await reader.readline()
+                if not line:
+                    break
+                req = json.loads(line)
+                try:
+                    reply = await self.dispatch(req)
+                except Exception as exc:  # noqa: BLE001 - reported to the client, not fatal
+                    logger.exception("request %s failed", req.get("op"))
+                    reply = {"error": f"{type(exc).__name__}: {exc}"}
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+        finally:
+            self.done.set()
+            writer.close()
+
+    async def dispatch(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        if op == "join":
+            return self.join(str(req["room"]), str(req["name"]))
+        if op == "publish":
+            return await self.publish(self.participants[req["pid"]], req["sdp"], req["type"])
+        if op == "subscribe":
+            owner = self.participants[req["pid"]]
+            return await self.subscribe(owner, str(req["publisher"]), req["sdp"], req["type"])
+        if op == "stats":
+            return self.stats()
+        if op == "quit":
+            self.done.set()
+            return {"ok": True}
+        raise ValueError(f"unknown op {op!r}")
+
+    # -- rooms ---------------------------------------------------------------------------
+    def join(self, room: str, name: str) -> dict[str, Any]:
+        me = Participant(room, name)
+        for other in self.participants.values():
+            if other.room == room:
+                me.free_slot().bind(other)
+                other.free_slot().bind(me)
+        self.participants[me.id] = me
+        return {"pid": me.id}
+
+    async def publish(self, p: Participant, sdp: str, kind: str) -> dict[str, Any]:
+        pc = RTCPeerConnection()
+        self.pcs.append(pc)
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            hub = p.video_hub if track.kind == "video" else p.audio_hub
+            sink = hub.sink()
+            sink.addTrack(track)
+            sink.start()
+            self.inputs.append(sink)
+
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+        await pc.setLocalDescription(await pc.createAnswer())
+        return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
+
+    async def subscribe(self, owner: Participant, publisher: str, sdp: str,
+                        kind: str) -> dict[str, Any]:
+        slot = owner.slot_for(publisher)
+        if slot is None:
+            raise ValueError(f"{owner.name} has no slot bound to {publisher}")
+        pc = RTCPeerConnection()
+        self.pcs.append(pc)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
+        pc.addTrack(slot.video)
+        pc.addTrack(slot.audio)
+        await pc.setLocalDescription(await pc.createAnswer())
+        return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
+
+    def stats(self) -> dict[str, Any]:
+        out = []
+        for p in self.participants.values():
+            out.append({
+                "pid": p.id, "name": p.name, "room": p.room,
+                "video_in": p.video_hub.frames_in, "audio_in": p.audio_hub.frames_in,
+                "slots": [{
+                    "publisher": s.publisher_id, "video_out": s.video.frames_out,
+                    "audio_out": s.audio.frames_out,
+                    # frames the relay skipped for this subscriber because its encoder lagged
+                    "video_skipped": s.video._sub.dropped,
+                } for s in p.slots],
+            })
+        states = [pc.connectionState for pc in self.pcs]
+        return {"participants": out, "pcs": len(states),
+                "connected": sum(s == "connected" for s in states)}
+
+    async def close(self) -> None:
+        for sink in self.inputs:
+            sink.stop()
+        for p in self.participants.values():
+            p.close()
+        await asyncio.gather(*(pc.close() for pc in self.pcs), return_exceptions=True)
+
+
+async def serve() -> None:
+    ice.restrict_host_addresses(["127.0.0.1"])
+    relay = RelayServer()
+    server = await asyncio.start_server(relay.handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    print(json.dumps({"port": port, "pid": os.getpid()}), flush=True)
+    await relay.done.wait()
+    server.close()
+    await asyncio.wait_for(relay.close(), 15)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

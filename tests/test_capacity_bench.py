@@ -1,0 +1,67 @@
+"""The capacity benchmark's core, run small: one room through a real server process, on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.capacity import CapacityConfig, extrapolate, run_capacity  # noqa: E402
+
+
+def small(**kw: object) -> CapacityConfig:
+    base: dict[str, object] = {"width": 320, "height": 240, "fps": 20, "max_participants": 2,
+                               "hold_s": 4.0, "warmup_s": 1.5, "connect_timeout_s": 20.0}
+    base.update(kw)
+    return CapacityConfig(**base)  # type: ignore[arg-type]
+
+
+def test_one_room_relays_every_frame_through_the_server_process() -> None:
+    result = asyncio.run(run_capacity(small()))
+    assert result["error"] is None, result.get("server_log_tail")
+    assert result["server_exit_code"] == 0  # left through "quit", nothing left running
+    (step,) = result["steps"]
+    assert step["participants"] == 2 and step["receive_legs"] == 2
+    assert step["server_pcs"] == step["server_pcs_connected"] == 4
+    # Frames flowed on both legs, every stamp survived two VP8 generations.
+    assert step["fps_min"] > 2, step
+    assert step["frames_received"] > 0.1 * 2 * 20 * step["hold_s"], step
+    assert step["frames_unreadable"] <= 1, step
+    # Every gap in the frame counters is a frame the server's relay skipped for a lagging
+    # encoder (the box is shared, so some may be): loss is measured, and measured right.
+    assert abs(step["frames_lost"] - step["relay_skipped_frames"]) <= 2, step
+    if step["relay_skipped_frames"] == 0:
+        assert step["loss_pct"] == 0.0, step
+    assert 0 < step["latency_ms"]["p50"] < 1000, step
+    assert step["server_cpu_pct"] > 1.0  # the server process did the relaying
+    if step["pass"]:  # on a busy box the one step may fail on fps or loss, and then stops
+        assert result["capacity_participants_one_server_core"] == 2
+        assert result["stopped_by"] == "max_participants"
+    else:
+        assert result["capacity_participants_one_server_core"] == 0
+        assert result["stopped_by"] == step["reason"]
+
+
+def test_a_failing_step_stops_the_run_and_is_not_counted() -> None:
+    # Asking for more fps than the bots send makes the very first step fail on fps.
+    result = asyncio.run(run_capacity(small(min_fps=25.0, max_participants=4, hold_s=2.0,
+                                            warmup_s=1.0)))
+    assert result["error"] is None, result.get("server_log_tail")
+    assert len(result["steps"]) == 1  # the second room was never added
+    assert not result["steps"][0]["pass"]
+    assert "fps" in result["stopped_by"]
+    assert result["capacity_participants_one_server_core"] == 0
+    assert result["server_exit_code"] == 0
+
+
+def test_extrapolation_is_capped_by_the_loop_thread() -> None:
+    rows = [{"participants": 4, "server_cpu_pct": 80.0, "server_loop_thread_pct": 40.0}]
+    ext = extrapolate(rows, room_size=2)
+    # 200 % / 20 % = 10 by CPU, 100 % / 10 % = 10 by loop: 10, in whole rooms
+    assert ext["participants"] == 10
+    rows = [{"participants": 4, "server_cpu_pct": 40.0, "server_loop_thread_pct": 60.0}]
+    ext = extrapolate(rows, room_size=2)
+    assert ext["participants"] == 6 and ext["limit"] == "loop thread"  # 100 / 15 = 6.7
+    assert extrapolate([], 2)["participants"] == 0
