@@ -6,6 +6,7 @@ import logging
 
 import streamlit as st
 
+from videochat.ui.login import require_login
 from videochat.ui.state import get_settings
 
 
@@ -41,4 +42,5 @@ pages = [
     st.Page("pages/faults.py", title="Faults", icon="⚡", url_path="faults"),
     st.Page("pages/qa.py", title="QA sessions", icon="✅", url_path="qa"),
 ]
+require_login()  # sign-in screen and stop, when [auth] is configured; else nothing
 st.navigation(pages).run()

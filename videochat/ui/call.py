@@ -19,7 +19,7 @@ from videochat.participant import (
     validate_display_name,
     validate_room_name,
 )
-from videochat.ui import wake, webrtc
+from videochat.ui import login, wake, webrtc
 from videochat.ui.chat import render_chat
 from videochat.ui.precall import render_precall
 from videochat.ui.sidebar import backend_badges
@@ -94,6 +94,7 @@ def _join(rt: AppRuntime, room: str, name: str, passcode: str = "") -> Participa
 def _join_form(rt: AppRuntime) -> None:
     qp = st.query_params
     room, name = qp.get("room", ""), qp.get("name", "")
+    name = name or login.signed_in_name()  # "" unless sign-in is on and someone is signed in
     st.title("Join a call")
     with st.form("join"):
         name = st.text_input("Your name", value=name, max_chars=32, help=NAME_RULE)
