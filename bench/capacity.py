@@ -65,6 +65,8 @@ class CapacityConfig:
     connect_timeout_s: float = 30.0
     min_fps: float = 15.0
     max_loss_pct: float = 1.0
+    confirm: int = 1
+    """How many times a failing step is measured again before it counts as failed."""
     server_cpus: tuple[int, ...] | None = None
     client_cpus: tuple[int, ...] | None = None
 
@@ -135,6 +137,13 @@ def _cpu_s(proc: Any) -> float:
     return float(t.user + t.system)
 
 
+def _busy_per_cpu() -> list[float]:
+    import psutil
+
+    return [t.user + t.nice + t.system + t.irq + t.softirq + t.steal
+            for t in psutil.cpu_times(percpu=True)]
+
+
 def _thread_cpu_s(proc: Any, tid: int) -> float:
     for th in proc.threads():
         if th.id == tid:
@@ -151,10 +160,12 @@ async def measure(people: list[Any], video: Any, server: Any, control: Any, hold
     before = {id(leg): leg.snapshot() for leg in legs}
     stats0 = await control.call("stats")
     s0, l0, c0 = _cpu_s(server), _thread_cpu_s(server, server.pid), _cpu_s(me)
+    busy0 = _busy_per_cpu()
     enc0, t0 = video.frames, time.monotonic()
     await asyncio.sleep(hold_s)
     dt = time.monotonic() - t0
     s1, l1, c1 = _cpu_s(server), _thread_cpu_s(server, server.pid), _cpu_s(me)
+    busy = [round(100.0 * (b - a) / dt, 1) for a, b in zip(busy0, _busy_per_cpu(), strict=True)]
     enc1 = video.frames
     stats1 = await control.call("stats")
 
@@ -196,6 +207,9 @@ async def measure(people: list[Any], video: Any, server: Any, control: Any, hold
         "client_send_drops": drops,
         "server_pcs": stats1["pcs"], "server_pcs_connected": stats1["connected"],
         "hold_s": round(dt, 2),
+        # How busy each core was, whoever used it: the box is shared with other work, so a
+        # server core far busier than the server itself means the step ran contended.
+        "cpu_busy_pct": busy, "load_avg_1m": round(os.getloadavg()[0], 2),
     }
     reasons = []
     if row["fps_min"] < cfg.min_fps:
@@ -280,6 +294,13 @@ async def run_capacity(cfg: CapacityConfig,
             else:
                 await asyncio.sleep(cfg.warmup_s)
                 row = await measure(people, video, sproc, control, cfg.hold_s, cfg)
+                for _ in range(cfg.confirm):
+                    if row["pass"]:
+                        break
+                    # The box is shared: a failing step must fail again to end the run.
+                    again = await measure(people, video, sproc, control, cfg.hold_s, cfg)
+                    again["first_attempt"] = row
+                    row = again
             row["step"] = k
             row["connect_s"] = round(connect_s, 2)
             steps.append(row)
@@ -351,13 +372,15 @@ def main() -> int:
     ap.add_argument("--max-participants", type=int, default=24)
     ap.add_argument("--hold", type=float, default=12.0, help="seconds measured per step")
     ap.add_argument("--warmup", type=float, default=4.0, help="seconds after media flows")
+    ap.add_argument("--confirm", type=int, default=1,
+                    help="re-measure a failing step this many times before stopping")
     ap.add_argument("--no-pin", action="store_true", help="do not pin server/client to cores")
     args = ap.parse_args()
     pin = cores >= 2 and not args.no_pin
     cfg = CapacityConfig(width=w, height=h, fps=fps, room_size=args.room_size,
                          max_participants=args.max_participants, hold_s=args.hold,
-                         warmup_s=args.warmup, server_cpus=(0,) if pin else None,
-                         client_cpus=(1,) if pin else None)
+                         warmup_s=args.warmup, confirm=args.confirm,
+                         server_cpus=(0,) if pin else None, client_cpus=(1,) if pin else None)
     if cfg.client_cpus:
         pin_process(set(cfg.client_cpus))
     load_before = os.getloadavg()
@@ -371,7 +394,9 @@ def main() -> int:
               f"rss {row.get('server_rss_mb', '-')} MB  client {row.get('client_cpu_pct', '-')} %  "
               f"fps min/med {row.get('fps_min', '-')}/{row.get('fps_median', '-')}  "
               f"loss {row.get('loss_pct', '-')} %  latency p50/p95 "
-              f"{lat.get('p50') or 0:.0f}/{lat.get('p95') or 0:.0f} ms  {verdict}", flush=True)
+              f"{lat.get('p50') or 0:.0f}/{lat.get('p95') or 0:.0f} ms  "
+              f"cores busy {row.get('cpu_busy_pct')}  load {row.get('load_avg_1m')}  {verdict}",
+              flush=True)
 
     result = asyncio.run(run_capacity(cfg, show))
     result["backend"] = "none: relay + aiortc only (no Redis/MongoDB, no Streamlit)"
