@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -222,3 +223,13 @@ def test_app_py_stops_at_the_sign_in_screen_before_any_page(signin_checkout: Pat
     assert [t.value for t in at.title] == ["Sign in"]
     assert [b.label for b in at.button] == ["Sign in"]
     assert not at.text_input  # no join form: the call page never ran
+
+
+def test_secrets_example_auth_block_is_accepted() -> None:
+    lines = (ROOT / ".streamlit" / "secrets.example.toml").read_text().splitlines()
+    start = lines.index("# [auth]")
+    block = [line.removeprefix("# ") for line in lines[start:]
+             if not line.startswith("# or named")]
+    settings = Settings.from_mapping(tomllib.loads("\n".join(block)))
+    assert settings.require_login is True
+    assert settings.login_providers == ("default", "google")
