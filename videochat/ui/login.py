@@ -8,6 +8,7 @@ Streamlit run; `require_login` draws it. With sign-in off nothing here draws any
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import re
@@ -107,7 +108,12 @@ def provider_label(provider: str) -> str:
 
 
 def missing_auth_packages() -> tuple[str, ...]:
-    return tuple(name for name in AUTH_PACKAGES if importlib.util.find_spec(name) is None)
+    return _missing(AUTH_PACKAGES)
+
+
+@functools.cache  # the gate runs on every rerun of a call; sys.path is not rescanned each time
+def _missing(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(name for name in names if importlib.util.find_spec(name) is None)
 
 
 def _user_mapping() -> dict[str, Any]:
