@@ -126,3 +126,27 @@ def test_malformed_entries_are_skipped(redis_conn: redis.Redis, mongo_db: Any) -
     finally:
         hub.close()
         queue.close(1.0)
+
+
+def test_a_room_added_while_the_reader_blocks_is_read_at_once(
+    valkey_server: Any, redis_conn: redis.Redis, mongo_db: Any
+) -> None:
+    # A client with a long socket timeout, so the reader can block far longer than the test waits.
+    patient = redis.Redis.from_url(valkey_server.url, decode_responses=True, socket_timeout=60)
+    queue = ChatQueue(redis_conn, mongo_db)
+    hub = ChatHub(patient, mongo_db, block_ms=30_000)
+    arrived = threading.Event()
+    try:
+        hub.subscribe(ROOM, lambda room: None)
+        time.sleep(0.3)  # the reader is now inside a 30 s XREAD that does not name "annex"
+        hub.subscribe("annex", lambda room: arrived.set())
+        queue.send("annex", "a", "Ann", "anyone here?")
+        assert arrived.wait(3), "the new room waited for the running XREAD to time out"
+        started = time.monotonic()
+        hub.close(timeout=10)
+        assert time.monotonic() - started < 3  # close() wakes the reader too
+        assert redis_conn.keys("vc:chathub-wake:*") == []
+    finally:
+        hub.close()
+        queue.close(1.0)
+        patient.close()

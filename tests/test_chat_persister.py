@@ -23,8 +23,8 @@ class Crash(Exception):
 class CrashingPersister(ChatPersister):
     """Writes the first half of its first batch to MongoDB, then dies mid-batch."""
 
-    def _upsert(self, messages: list[ChatMessage]) -> None:
-        super()._upsert(messages[: len(messages) // 2])
+    def _store(self, messages: list[ChatMessage]) -> None:
+        super()._store(messages[: len(messages) // 2])
         raise Crash
 
 

@@ -187,7 +187,7 @@ class ChatMessage:
             raise InvalidChatMessage("stream entry", dict(fields), f"is malformed: {exc}") from None
 
     def to_doc(self) -> dict[str, Any]:
-        """MongoDB document; `_id` is the message id, so an upsert is idempotent."""
+        """MongoDB document; `_id` is the message id, so storing it twice is refused (E11000)."""
         doc = self.to_doc_fields()
         doc["_id"] = doc.pop("id")
         return doc

@@ -5,6 +5,10 @@ One background thread does a blocking XREAD over every room in use, keeps each r
 show it. A room's history is loaded from MongoDB (plus the not yet persisted tail of its stream)
 the first time it is used.
 
+A room that gets its first local user while the reader is blocked in XREAD would otherwise wait
+for that read to time out (up to `block_ms`) before its messages are read: the hub adds an entry to
+its own small wake-up stream, which is part of every XREAD, so the read returns at once.
+
 After any Redis error the hub rewinds its read positions by `rewind_s` and merges the last
 `rewind_s` of MongoDB: if Redis lost its last second of writes and the senders re-sent them, or a
 message was persisted before Redis forgot it, the hub still shows every message once.
@@ -15,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +40,7 @@ MongoDoc = dict[str, Any]
 Listener = Callable[[str], None]
 
 _PREFIX = stream_key("")
+_WAKE_TTL_MS = 60_000  # the wake-up stream is refreshed on use and vanishes after an idle minute
 
 
 @dataclass
@@ -78,6 +84,9 @@ class ChatHub:
         self._dups: dict[str, int] = {}
         self._counted_at = 0.0
         self._ledger_interval_s = 0.5
+        # Not under the chat stream prefix, so it can never be taken for a room.
+        self._wake_key = f"vc:chathub-wake:{uuid.uuid4().hex}"
+        self._wake_cursor = "0-0"
 
     # -- public API --------------------------------------------------------------------------
 
@@ -114,8 +123,13 @@ class ChatHub:
 
     def close(self, timeout: float = 2.0) -> None:
         self._stop.set()
+        self._wake()  # do not wait for the reader's XREAD to time out
         if self._thread is not None:
             self._thread.join(timeout)
+        try:
+            self._redis.delete(self._wake_key)
+        except redis.RedisError:
+            pass  # it expires on its own
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -142,7 +156,20 @@ class ChatHub:
                 self._rewind = True
             with self._lock:
                 self._rooms[room] = state
+            self._wake()
             return state
+
+    def _wake(self) -> None:
+        """Make the reader's current XREAD return, so it starts reading a room just added."""
+        if self._thread is None or not self._thread.is_alive():
+            return  # no reader blocked yet; the one that starts reads every room
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1, approximate=False)
+            pipe.pexpire(self._wake_key, _WAKE_TTL_MS)
+            pipe.execute()
+        except redis.RedisError as exc:
+            logger.debug("chat hub wake-up not sent (the next read picks the room up): %s", exc)
 
     def _history(self, room: str, since: float | None = None) -> list[ChatMessage]:
         query: dict[str, Any] = {"room": room}
@@ -206,8 +233,10 @@ class ChatHub:
                 if self._rewind:
                     self._recover(cursors)
                     continue
-                reply = self._redis.xread({stream_key(r): c for r, c in cursors.items()},
-                                          count=1000, block=self._block_ms)
+                streams = {stream_key(r): c for r, c in cursors.items()}
+                streams[self._wake_key] = self._wake_cursor
+                reply = self._redis.xread(streams, count=1000,  # type: ignore[arg-type]
+                                          block=self._block_ms)
             except redis.RedisError as exc:
                 failures += 1
                 if self.redis_up:
@@ -227,6 +256,9 @@ class ChatHub:
         changed: dict[str, int] = {}
         with self._lock:
             for name, entries in reply or []:
+                if name == self._wake_key:
+                    self._wake_cursor = str(entries[-1][0])
+                    continue
                 room = str(name)[len(_PREFIX):]
                 state = self._rooms.get(room)
                 if state is None:

@@ -11,9 +11,9 @@ Why messages are neither lost nor duplicated:
   append-only file together: after a `kill -9`, Redis either has all three or none of them.
 * Valkey runs with `appendfsync everysec`, so a crash can forget the last second of *acknowledged*
   XADDs. The sender therefore keeps every message (in flight) until it is persisted: acknowledged
-  by the `persist` group, which happens only after the MongoDB upsert, or found in MongoDB. A probe
+  by the `persist` group, which happens only after the MongoDB insert, or found in MongoDB. A probe
   compares the seq key with what is in flight; messages Redis forgot go back to the front of the
-  outbox and are sent again with the same id. The persister's upsert by id makes repeats harmless.
+  outbox and are sent again with the same id. The persister stores by id, so repeats are harmless.
 * While Redis is unreachable the outbox holds messages in order and the flusher retries with
   exponential backoff; nothing is dropped. `send` raises `BackendUnavailable` only when the outbox
   is full (`max_unconfirmed`), never silently.
