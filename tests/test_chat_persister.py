@@ -9,7 +9,14 @@ import pytest
 import redis
 
 from videochat.chat import ChatMessage
-from videochat.chat_ledger import COLLECTION, GROUP, audit_room, read_ledger, stream_key
+from videochat.chat_ledger import (
+    COLLECTION,
+    GROUP,
+    audit_room,
+    ensure_indexes,
+    read_ledger,
+    stream_key,
+)
 from videochat.chat_persister import ChatPersister
 from videochat.chat_queue import ChatQueue
 
@@ -118,3 +125,12 @@ def test_malformed_entry_is_skipped_and_counted(redis_conn: redis.Redis, mongo_d
     assert audit_room(mongo_db, ROOM).stored == 2
     assert read_ledger(redis_conn, ROOM).rejected == 1
     assert redis_conn.xpending(stream_key(ROOM), GROUP)["pending"] == 0
+
+
+def test_indexes_keep_history_and_drop_the_old_origin_seq_index(mongo_db: Any) -> None:
+    mongo_db[COLLECTION].create_index([("origin", 1), ("seq", 1)])
+    ensure_indexes(mongo_db)
+    ensure_indexes(mongo_db)  # idempotent
+    keys = [list(ix["key"]) for ix in mongo_db[COLLECTION].index_information().values()]
+    assert [("room", 1), ("sent_at", 1)] in keys
+    assert [("origin", 1), ("seq", 1)] not in keys
