@@ -63,3 +63,31 @@ def test_aioice_internals_we_patch() -> None:
     assert callable(aioice.ice.get_host_addresses)
     assert hasattr(aioice.stun.Transaction, "_Transaction__retry")
     assert aioice.stun.RETRY_MAX == 6 and aioice.stun.RETRY_RTO == 0.5
+
+
+def test_internals_of_the_fast_signalling_path() -> None:
+    from streamlit.web.server.starlette import starlette_server
+    from streamlit_webrtc.webrtc import WebRtcWorker
+
+    params = inspect.signature(component._handle_worker_lifecycle).parameters
+    assert list(params)[:3] == ["context", "key", "sdp_offer"] and "make_worker" in params
+    body = inspect.getsource(component.webrtc_streamer)
+    assert "_handle_worker_lifecycle(" in body and "make_worker=" in body
+    lifecycle = inspect.getsource(webrtc_original_lifecycle())
+    assert "_worker_creation_lock" in lifecycle and "process_offer" in lifecycle
+    assert "remoteDescription == null" in _frontend_bundle().replace("==null", " == null")
+    assert callable(WebRtcWorker.process_offer) and "local_description" in dir(WebRtcWorker)
+    assert "create_starlette_app(self._runtime)" in inspect.getsource(starlette_server)
+
+
+def webrtc_original_lifecycle() -> object:
+    from videochat.ui import webrtc
+
+    return webrtc._original_handle_worker_lifecycle
+
+
+def _frontend_bundle() -> str:
+    from pathlib import Path
+
+    assets = Path(component.__file__).parent / "frontend" / "dist" / "assets"
+    return "".join(p.read_text(errors="replace") for p in assets.glob("index-*.js"))

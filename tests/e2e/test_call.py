@@ -34,6 +34,11 @@ def test_two_participants_see_each_others_moving_video(
     took = wait_for(lambda: decoded_frames(ana) > 0 and decoded_frames(bob) > 0, 40,
                     "both participants to decode a remote frame")
     print(f"both directions decoding {took:.1f} s after the second participant opened the link")
+    # Bob's legs were answered over the fast signalling path, not only through reruns.
+    answered = [e for e in bob.evaluate("() => window.__vcFastLog || []") if e[1] == "answered"]
+    print("fast signalling:", answered)
+    assert any(str(e[0]).startswith("pub-") for e in answered), answered
+    assert any(str(e[0]).startswith("sub-") for e in answered), answered
     wait_for(lambda: moving(ana), 20, "ana's view of bob to be moving")
     wait_for(lambda: moving(bob), 20, "bob's view of ana to be moving")
     assert bob.get_by_text("ana", exact=True).count() >= 1  # the tile is labelled

@@ -126,7 +126,7 @@ def _call(rt: AppRuntime, me: Participant) -> None:
                 add_bot(rt, me.room, "bot")
             except VideoChatError as exc:
                 st.error(str(exc))
-    webrtc.autostart_companion()
+    webrtc.autostart_companion(me)
     grid, side = st.columns([3, 2], gap="medium")
     with grid:
         _grid(rt, me)
@@ -150,14 +150,16 @@ def _grid(rt: AppRuntime, me: Participant) -> None:
     # connection up) across reruns.
     with cells[0]:
         st.markdown(_own_title(rt, me))
-        ctx = webrtc.publish(me, rt.settings)
+        with webrtc.leg_container(webrtc.publish_key(me)):
+            ctx = webrtc.publish(me, rt.settings)
         _register_leg(rt, me, ctx, "publish", None)
     for slot in _visible_slots(rt, me):
         if slot.index + 1 >= len(cells):
             break
         with cells[slot.index + 1]:
             st.markdown(_tile_title(rt, me, slot))
-            ctx = webrtc.subscribe(me, slot, rt.settings)
+            with webrtc.leg_container(webrtc.slot_key(me, slot)):
+                ctx = webrtc.subscribe(me, slot, rt.settings)
             _register_leg(rt, me, ctx, "subscribe", slot)
 
 
@@ -238,6 +240,7 @@ def _register_leg(rt: AppRuntime, me: Participant, ctx: object, direction: str,
 
 def _leave(rt: AppRuntime, me: Participant) -> None:
     rt.registry.leave(me.id)
+    webrtc.forget_streamers(me.id)
     for key in [k for k in st.session_state if str(k).startswith(("pub-", "sub-"))]:
         ctx = st.session_state[key]
         webrtc.stop_worker(ctx)

@@ -15,12 +15,30 @@ What we replace, and why (measured figures in docs/ARCHITECTURE.md):
   so live calls were being hung up at random. For our own streamers (keys `pub-`/`sub-`) the
   check is skipped; page navigation is still caught by streamlit-webrtc's own session
   observer, and a remounted component by its stale-answer reset.
-Everything else (signalling, workers, the player UI) is streamlit-webrtc's own.
+- **Signalling latency.** An offer reaches the server, and its answer the browser, only
+  through component values and two script reruns: 0.8–2.5 s per leg on this 2-core box,
+  most of a join's time. The companion also POSTs each offer (once its candidates are
+  gathered) to `/_vc/offer`, a route we add to Streamlit's Starlette app; the handler runs
+  the very worker factory streamlit-webrtc built for that streamer, under its own lock, and
+  returns the answer, which the companion applies. streamlit-webrtc's own path still runs
+  and finds the worker (and the answer) already there. Offers are accepted only with the
+  participant's token, same-origin, and for a streamer rendered in this process.
+Everything else (workers, the player UI, the fallback signalling) is streamlit-webrtc's own.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import json
 import logging
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
@@ -28,8 +46,13 @@ import streamlit.components.v1 as components
 import streamlit_webrtc.component as _component
 from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.contrib.media import MediaRelay
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from streamlit import config as st_config
 from streamlit.runtime import Runtime
 from streamlit_webrtc import WebRtcMode, WebRtcStreamerContext, webrtc_streamer
+from streamlit_webrtc.component import WebRtcStreamerState
 from streamlit_webrtc.eventloop import get_global_event_loop, loop_context
 from streamlit_webrtc.relay import _SERVER_GLOBAL_RELAY_ATTR_NAME_
 
@@ -70,9 +93,11 @@ def _get_or_create_context(key: str) -> Any:
 
 
 def install() -> None:
-    """Apply our two replacements (idempotent; needs the Streamlit runtime)."""
+    """Apply our replacements (idempotent; needs the Streamlit runtime)."""
     _component._get_or_create_context = _get_or_create_context
+    _component._handle_worker_lifecycle = _handle_worker_lifecycle
     install_bounded_relay()
+    install_offer_route()
 
 
 def install_bounded_relay() -> None:
@@ -82,6 +107,162 @@ def install_bounded_relay() -> None:
     with loop_context(get_global_event_loop()):
         setattr(runtime, _SERVER_GLOBAL_RELAY_ATTR_NAME_, BoundedMediaRelay())
     logger.info("installed the bounded media relay")
+
+
+# --- fast signalling ------------------------------------------------------------------------
+
+OFFER_PATH = "_vc/offer"
+MAX_SDP_CHARS = 64_000
+_original_handle_worker_lifecycle = _component._handle_worker_lifecycle
+
+
+@dataclass
+class _Streamer:
+    context: weakref.ref[WebRtcStreamerContext[Any, Any]]
+    make_worker: Callable[[], Any]
+
+
+_streamers: dict[str, _Streamer] = {}
+_tokens: dict[str, str] = {}  # participant id prefix (as in the streamer keys) -> token
+_route_lock = threading.Lock()
+_route_installed = False
+fast_answers = 0  # offers answered over the fast path (read by tests)
+
+
+def _handle_worker_lifecycle(context: Any, key: str, sdp_offer: Any, *,
+                             make_worker: Callable[[], Any]) -> None:
+    if key.startswith(OUR_PREFIXES):
+        # Remember the factory streamlit-webrtc built for this streamer in this run: the
+        # fast path must create exactly the worker the component path would have.
+        _streamers[key] = _Streamer(weakref.ref(context), make_worker)
+        for stale in [k for k, v in _streamers.items() if v.context() is None]:
+            del _streamers[stale]
+    _original_handle_worker_lifecycle(context, key, sdp_offer, make_worker=make_worker)
+
+
+def token_for(participant_id: str) -> str:
+    return _tokens.setdefault(participant_id[:12], secrets.token_urlsafe(24))
+
+
+def forget_streamers(participant_id: str) -> None:
+    """Drop a departed participant's token and streamers (no offer is accepted after)."""
+    prefix = participant_id[:12]
+    _tokens.pop(prefix, None)
+    for key in [k for k in _streamers if k.split("-")[1:2] == [prefix]]:
+        del _streamers[key]
+
+
+def offer_url() -> str:
+    base = str(st_config.get_option("server.baseUrlPath") or "").strip("/")
+    return f"/{base}/{OFFER_PATH}" if base else f"/{OFFER_PATH}"
+
+
+def _ufrag(sdp: str) -> str | None:
+    for line in sdp.splitlines():
+        if line.startswith("a=ice-ufrag:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+class _StaleOffer(Exception):
+    pass
+
+
+def answer_offer(context: Any, make_worker: Callable[[], Any], sdp: str) -> dict[str, str]:
+    """Create the streamer's worker for this offer (or find the one the component path made
+    for the same offer) and return its answer. Blocks: call from a worker thread."""
+    with context._worker_creation_lock:
+        worker = context._get_worker()
+        if worker is None:
+            worker = make_worker()
+            worker.process_offer(sdp, "offer", timeout=10)
+            context._set_worker(worker)
+            if not context.state.playing:
+                # A script run that started before the frontend's "signalling" value arrived
+                # must not take our fresh worker for a stopped streamer's leftover.
+                context._set_state(WebRtcStreamerState(playing=False, signalling=True))
+        else:
+            remote = getattr(getattr(worker, "pc", None), "remoteDescription", None)
+            if remote is None or _ufrag(remote.sdp) != _ufrag(sdp):
+                raise _StaleOffer
+    local = worker.local_description
+    return {"sdp": local.sdp, "type": local.type}
+
+
+def _same_origin(request: Request) -> bool:
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True
+    return origin.split("://", 1)[-1] == request.headers.get("host", "")
+
+
+async def _offer_endpoint(request: Request) -> Response:
+    global fast_answers
+    started = time.perf_counter()
+    if not _same_origin(request):
+        return JSONResponse({"error": "cross-origin request refused"}, status_code=403)
+    try:
+        body = await request.json()
+        key, token, sdp = str(body["key"]), str(body["token"]), str(body["sdp"])
+        if body.get("type") != "offer" or len(sdp) > MAX_SDP_CHARS:
+            raise ValueError(body.get("type"))
+    except (ValueError, KeyError, TypeError):
+        return JSONResponse({"error": "expected JSON {key, token, type: offer, sdp}"},
+                            status_code=400)
+    streamer = _streamers.get(key)
+    expected = _tokens.get(key.split("-")[1]) if key.count("-") >= 2 else None
+    if expected is None or not hmac.compare_digest(expected, token):
+        return JSONResponse({"error": "unknown streamer or bad token"}, status_code=403)
+    context = streamer.context() if streamer else None
+    if streamer is None or context is None:
+        return JSONResponse({"error": f"no streamer {key!r} here"}, status_code=404)
+    loop = asyncio.get_running_loop()
+    try:
+        answer = await loop.run_in_executor(None, answer_offer, context,
+                                            streamer.make_worker, sdp)
+    except _StaleOffer:
+        return JSONResponse({"error": "another offer owns this streamer"}, status_code=409)
+    except Exception as exc:  # the component path remains; say why this one failed
+        logger.warning("fast offer for %s failed: %s", key, exc)
+        return JSONResponse({"error": str(exc)}, status_code=500)
+    fast_answers += 1
+    logger.debug("answered %s over the fast path in %.0f ms", key,
+                 (time.perf_counter() - started) * 1000)
+    return JSONResponse(answer)
+
+
+def _starlette_app() -> Any:
+    import gc
+
+    from starlette.applications import Starlette
+
+    apps = []
+    for obj in gc.get_objects():
+        if type(obj) in weakref.ProxyTypes:
+            continue  # isinstance() on a dead proxy raises
+        if isinstance(obj, Starlette):
+            apps.append(obj)
+    return apps[0] if len(apps) == 1 else None
+
+
+def install_offer_route() -> bool:
+    """Add POST /_vc/offer to Streamlit's own Starlette app (once per process)."""
+    global _route_installed
+    with _route_lock:
+        if _route_installed:
+            return True
+        try:
+            app = _starlette_app()
+        except Exception:  # never break the page: the component path still signals
+            logger.exception("looking for Streamlit's Starlette app failed")
+            app = None
+        if app is None:
+            logger.warning("Streamlit's Starlette app not found: offers take the slow path")
+            return False
+        app.router.routes.insert(0, Route(offer_url(), _offer_endpoint, methods=["POST"]))
+        _route_installed = True
+        logger.info("fast signalling route %s installed", offer_url())
+        return True
 
 
 def publish_key(participant: Participant) -> str:
@@ -139,58 +320,18 @@ def stop_worker(ctx: object) -> None:
         worker.stop(timeout=0)
 
 
-_COMPANION = """
-<script>
-(function () {
-  const P = window.parent;
-  const doc = P.document;
-  // Shared across companion instances on this page, so no streamer is pressed twice.
-  const seen = P.__vcStarts || (P.__vcStarts = new WeakMap());
-  function tick() {
-    const now = Date.now();
-    doc.querySelectorAll('iframe').forEach(function (f) {
-      const title = (f.title || '') + ' ' + (f.src || '');
-      if (title.indexOf('webrtc_streamer') < 0) return;
-      let d;
-      try { d = f.contentDocument; } catch (e) { return; }
-      if (!d || !d.body) return;
-      if (!d.getElementById('vc-style')) {
-        const s = d.createElement('style');
-        s.id = 'vc-style';
-        s.textContent = 'button.vc-hidden{display:none !important}';
-        (d.head || d.body).appendChild(s);
-      }
-      const st = seen.get(f) || {attempts: 0, next: 0, pending: 0};
-      let start = null, stop = null;
-      d.querySelectorAll('button').forEach(function (b) {
-        const t = (b.textContent || '').trim().toLowerCase();
-        if (t === 'start' || t === 'stop') b.classList.add('vc-hidden');
-        if (t === 'start') start = b;
-        if (t === 'stop') stop = b;
-      });
-      if (stop) { st.attempts = 0; st.pending = 0; }  // signalling or playing: all good
-      // start() awaits a lazy import before it shows Stop: a second press in that window
-      // makes a second RTCPeerConnection and the call never connects. One press per
-      // attempt, then wait for Stop (or give up on that attempt after 10 s).
-      const waiting = st.pending && now - st.pending < 10000;
-      if (start && !start.disabled && !waiting && now >= st.next) {
-        st.attempts += 1;
-        st.pending = now;
-        // Restart at once, then back off (a denied camera must not loop on prompts).
-        st.next = now + Math.min(30000, 1000 * Math.pow(2, Math.max(0, st.attempts - 2)));
-        start.click();
-      }
-      seen.set(f, st);
-    });
-  }
-  tick();
-  setInterval(tick, 100);
-})();
-</script>
-"""
+_COMPANION_JS = (Path(__file__).with_name("companion.js")).read_text(encoding="utf-8")
 
 
-def autostart_companion() -> None:
-    """Press each streamer's Start as soon as it appears; restart a stopped call."""
-    components.html(_COMPANION, height=0)
+def autostart_companion(participant: Participant) -> None:
+    """Press each streamer's Start as soon as it appears (restarting a stopped call), and
+    signal its offer over the fast path."""
+    config = {"offerUrl": offer_url(), "token": token_for(participant.id)}
+    script = _COMPANION_JS.replace("__VC_CONFIG__", json.dumps(config))
+    components.html(f"<script>{script}</script>", height=0)
+
+
+def leg_container(key: str) -> Any:
+    """The keyed container a streamer sits in: the companion reads the key from its class."""
+    return st.container(key=f"vcleg-{key}")
 
