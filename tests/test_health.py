@@ -220,3 +220,32 @@ def test_buffer_is_bounded_and_counts_what_it_drops() -> None:
     for s in snaps:
         health.record(s)
     assert health.stats()["pending"] == 3 and health.dropped == 2
+
+
+def test_the_sampler_collects_garbage_only_when_no_leg_is_live(
+        loop: asyncio.AbstractEventLoop) -> None:
+    track_peer_connections()
+    legs = LegRegistry()
+    health = ProcessHealth(None, node="n1", loop=loop, legs=legs, collect_every_s=0.0)
+    pc = on_loop(loop, _new_pc())
+    assert legs.register(MediaLeg("l1", "room", "ana", "p1", "subscribe", pc, loop))
+    # A closed connection caught in a reference cycle: only the cyclic collector frees it.
+    cyclic = on_loop(loop, _new_pc())
+    on_loop(loop, cyclic.close())
+    cyclic.cycle = cyclic
+    del cyclic
+    gc.disable()  # keep Python's own collector from doing our job during the test
+    try:
+        during = health.snapshot()
+        assert during.gc_ms is None  # a live leg: no pause for the media loop
+        on_loop(loop, pc.close())
+        deadline = time.monotonic() + 5
+        while legs.legs() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        del pc
+        idle = health.snapshot()
+    finally:
+        gc.enable()
+    assert idle.gc_ms is not None
+    assert during.peer_connections is not None and idle.peer_connections is not None
+    assert idle.peer_connections <= during.peer_connections - 2

@@ -17,6 +17,7 @@ from videochat.call_log import CallLog
 from videochat.chat_service import ChatService
 from videochat.events import CallEvent, EventBus
 from videochat.fault_control import FaultConsumer, start_fault_plane
+from videochat.health import ProcessHealth, track_peer_connections
 from videochat.ice import cap_stun_retransmissions, restrict_host_addresses
 from videochat.injector import FaultManager
 from videochat.legs import LegRegistry
@@ -110,6 +111,9 @@ def get_runtime() -> AppRuntime:
     bus.add_sink(metrics.emit)
     loop = get_global_event_loop()
     legs = LegRegistry()
+    track_peer_connections()  # before the first RTCPeerConnection: the health sampler counts them
+    ProcessHealth(services.db, node=node, loop=loop, legs=legs,
+                  retention_days=settings.metrics_retention_days).start()
 
     def on_join(room: Room, p: Participant) -> None:
         call_log.participant_joined(room=room.name, call_id=room.call_id, participant_id=p.id,
