@@ -30,10 +30,15 @@
       const done = function () {
         if (pc.iceGatheringState === 'complete') { clearTimeout(t); resolve(); }
       };
-      // With a slow TURN server, send what we have: later candidates still trickle
-      // through the component's own path.
+      // Full gathering waits for TCP and every interface (~200 ms here); the server needs
+      // one usable candidate to start checking. So go shortly after the first UDP one, or
+      // after `ms` at most (a slow TURN server): later candidates still trickle through
+      // the component's own path.
       const t = setTimeout(resolve, ms);
       pc.addEventListener('icegatheringstatechange', done);
+      pc.addEventListener('icecandidate', function (e) {
+        if (e.candidate && e.candidate.protocol === 'udp') setTimeout(resolve, 40);
+      });
     });
   }
 
