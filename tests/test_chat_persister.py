@@ -134,3 +134,35 @@ def test_indexes_keep_history_and_drop_the_old_origin_seq_index(mongo_db: Any) -
     keys = [list(ix["key"]) for ix in mongo_db[COLLECTION].index_information().values()]
     assert [("room", 1), ("sent_at", 1)] in keys
     assert [("origin", 1), ("seq", 1)] not in keys
+
+
+class CountingPersister(ChatPersister):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.batches: list[int] = []
+
+    def _store(self, messages: list[ChatMessage]) -> None:
+        self.batches.append(len(messages))
+        super()._store(messages)
+
+
+def test_a_trickle_is_stored_in_few_batches_not_one_insert_per_message(
+    redis_conn: redis.Redis, mongo_db: Any
+) -> None:
+    queue = ChatQueue(redis_conn, mongo_db)
+    worker = CountingPersister(redis_conn, mongo_db, block_ms=100, linger_s=0.5)
+    worker.start()
+    try:
+        queue.send(ROOM, "dora", "Dora", "first")
+        assert queue.wait_persisted(10)  # the first message after a quiet spell is not held back
+        worker.batches.clear()
+        for i in range(20):
+            queue.send(ROOM, "dora", "Dora", f"trickle {i}")
+            time.sleep(0.01)
+        assert queue.wait_persisted(20)
+        assert sum(worker.batches) == 20
+        assert len(worker.batches) <= 5, worker.batches
+        assert audit_room(mongo_db, ROOM).ok
+    finally:
+        worker.stop()
+        queue.close(1.0)

@@ -70,6 +70,7 @@ class ChatPersister:
         keep_s: float = 60.0,
         trim_interval_s: float = 1.0,
         rooms_interval_s: float = 1.0,
+        linger_s: float = 0.1,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = client
@@ -82,6 +83,8 @@ class ChatPersister:
         self._keep_s = keep_s
         self._trim_interval_s = trim_interval_s
         self._rooms_interval_s = rooms_interval_s
+        self._linger_s = linger_s
+        self._read_last = 0
         self._clock = clock
         self._ack = client.register_script(_ACK_SCRIPT)
         self._rooms: set[str] = set()
@@ -111,8 +114,16 @@ class ChatPersister:
         failures = 0
         while not self._stop.is_set():
             try:
+                started = time.monotonic()
                 self.step()
                 failures = 0
+                if 0 < self._read_last < self._batch_size:
+                    # Not behind: let the next batch gather for `linger_s` instead of reading
+                    # each entry as it lands. Reading per message made this thread and the
+                    # database wake on every message, right when the hub delivers it: at 1,000
+                    # msg/s that was ~2,000 small inserts in 10 s and a delivery p99 of 411 ms
+                    # against 0.8 ms without the persister, on the same loaded 2-core box.
+                    self._stop.wait(max(0.0, self._linger_s - (time.monotonic() - started)))
             except (redis.RedisError, pymongo.errors.PyMongoError) as exc:
                 failures += 1
                 self._own_backlog = True
@@ -148,7 +159,9 @@ class ChatPersister:
             done += self._persist(own)
             if not any(own.values()):
                 self._own_backlog = False
-        done += self._persist(self._read(">", self._block_ms if block_ms is None else block_ms))
+        fresh = self._read(">", self._block_ms if block_ms is None else block_ms)
+        self._read_last = sum(len(v) for v in fresh.values())
+        done += self._persist(fresh)
         if time.monotonic() - self._trim_at >= self._trim_interval_s:
             self.trim()
             self._trim_at = time.monotonic()
