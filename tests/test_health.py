@@ -139,6 +139,7 @@ def test_peer_connections_alive_open_and_released(loop: asyncio.AbstractEventLoo
 
 
 def test_legs_are_counted_by_direction(loop: asyncio.AbstractEventLoop) -> None:
+    track_peer_connections()
     legs = LegRegistry()
     pc = on_loop(loop, _new_pc())
     leg = MediaLeg("l1", "room", "ana", "p1", "publish", pc, loop)
@@ -146,6 +147,14 @@ def test_legs_are_counted_by_direction(loop: asyncio.AbstractEventLoop) -> None:
     health = ProcessHealth(None, node="n1", loop=loop, legs=legs)
     snap = health.snapshot(collect=False)
     assert snap.legs == 1 and snap.leg_directions == {"publish": 1}
+    assert snap.peer_connections_unregistered == 0
+    assert snap.peer_connection_states == {"new/new/stable": 1}
+    stray = on_loop(loop, _new_pc())  # a connection no leg owns
+    snap = health.snapshot(collect=False)
+    assert snap.peer_connections_unregistered == 1
+    assert snap.peer_connection_states == {"new/new/stable": 1,
+                                           "new/new/stable unregistered": 1}
+    on_loop(loop, stray.close())
     on_loop(loop, pc.close())
     deadline = time.monotonic() + 5
     while legs.legs() and time.monotonic() < deadline:

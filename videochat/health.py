@@ -4,8 +4,9 @@
 per sample into the MongoDB collection ``process_health``::
 
     {_id: "<node>|<pid>|<ms>", at, node, pid, rss_bytes, cpu_percent, threads, thread_groups,
-     fds, tasks, task_groups, loop_lag_ms, peer_connections, peer_connections_open, legs,
-     leg_directions, gc_ms, sample_ms}
+     fds, tasks, task_groups, loop_lag_ms, peer_connections, peer_connections_open,
+     peer_connection_states, peer_connections_unregistered, legs, leg_directions, gc_ms,
+     sample_ms}
 
 It exists for the soak benchmark (bench/soak.py) and for operators: aiortc and streamlit-webrtc's
 `MediaRelay` are known to keep peer connections, tasks and threads alive after a call, and the
@@ -119,6 +120,8 @@ class LoopFigures:
     tasks: int
     task_groups: dict[str, int]
     peer_connections_open: int
+    pc_states: dict[str, int]
+    unregistered: int
     lag_ms: float
 
 
@@ -137,6 +140,10 @@ class HealthSnapshot:
     loop_lag_ms: float | None
     peer_connections: int | None  # alive objects; None when not tracked
     peer_connections_open: int | None  # of those, not in state "closed"
+    # Open ones by "connection/ice/signalling" state; those no leg owns (an offer whose leg was
+    # never registered, a worker nobody stopped) are the ones to chase after a call.
+    peer_connection_states: dict[str, int]
+    peer_connections_unregistered: int | None
     legs: int | None
     leg_directions: dict[str, int]
     gc_ms: float | None  # the full collection run before this snapshot, if one ran
@@ -225,6 +232,9 @@ class ProcessHealth:
             peer_connections=None if pcs is None else len(pcs),
             peer_connections_open=(loop_figs.peer_connections_open if loop_figs and pcs is not None
                                    else None),
+            peer_connection_states=loop_figs.pc_states if loop_figs and pcs is not None else {},
+            peer_connections_unregistered=(loop_figs.unregistered
+                                           if loop_figs and pcs is not None else None),
             legs=None if legs is None else len(legs),
             leg_directions=dict(Counter(leg.direction for leg in legs or [])),
             gc_ms=gc_ms,
@@ -266,11 +276,16 @@ class ProcessHealth:
         def measure() -> None:
             try:
                 tasks = asyncio.all_tasks(loop)
-                open_pcs = sum(1 for pc in live_peer_connections()
-                               if pc.connectionState != "closed")
+                open_pcs = [pc for pc in live_peer_connections()
+                            if pc.connectionState != "closed"]
+                known = self.legs.known if self.legs is not None else (lambda pc: True)
                 result.set_result(LoopFigures(
                     tasks=len(tasks), task_groups=_top(Counter(_task_label(t) for t in tasks)),
-                    peer_connections_open=open_pcs,
+                    peer_connections_open=len(open_pcs),
+                    pc_states=_top(Counter(
+                        f"{pc.connectionState}/{pc.iceConnectionState}/{pc.signalingState}"
+                        + ("" if known(pc) else " unregistered") for pc in open_pcs)),
+                    unregistered=sum(1 for pc in open_pcs if not known(pc)),
                     lag_ms=round((time.perf_counter() - asked) * 1000, 2)))
             except Exception as exc:  # noqa: BLE001 - reported to the waiting thread
                 result.set_exception(exc)
