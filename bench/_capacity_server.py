@@ -133,8 +133,13 @@ class RelayServer:
                 } for s in p.slots],
             })
         states = [pc.connectionState for pc in self.pcs]
+        # aiortc's decoded-frame queue of each publish leg (unbounded): where a saturated
+        # server's backlog, and so its latency, builds up before the relay's bounded mailbox.
+        backlog = [sink._track._queue.qsize() for sink in self.inputs
+                   if sink._track is not None and hasattr(sink._track, "_queue")]
         return {"participants": out, "pcs": len(states),
-                "connected": sum(s == "connected" for s in states)}
+                "connected": sum(s == "connected" for s in states),
+                "input_backlog_max": max(backlog, default=0)}
 
     async def close(self) -> None:
         for sink in self.inputs:

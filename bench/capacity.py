@@ -214,6 +214,7 @@ async def measure(people: list[Any], video: Any, server: Any, control: Any, hold
         "relay_skipped_frames": skipped(stats1) - skipped(stats0),
         "client_send_drops": drops,
         "server_pcs": stats1["pcs"], "server_pcs_connected": stats1["connected"],
+        "server_input_backlog_frames": stats1["input_backlog_max"],
         "hold_s": round(dt, 2),
         # How busy each core was, whoever used it: the box is shared with other work, so a
         # server core far busier than the server itself means the step ran contended.
@@ -409,6 +410,7 @@ def main() -> int:
               f"loss {row.get('loss_pct', '-')} %  damaged {row.get('damaged_pct', '-')} %  "
               f"latency p50/p95 "
               f"{lat.get('p50') or 0:.0f}/{lat.get('p95') or 0:.0f} ms  "
+              f"backlog {row.get('server_input_backlog_frames')}  "
               f"cores busy {row.get('cpu_busy_pct')}  load {row.get('load_avg_1m')}  {verdict}",
               flush=True)
 
