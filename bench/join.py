@@ -10,6 +10,7 @@ the cost of an open idle session. Writes bench/results/join.json and prints one 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -38,6 +39,7 @@ def one_join(browser: Browser, url: str, room: str) -> dict[str, float | None]:
     while time.monotonic() < deadline and ana.get_by_text("You are alone").count() == 0:
         time.sleep(0.1)
     time.sleep(5.0)  # ana settled: her publish leg and warm spare are up
+    load = os.getloadavg()[0]
     t0 = time.time()
     bob = browser.new_page()
     bob.goto(f"{url}/call?room={room}&name=bob&join=1", wait_until="commit")
@@ -46,10 +48,12 @@ def one_join(browser: Browser, url: str, room: str) -> dict[str, float | None]:
         time.sleep(0.1)
         a = a if a is not None else first_after(ana, t0)
         b = b if b is not None else first_after(bob, t0)
+    fast = [e for e in bob.evaluate("() => window.__vcFastLog || []") if e[1] == "answered"]
     for page in (ana, bob):
         page.context.close()
     both = max(a, b) if a is not None and b is not None else None
-    return {"ana_sees_bob_s": a, "bob_sees_ana_s": b, "both_s": both}
+    return {"ana_sees_bob_s": a, "bob_sees_ana_s": b, "both_s": both, "load_1m": load,
+            "fast_answered_legs": len(fast), "fast_answer_ms": [e[2] for e in fast]}
 
 
 def cpu_rss(proc: psutil.Process, seconds: float) -> tuple[float, float]:
@@ -78,7 +82,8 @@ def main() -> None:
                 r = one_join(browser, app.url, f"bench-join-{i}")
                 trials.append(r)
                 print(f"join {i + 1}/{args.joins}: ana sees bob {fmt(r['ana_sees_bob_s'])}, "
-                      f"bob sees ana {fmt(r['bob_sees_ana_s'])}", flush=True)
+                      f"bob sees ana {fmt(r['bob_sees_ana_s'])} (fast-answered legs "
+                      f"{r['fast_answered_legs']}, load {r['load_1m']:.1f})", flush=True)
             # 30 s two-person call: server cost per participant
             ana, bob = browser.new_page(), browser.new_page()
             ana.goto(f"{app.url}/call?room=bench-cpu&name=ana&join=1")
@@ -101,10 +106,15 @@ def main() -> None:
     both = [t["both_s"] for t in trials if t["both_s"] is not None]
     failures = sum(1 for t in trials if t["both_s"] is None)
     within_3s = sum(1 for v in both if v <= 3.0)
+    within_1s = sum(1 for v in both if v <= 1.0)
+    fast_ms = [float(ms) for t in trials for ms in t.get("fast_answer_ms", [])]
     result = {
         "what": "later participant opens /call?room&name&join=1 -> first decoded remote frame, "
                 "both directions (max of the two)",
         "joins": len(trials), "failures": failures, "within_3s": within_3s,
+        "within_1s": within_1s,
+        "fast_signalling_answer_ms": summary(fast_ms),
+        "load_1m_at_joins": summary([t["load_1m"] for t in trials]),
         "both": summary(both),
         "ana_sees_bob": summary([t["ana_sees_bob_s"] for t in trials
                                  if t["ana_sees_bob_s"] is not None]),
