@@ -114,7 +114,13 @@ class ChatQueue:
         self._backoff_base_s = backoff_base_s
         self._backoff_cap_s = backoff_cap_s
         self._script = client.register_script(_SEND_SCRIPT)
-        self._cond = threading.Condition()
+        # One lock, two conditions: `_work` wakes the flusher only when it has something to do,
+        # `_cond` wakes callers of flush()/wait_persisted(). A single condition notified on
+        # every send woke the flusher once per message just to find nothing to do, and it
+        # then competed for the GIL with the hub thread delivering that very message.
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        self._work = threading.Condition(lock)
         self._send_lock = threading.Lock()
         self._pending: deque[ChatMessage] = deque()
         # (room, origin) -> seq -> message accepted by Redis but not yet seen in MongoDB
@@ -171,7 +177,7 @@ class ChatQueue:
                       and self._send_lock.acquire(blocking=False))
             self._ensure_thread()
             if not direct:
-                self._cond.notify_all()
+                self._work.notify()
                 return msg
         try:
             self._transmit()
@@ -186,6 +192,8 @@ class ChatQueue:
             self._send_lock.release()
             with self._cond:
                 self._cond.notify_all()
+                if self._pending:  # queued behind this one while it was being sent
+                    self._work.notify()
         return msg
 
     def pending(self, room: str, sender_id: str | None = None) -> list[ChatMessage]:
@@ -223,7 +231,7 @@ class ChatQueue:
         self.flush(timeout)
         with self._cond:
             self._stopping = True
-            self._cond.notify_all()
+            self._work.notify_all()
             thread = self._thread
         if thread is not None:
             thread.join(timeout)
@@ -261,7 +269,7 @@ class ChatQueue:
                     self._inflight and time.monotonic() >= next_probe
                 ):
                     wait = self._probe_interval_s if self._inflight else 1.0
-                    self._cond.wait(wait)
+                    self._work.wait(wait)
                 if self._stopping:
                     return
             try:
@@ -282,7 +290,7 @@ class ChatQueue:
                                        exc)
                     self._redis_up = False
                     self._last_error = str(exc)
-                    self._cond.wait(delay)
+                    self._work.wait(delay)
                 continue
             except Exception:  # noqa: BLE001 - the flusher must survive to retry later
                 logger.exception("chat flusher failed; retrying")
@@ -344,6 +352,7 @@ class ChatQueue:
 
     def _apply(self, batch: list[ChatMessage], results: list[Any]) -> None:
         with self._cond:
+            probing = bool(self._inflight)
             for _ in batch:
                 self._pending.popleft()
             refused: list[ChatMessage] = []
@@ -359,6 +368,8 @@ class ChatQueue:
                 self._inflight.setdefault(key, OrderedDict())[msg.seq] = stored
             self._pending.extendleft(reversed(requeue + refused))
             self._cond.notify_all()
+            if not probing and self._inflight:
+                self._work.notify()  # so the flusher starts probing for persistence
         if refused and not requeue:
             # Cannot happen while the seq bookkeeping holds; if it ever does, retrying at once
             # would spin, so let the flusher back off and keep the messages.
