@@ -32,6 +32,7 @@ from videochat.qa.harness import (  # noqa: E402
     Browser,
     NetNamespace,
     first_progress_after,
+    progress_times,
 )
 
 ROOM = "bench-rc"
@@ -87,8 +88,13 @@ def trial(ns: NetNamespace, state: Path, pages: list[Any], kind: str) -> dict[st
             else ["--kind", "kill"])
     t_cmd = time.time()
     cli(ns, state, "inject", "--room", ROOM, "--participant", "bob", *args)
-    fault = active_fault(ns, state) if duration else None
-    start = float(fault["since"]) if fault else t_cmd
+    if duration:
+        fault = active_fault(ns, state)
+        start = float(fault["since"]) if fault else t_cmd
+    else:
+        # A kill has no duration: time it from the moment the app closed the legs (its
+        # fault_started event), not from the command, whose start-up is not the app's doing.
+        start = kill_time(ns, state, t_cmd) or t_cmd
     end = start + duration
     deadline = end + 45
     resumed: list[float | None] = [None, None]
@@ -96,7 +102,8 @@ def trial(ns: NetNamespace, state: Path, pages: list[Any], kind: str) -> dict[st
         time.sleep(0.5)
         for i, page in enumerate(pages):
             if resumed[i] is None:
-                resumed[i] = first_progress_after(page, end, 3)
+                resumed[i] = (first_progress_after(page, end, 3) if duration
+                              else resumed_after_stall(progress_times(page), end))
     time.sleep(1.5)  # let the metrics store flush the events
     evs = events_since(ns, state, start - 0.5, ["reconnect_started", "reconnect_succeeded"])
     started = next((e for e in evs if e["kind"] == "reconnect_started"), None)
@@ -110,6 +117,31 @@ def trial(ns: NetNamespace, state: Path, pages: list[Any], kind: str) -> dict[st
         "bob_video_moving_after_end_s": None if resumed[1] is None else resumed[1] - end,
         "both_moving_after_end_s": both,
     }
+
+
+def kill_time(ns: NetNamespace, state: Path, since: float) -> float | None:
+    for _ in range(20):
+        evs = events_since(ns, state, since - 0.5, ["fault_started"])
+        kills = [e for e in evs if e["data"].get("fault_kind") == "kill"]
+        if kills:
+            return float(kills[0]["at"])
+        time.sleep(0.25)
+    return None
+
+
+def resumed_after_stall(times: list[float], t: float, gap: float = 0.4,
+                        min_frames: int = 3) -> float | None:
+    """After a kill: frames decoded from the jitter buffer may still land just after `t`, so
+    video counts as moving again only after it has stalled (a gap >= `gap`), at the
+    `min_frames`-th frame after the stall. No stall within 20 s: the view was not affected."""
+    after = [x for x in times if x > t]
+    for i in range(1, len(after)):
+        if after[i] - after[i - 1] >= gap:
+            rest = after[i:]
+            return rest[min_frames - 1] if len(rest) >= min_frames else None
+    if after and after[-1] - t >= 20 and len(after) >= min_frames:
+        return after[min_frames - 1]
+    return None
 
 
 def ladder_trial(ns: NetNamespace, state: Path) -> dict[str, Any]:
