@@ -33,6 +33,7 @@ from videochat.qa.harness import (  # noqa: E402
     NetNamespace,
     first_progress_after,
     progress_times,
+    resumed_after_stall,
 )
 
 ROOM = "bench-rc"
@@ -126,21 +127,6 @@ def kill_time(ns: NetNamespace, state: Path, since: float) -> float | None:
         if kills:
             return float(kills[0]["at"])
         time.sleep(0.25)
-    return None
-
-
-def resumed_after_stall(times: list[float], t: float, gap: float = 0.4,
-                        min_frames: int = 3) -> float | None:
-    """After a kill: frames decoded from the jitter buffer may still land just after `t`, so
-    video counts as moving again only after it has stalled (a gap >= `gap`), at the
-    `min_frames`-th frame after the stall. No stall within 20 s: the view was not affected."""
-    after = [x for x in times if x > t]
-    for i in range(1, len(after)):
-        if after[i] - after[i - 1] >= gap:
-            rest = after[i:]
-            return rest[min_frames - 1] if len(rest) >= min_frames else None
-    if after and after[-1] - t >= 20 and len(after) >= min_frames:
-        return after[min_frames - 1]
     return None
 
 

@@ -275,6 +275,21 @@ def first_progress_after(page: Any, t: float, min_frames: int = 3) -> float | No
     return after[min_frames - 1] if len(after) >= min_frames else None
 
 
+def resumed_after_stall(times: list[float], t: float, gap: float = 0.4,
+                        min_frames: int = 3) -> float | None:
+    """After a kill: frames decoded from the jitter buffer may still land just after `t`, so
+    video counts as moving again only after it has stalled (a gap >= `gap`), at the
+    `min_frames`-th frame after the stall. No stall within 20 s: the view was not affected."""
+    after = [x for x in times if x > t]
+    for i in range(1, len(after)):
+        if after[i] - after[i - 1] >= gap:
+            rest = after[i:]
+            return rest[min_frames - 1] if len(rest) >= min_frames else None
+    if after and after[-1] - t >= 20 and len(after) >= min_frames:
+        return after[min_frames - 1]
+    return None
+
+
 class Browser:
     """One headless Chromium; one context (fake camera, own storage) per participant."""
 
