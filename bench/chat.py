@@ -9,6 +9,13 @@ and embedded SecantusDB, on loopback, in a temporary folder. Loops are bounded b
     python bench/chat.py                      # 1,000 msg/s for 30 s, then the ramp
     python bench/chat.py --duration 3 --ramp-step 1   # short CI run
 
+Besides the latencies (p50/p95/p99/max of every message of the main run), the JSON records what
+else could have stalled delivery, so a tail can be attributed: full and young GC pauses, Valkey's
+own latency events over the main run (LATENCY LATEST: blocked AOF writes, slow commands), a plain
+XADD->XREAD baseline without chat code, the load average (1/5/15 min), the Redis reply parser
+(hiredis or redis-py's pure-Python one: 29 us against 2 us per stream entry here) and the GIL
+switch interval.
+
 Writes bench/results/chat.json and prints one summary line.
 """
 
@@ -142,6 +149,16 @@ def raw_baseline(client: Any, rate: float, duration: float) -> dict[str, float]:
     return summary(lat)
 
 
+def cpu_pressure() -> dict[str, float] | None:
+    """Linux PSI: the share of time some runnable task waited for a CPU (avg10/avg60, %)."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    fields = dict(part.split("=") for part in line.split()[1:])
+    return {"some_avg10": float(fields["avg10"]), "some_avg60": float(fields["avg60"])}
+
+
 def summary(lat: list[float]) -> dict[str, float]:
     return {
         "p50_ms": round(pct(lat, 50), 3), "p95_ms": round(pct(lat, 95), 3),
@@ -251,6 +268,7 @@ def _bench(args: argparse.Namespace, client: Any, db: Any, queue: ChatQueue,
 
     baseline = raw_baseline(client, args.rate, min(args.duration, 10.0))
     load_before = os.getloadavg()
+    pressure_before = cpu_pressure()
     run = Run(queue, hub, "main")
     pauses: list[float] = []
     slow_young: list[float] = []
@@ -300,6 +318,7 @@ def _bench(args: argparse.Namespace, client: Any, db: Any, queue: ChatQueue,
         "valkey_stalls_over_3ms": valkey_stalls,
         "load_average_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
         "load_average_1_5_15m_before": [round(x, 2) for x in load_before],
+        "cpu_pressure_before_after": [pressure_before, cpu_pressure()],
         "ledger": {"sent": ledger.sent, "delivered": ledger.delivered,
                    "persisted": ledger.persisted,
                    "duplicates_suppressed": ledger.duplicates_suppressed},
