@@ -42,6 +42,7 @@ class RelayServer:
     def __init__(self) -> None:
         self.participants: dict[str, Participant] = {}
         self.pcs: list[RTCPeerConnection] = []
+        self.publish_pcs: list[RTCPeerConnection] = []
         self.inputs: list[HubInput] = []
         self.done = asyncio.Event()
 
@@ -93,6 +94,7 @@ class RelayServer:
     async def publish(self, p: Participant, sdp: str, kind: str) -> dict[str, Any]:
         pc = RTCPeerConnection()
         self.pcs.append(pc)
+        self.publish_pcs.append(pc)
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
@@ -137,9 +139,13 @@ class RelayServer:
         # server's backlog, and so its latency, builds up before the relay's bounded mailbox.
         backlog = [sink._track._queue.qsize() for sink in self.inputs
                    if sink._track is not None and hasattr(sink._track, "_queue")]
+        # ... and the encoded frames waiting for aiortc's decoder thread (also unbounded)
+        undecoded = [q.qsize() for pc in self.publish_pcs for r in pc.getReceivers()
+                     if (q := getattr(r, "_RTCRtpReceiver__decoder_queue", None)) is not None]
         return {"participants": out, "pcs": len(states),
                 "connected": sum(s == "connected" for s in states),
-                "input_backlog_max": max(backlog, default=0)}
+                "input_backlog_max": max(backlog, default=0),
+                "decoder_backlog_max": max(undecoded, default=0)}
 
     async def close(self) -> None:
         for sink in self.inputs:
