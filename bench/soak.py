@@ -229,7 +229,8 @@ def compact(doc: dict[str, Any], t0: float) -> dict[str, Any]:
     return {"t": round(doc["at"].timestamp() - t0, 1),
             **{k: doc.get(k) for k in ("rss_bytes", "threads", "tasks", "peer_connections",
                                        "peer_connections_open", "peer_connections_unregistered",
-                                       "legs", "fds", "loop_lag_ms", "gc_ms", "cpu_percent")}}
+                                       "peer_connections_stalled", "legs", "fds",
+                                       "loop_lag_ms", "gc_ms", "cpu_percent")}}
 
 
 # What the first call starts for good (an idle app has not started them yet), so it may stay
@@ -452,7 +453,8 @@ def measure(args: argparse.Namespace, probe: Probe, docs: list[dict[str, Any]],
             "threads", "tasks", "peer_connections", "legs", "fds", "rss_bytes")},
         "after_leaving": {k: final.get(k) for k in (
             "threads", "tasks", "peer_connections", "peer_connections_open",
-            "peer_connection_states", "peer_connections_unregistered", "legs", "fds",
+            "peer_connection_states", "peer_connections_unregistered",
+            "peer_connections_stalled", "legs", "fds",
             "rss_bytes", "gc_ms")},
         "after_leaving_seconds": round(final["at"].timestamp() - t_leave, 1),
         "thread_groups_over_baseline": thread_diff,

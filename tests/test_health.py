@@ -21,6 +21,7 @@ from videochat.health import (
     ProcessHealth,
     group_name,
     live_peer_connections,
+    stalled_peer_connections,
     track_peer_connections,
 )
 from videochat.legs import LegRegistry, MediaLeg
@@ -154,7 +155,13 @@ def test_legs_are_counted_by_direction(loop: asyncio.AbstractEventLoop) -> None:
     assert snap.peer_connections_unregistered == 1
     assert snap.peer_connection_states == {"new/new/stable": 1,
                                            "new/new/stable unregistered": 1}
+    assert snap.peer_connections_stalled == 0  # younger than stalled_after_s
+    assert stray in stalled_peer_connections(0.0) and pc in stalled_peer_connections(0.0)
+    assert stray not in stalled_peer_connections(3600.0)
+    health.stalled_after_s = 0.0
+    assert health.snapshot(collect=False).peer_connections_stalled == 2
     on_loop(loop, stray.close())
+    assert stray not in stalled_peer_connections(0.0)  # closed is not stalled
     on_loop(loop, pc.close())
     deadline = time.monotonic() + 5
     while legs.legs() and time.monotonic() < deadline:

@@ -5,8 +5,8 @@ per sample into the MongoDB collection ``process_health``::
 
     {_id: "<node>|<pid>|<ms>", at, node, pid, rss_bytes, cpu_percent, threads, thread_groups,
      fds, tasks, task_groups, loop_lag_ms, peer_connections, peer_connections_open,
-     peer_connection_states, peer_connections_unregistered, legs, leg_directions, gc_ms,
-     sample_ms}
+     peer_connection_states, peer_connections_unregistered, peer_connections_stalled, legs,
+     leg_directions, gc_ms, sample_ms}
 
 It exists for the soak benchmark (bench/soak.py) and for operators: aiortc and streamlit-webrtc's
 `MediaRelay` are known to keep peer connections, tasks and threads alive after a call, and the
@@ -64,7 +64,8 @@ DUPLICATE_KEY = 11000
 TOP_GROUPS = 20
 MongoDoc = dict[str, Any]
 
-_live_pcs: weakref.WeakSet[RTCPeerConnection] = weakref.WeakSet()
+# Each tracked connection -> when it was created (monotonic), to tell a stalled one apart.
+_live_pcs: weakref.WeakKeyDictionary[RTCPeerConnection, float] = weakref.WeakKeyDictionary()
 _hook_lock = threading.Lock()
 _hooked = False
 
@@ -80,7 +81,7 @@ def track_peer_connections() -> None:
         @functools.wraps(original)
         def __init__(self: RTCPeerConnection, *args: Any, **kwargs: Any) -> None:
             original(self, *args, **kwargs)
-            _live_pcs.add(self)
+            _live_pcs[self] = time.monotonic()
 
         RTCPeerConnection.__init__ = __init__  # type: ignore[method-assign]
         _hooked = True
@@ -90,14 +91,29 @@ def peer_connections_tracked() -> bool:
     return _hooked
 
 
-def live_peer_connections() -> list[RTCPeerConnection]:
-    """Connections created since `track_peer_connections()` that are still referenced."""
+def _tracked() -> list[tuple[RTCPeerConnection, float]]:
     for _ in range(10):
         try:
-            return list(_live_pcs)
+            return list(_live_pcs.items())
         except RuntimeError:  # another thread added one while we copied: try again
             continue
     return []
+
+
+def live_peer_connections() -> list[RTCPeerConnection]:
+    """Connections created since `track_peer_connections()` that are still referenced."""
+    return [pc for pc, _ in _tracked()]
+
+
+def stalled_peer_connections(min_age_s: float,
+                             now: float | None = None) -> list[RTCPeerConnection]:
+    """Tracked connections older than `min_age_s` that never got connected ("new" or
+    "connecting"). aioice reports an ICE failure only after end-of-candidates, which Chrome's
+    gathered offers do not carry, so a connection whose browser went away before ICE
+    completed stays "checking" for good unless someone closes it."""
+    at = time.monotonic() if now is None else now
+    return [pc for pc, created in _tracked()
+            if pc.connectionState in ("new", "connecting") and at - created >= min_age_s]
 
 
 def group_name(name: str) -> str:
@@ -122,6 +138,7 @@ class LoopFigures:
     peer_connections_open: int
     pc_states: dict[str, int]
     unregistered: int
+    stalled: int
     lag_ms: float
 
 
@@ -144,6 +161,7 @@ class HealthSnapshot:
     # never registered, a worker nobody stopped) are the ones to chase after a call.
     peer_connection_states: dict[str, int]
     peer_connections_unregistered: int | None
+    peer_connections_stalled: int | None  # never connected, older than `stalled_after_s`
     legs: int | None
     leg_directions: dict[str, int]
     gc_ms: float | None  # the full collection run before this snapshot, if one ran
@@ -168,6 +186,7 @@ class ProcessHealth:
         interval_s: float = 10.0,
         collect_every_s: float | None = 30.0,
         loop_timeout_s: float = 2.0,
+        stalled_after_s: float = 60.0,
         retention_days: int = 14,
         maxlen: int = 1_000,
         clock: Callable[[], float] = time.time,
@@ -181,6 +200,7 @@ class ProcessHealth:
         self.interval_s = interval_s
         self.collect_every_s = collect_every_s
         self.loop_timeout_s = loop_timeout_s
+        self.stalled_after_s = stalled_after_s
         self.retention_s = retention_days * 86_400
         self.clock = clock
         self._proc = psutil.Process(os.getpid())
@@ -235,6 +255,7 @@ class ProcessHealth:
             peer_connection_states=loop_figs.pc_states if loop_figs and pcs is not None else {},
             peer_connections_unregistered=(loop_figs.unregistered
                                            if loop_figs and pcs is not None else None),
+            peer_connections_stalled=loop_figs.stalled if loop_figs and pcs is not None else None,
             legs=None if legs is None else len(legs),
             leg_directions=dict(Counter(leg.direction for leg in legs or [])),
             gc_ms=gc_ms,
@@ -286,6 +307,7 @@ class ProcessHealth:
                         f"{pc.connectionState}/{pc.iceConnectionState}/{pc.signalingState}"
                         + ("" if known(pc) else " unregistered") for pc in open_pcs)),
                     unregistered=sum(1 for pc in open_pcs if not known(pc)),
+                    stalled=len(stalled_peer_connections(self.stalled_after_s)),
                     lag_ms=round((time.perf_counter() - asked) * 1000, 2)))
             except Exception as exc:  # noqa: BLE001 - reported to the waiting thread
                 result.set_exception(exc)
