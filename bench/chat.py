@@ -69,6 +69,7 @@ class Run:
         self.latency_ms: list[float] = []
         self.last_id: str | None = None
         self.received = 0
+        self.late_ms: list[float] = []  # how far behind its schedule each send started
         self.lock = threading.Lock()
         self.unsubscribe = hub.subscribe(room, self.on_new)
 
@@ -95,7 +96,8 @@ class Run:
                 n = i % SENDERS
                 mid = uuid.uuid4().hex  # known before sending: delivery can beat send()'s return
                 with self.lock:
-                    self.sent_at[mid] = time.perf_counter()
+                    self.sent_at[mid] = now = time.perf_counter()
+                self.late_ms.append((now - start - i / rate) * 1000)
                 self.queue.send(self.room, f"p{n}", f"Participant {n}",
                                 f"message {i} from participant {n}: hello there", message_id=mid)
                 i += 1
@@ -307,6 +309,9 @@ def _bench(args: argparse.Namespace, client: Any, db: Any, queue: ChatQueue,
     main_run: dict[str, Any] = {
         "rate": args.rate, "duration_s": args.duration, "sent": sent,
         "achieved_send_rate": round(sent / took, 1), "delivered": run.received,
+        "send_behind_schedule_ms": {"p50": round(pct(run.late_ms, 50), 3),
+                                    "p99": round(pct(run.late_ms, 99), 3),
+                                    "max": round(max(run.late_ms), 3)},
         "drain_after_stop_s": round(drain_s, 3), **summary(run.latency_ms),
         "persisted": audit.stored, "persisted_all": persisted_ok,
         "persist_lag_after_stop_s": round(persist_lag, 2),
