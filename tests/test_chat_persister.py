@@ -150,7 +150,7 @@ def test_a_trickle_is_stored_in_few_batches_not_one_insert_per_message(
     redis_conn: redis.Redis, mongo_db: Any
 ) -> None:
     queue = ChatQueue(redis_conn, mongo_db)
-    worker = CountingPersister(redis_conn, mongo_db, block_ms=100, linger_s=0.5)
+    worker = CountingPersister(redis_conn, mongo_db, block_ms=100, linger_s=1.0)
     worker.start()
     try:
         queue.send(ROOM, "dora", "Dora", "first")

@@ -8,6 +8,10 @@ consumer claims them with XAUTOCLAIM once they have been idle for `claim_idle_ms
 trimmed only below the oldest entry still pending, and only entries older than `keep_s` (kept for
 replay to reconnecting participants).
 
+Entries are written in batches: when the persister is not behind, it lets the next batch gather
+for `linger_s` rather than waking (and making the database work) for every message, which competed
+with the hub's delivery of that same message. Persisting is that much later, never skipped.
+
 Run one per app process (`start()`), or several: they share the work through the group.
 """
 
