@@ -523,8 +523,10 @@ def main() -> None:
     ap.add_argument("--bots", type=int, default=0, choices=[0, 1, 2])
     ap.add_argument("--warmup-minutes", type=float, default=4.0,
                     help="memory growth is measured from the end of this (default 4)")
-    ap.add_argument("--settle", type=float, default=15.0,
-                    help="seconds to wait after the reconnect grace once everyone left")
+    ap.add_argument("--settle", type=float, default=40.0,
+                    help="seconds to wait after the reconnect grace once everyone left "
+                         "(default 40: a reaper of never-connected connections at 60 s "
+                         "must get its turn)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--capture", default="320x240@15",
                     help="camera capture asked of the browsers (3-4 browsers on 2 cores)")
