@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import socket
@@ -18,7 +19,7 @@ from videochat.call_log import CallLog
 from videochat.chat_service import ChatService
 from videochat.events import CallEvent, EventBus
 from videochat.fault_control import FaultConsumer, start_fault_plane
-from videochat.health import ProcessHealth, track_peer_connections
+from videochat.health import ProcessHealth, stalled_peer_connections, track_peer_connections
 from videochat.ice import cap_stun_retransmissions, restrict_host_addresses
 from videochat.injector import FaultManager
 from videochat.legs import LegRegistry
@@ -33,6 +34,7 @@ from videochat.supervisor import CallSupervisor
 from videochat.ui import wake
 
 logger = logging.getLogger(__name__)
+STALLED_AFTER_S = 60.0
 
 STUN_RETRY_CAP_S = 0.5  # see videochat/ice.py: rebuilt legs connect soon after a path returns
 
@@ -83,6 +85,16 @@ class AppRuntime:
         threading.Thread(target=self._housekeeping, name="rooms-housekeeping",
                          daemon=True).start()
 
+    def _close_stalled_connections(self) -> None:
+        # A server-side connection whose browser went away before ICE connected stays
+        # "checking" for ever: Chromium's offers carry no end-of-candidates, and aioice only
+        # fails after it. Registered legs are the supervisor's; these are nobody's.
+        for pc in stalled_peer_connections(STALLED_AFTER_S):
+            if not self.legs.known(pc):
+                logger.warning("closing a connection that never connected in %.0f s",
+                               STALLED_AFTER_S)
+                asyncio.run_coroutine_threadsafe(pc.close(), get_global_event_loop())
+
     def _housekeeping(self) -> None:
         last_touch = 0.0
         while not self._stop.wait(1.0):
@@ -92,6 +104,7 @@ class AppRuntime:
                 self.registry.reap(wake.session_alive, self.settings.reconnect_grace_s)
                 if time.monotonic() - last_touch > 10:
                     last_touch = time.monotonic()
+                    self._close_stalled_connections()
                     for p in self.registry.participants():
                         self.presence.touch(p.room, p.id, p.name, p.joined_at)
             except Exception:  # noqa: BLE001 - housekeeping must survive backend outages

@@ -76,8 +76,27 @@ TILE_VIDEO_ATTRS: dict[str, Any] = {
 class BoundedMediaRelay(MediaRelay):
     """MediaRelay whose video consumers see only the newest frame (bounded memory/latency)."""
 
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__()
+        self._loop = loop or get_global_event_loop()
+
     def subscribe(self, track: MediaStreamTrack, buffered: bool = True) -> MediaStreamTrack:
         return super().subscribe(track, buffered=buffered and track.kind != "video")
+
+    def _stop(self, proxy: Any) -> None:
+        super()._stop(proxy)
+        # aiortc never wakes a stopped proxy: a relay reader subscribed *to* it (streamlit-webrtc
+        # relays its relayed source once more for the sender) would wait forever, holding the
+        # proxy and its last frame — one task per rebuilt leg (bench/soak.py found 121-143 after
+        # a 3-minute soak). End that recv(): it raises, and the reader task finishes.
+        def wake() -> None:
+            if proxy._buffered:
+                proxy._queue.put_nowait(None)
+            else:
+                proxy._frame = None
+                proxy._new_frame_event.set()
+
+        self._loop.call_soon_threadsafe(wake)
 
 
 OUR_PREFIXES = ("pub-", "sub-")
