@@ -31,7 +31,7 @@ from videochat.services import Services
 from videochat.settings import Settings
 from videochat.stats import MetricSample, Sampler
 from videochat.supervisor import CallSupervisor
-from videochat.ui import wake
+from videochat.ui import wake, webrtc
 
 logger = logging.getLogger(__name__)
 STALLED_AFTER_S = 60.0
@@ -191,6 +191,7 @@ def get_runtime() -> AppRuntime:
     start_bot_plane(services.redis, registry, loop, node)
     # Start-up objects (Streamlit, aiortc, our services: ~167k) out of the collector's view:
     # a full collection over them took 83 ms, a stall every chat message and frame then waits on.
+    webrtc.install_offer_route()  # finds Streamlit's app among gc-tracked objects: before freeze
     gc.collect()
     gc.freeze()
     return rt

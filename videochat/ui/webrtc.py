@@ -145,6 +145,7 @@ _streamers: dict[str, _Streamer] = {}
 _tokens: dict[str, str] = {}  # participant id prefix (as in the streamer keys) -> token
 _route_lock = threading.Lock()
 _route_installed = False
+_route_tried = False
 fast_answers = 0  # offers answered over the fast path (read by tests)
 
 
@@ -265,11 +266,15 @@ def _starlette_app() -> Any:
 
 
 def install_offer_route() -> bool:
-    """Add POST /_vc/offer to Streamlit's own Starlette app (once per process)."""
-    global _route_installed
+    """Add POST /_vc/offer to Streamlit's own Starlette app (tried once per process).
+
+    The app is found among the objects the collector tracks, so this must run before
+    `gc.freeze()` hides the start-up objects (videochat.ui.state calls it just before)."""
+    global _route_installed, _route_tried
     with _route_lock:
-        if _route_installed:
-            return True
+        if _route_installed or _route_tried:
+            return _route_installed
+        _route_tried = True
         try:
             app = _starlette_app()
         except Exception:  # never break the page: the component path still signals
