@@ -205,11 +205,14 @@ def main() -> None:
                     f"({len(rs) - len(moving)} failed)")
     if ladder:
         downs = [r["first_step_down_s"] for r in ladder if r["first_step_down_s"] is not None]
+        ups = [r["first_step_up_after_clear_s"] for r in ladder
+               if r["first_step_up_after_clear_s"] is not None]
         tops = [r["back_to_top_after_clear_s"] for r in ladder
                 if r["back_to_top_after_clear_s"] is not None]
-        out["ladder_summary"] = {"step_down": summary(downs), "back_to_top": summary(tops)}
-        line.append(f"ladder: down p50 {fmt(summary(downs)['median'])}, top p50 "
-                    f"{fmt(summary(tops)['median'])}")
+        out["ladder_summary"] = {"step_down": summary(downs), "first_step_up": summary(ups),
+                                 "back_to_top": summary(tops)}
+        line.append(f"ladder: down p50 {fmt(summary(downs)['median'])}, first up p50 "
+                    f"{fmt(summary(ups)['median'])}, top p50 {fmt(summary(tops)['median'])}")
     path = write("reconnect", out)
     print("reconnect: " + "; ".join(line) + f" -> {path}")
 
