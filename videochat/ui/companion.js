@@ -58,10 +58,12 @@
       if (!r.ok) { P.__vcFastLog.push([key, 'http ' + r.status]); return; }
       answer = await r.json();
     } catch (e) { P.__vcFastLog.push([key, 'error ' + e]); return; }
-    if (pc.remoteDescription || pc.signalingState !== 'have-local-offer') return;
+    // Whoever applied first (this path or the component's), the other shares its promise.
+    const first = !pc.__vcAnswer;
     try {
       await pc.setRemoteDescription(answer);
-      P.__vcFastLog.push([key, 'answered', Date.now() - t0, Date.now()]);
+      P.__vcFastLog.push([key, 'answered', Date.now() - t0, Date.now(),
+                          first ? 'first' : 'second']);
     } catch (e) { P.__vcFastLog.push([key, 'apply ' + e]); }
   }
 
@@ -70,6 +72,17 @@
     if (!W || W.__vcFast || !W.RTCPeerConnection) return;
     W.__vcFast = true;
     const proto = W.RTCPeerConnection.prototype;
+    // Both paths may bring the (same) answer at about the same time; the second
+    // setRemoteDescription would fail in state "stable", and a failure makes the component
+    // stop the call. So the first application is shared with whoever comes second.
+    const setRemote = proto.setRemoteDescription;
+    proto.setRemoteDescription = function (desc) {
+      if (desc && desc.type === 'answer') {
+        if (!this.__vcAnswer) this.__vcAnswer = setRemote.apply(this, arguments);
+        return this.__vcAnswer;
+      }
+      return setRemote.apply(this, arguments);
+    };
     const setLocal = proto.setLocalDescription;
     proto.setLocalDescription = function () {
       const pc = this;
