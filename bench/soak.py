@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import random
 import statistics
 import subprocess
@@ -46,6 +45,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import write  # noqa: E402
+from videochat.embedded import EmbeddedServers  # noqa: E402
 from videochat.qa.harness import (  # noqa: E402
     PROJECT_ROOT,
     AppProcess,
@@ -287,7 +287,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         lobby = browser.new_page(probe=False)  # wakes the runtime (its samplers) without joining
         lobby.goto(f"{app.url}/call")
-        wait_for(lambda: _servers_ready(state), 60, "the app's embedded servers")
+        wait_for(lambda: EmbeddedServers(state).running(), 60, "the app's embedded servers")
         settings = dataclasses.replace(Settings.load(), state_dir=state)
         services = Services.from_settings(settings)
         grace = settings.reconnect_grace_s
@@ -467,17 +467,6 @@ def measure(args: argparse.Namespace, probe: Probe, docs: list[dict[str, Any]],
         "health_series": [compact(d, t0) for d in docs],
         "psutil_series": s,
     }
-
-
-def _servers_ready(state: Path) -> bool:
-    from videochat.embedded import pid_alive
-
-    try:
-        known = json.loads((state / "servers.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return all(isinstance(known.get(k), dict) and isinstance(known[k].get("pid"), int)
-               and pid_alive(known[k]["pid"]) for k in ("redis", "mongo"))
 
 
 def summary_line(out: dict[str, Any], path: Path) -> str:

@@ -60,3 +60,19 @@ def test_dead_server_in_discovery_file_is_replaced(state_dir: Path) -> None:
         assert found["redis"].pid != 999_999
     finally:
         servers.stop_owned()
+
+
+def test_running_reads_the_discovery_file(tmp_path: Path) -> None:
+    import json
+    import os
+
+    from videochat.embedded import EmbeddedServers
+
+    servers = EmbeddedServers(tmp_path)
+    assert servers.running() is False  # nothing started here yet
+    (tmp_path / "servers.json").write_text(json.dumps(
+        {"redis": {"pid": os.getpid(), "port": 1}, "mongo": {"pid": os.getpid(), "port": 2}}))
+    assert servers.running() is True
+    (tmp_path / "servers.json").write_text(json.dumps(
+        {"redis": {"pid": os.getpid(), "port": 1}, "mongo": {"pid": 2**22 + 12345, "port": 2}}))
+    assert servers.running() is False

@@ -225,6 +225,13 @@ class EmbeddedServers:
         except (OSError, ValueError):
             return {}
 
+    def running(self) -> bool:
+        """Both servers of this folder are listed and their processes alive (an app that has
+        run its first page started them)."""
+        known = self._read()
+        pids = [known.get(k, {}).get("pid") for k in ("redis", "mongo")]
+        return all(isinstance(pid, int) and pid_alive(pid) for pid in pids)
+
     def ensure(self, redis: bool, mongo: bool) -> dict[str, Endpoint]:
         """Endpoints for the wanted servers, reusing live ones from the discovery file."""
         wanted: list[tuple[str, type[ServerProcess]]] = []

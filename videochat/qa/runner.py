@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from videochat.bots import BotControl
+from videochat.embedded import EmbeddedServers
 from videochat.events import CallEvent
 from videochat.exceptions import VideoChatError
 from videochat.qa.assertions import (
@@ -429,7 +430,8 @@ class ScenarioRun:
 
         state = self.state_dir()
         if self.base_settings.embedded_redis or self.base_settings.embedded_mongo:
-            _wait(lambda: _servers_ready(state), 60, f"the app's embedded servers in {state}")
+            _wait(lambda: EmbeddedServers(state).running(), 60,
+                  f"the app's embedded servers in {state}")
         settings = replace(self.base_settings, state_dir=state)
         self._services = Services.from_settings(settings)
         self._stack.callback(self._close_services)
@@ -653,20 +655,6 @@ class ScenarioRun:
             m.chat = chat.ledger()
         self.say(f"collected {len(in_run)} events, {len(samples)} samples")
         return m
-
-
-def _servers_ready(state: Path) -> bool:
-    """The app started its embedded servers (it does on its first page run)."""
-    import json
-
-    from videochat.embedded import pid_alive
-
-    try:
-        known = json.loads((state / "servers.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return all(isinstance(known.get(k), dict) and isinstance(known[k].get("pid"), int)
-               and pid_alive(known[k]["pid"]) for k in ("redis", "mongo"))
 
 
 def _frames_above(page: Any, n: int) -> Callable[[], bool]:
