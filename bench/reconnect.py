@@ -139,6 +139,17 @@ def ladder_trial(ns: NetNamespace, state: Path) -> dict[str, Any]:
     time.sleep(15 + 25)
     evs = events_since(ns, state, start - 0.5, ["quality_changed"])
     ana = [e for e in evs if e["participant"] == "ana"]
+    # Settle before the next trial: trouble within 10 s of an up-step counts as a failed probe
+    # and doubles the policy's wait before it climbs (anti-flap), which would time the
+    # backoff, not the ladder. Wait until the leg is back on top and 12 s past its last change.
+    for _ in range(12):
+        last = ana[-1] if ana else None
+        if last is None or (last["data"].get("to_level") == "720p30"
+                            and time.time() - last["at"] >= 12):
+            break
+        time.sleep(5)
+        evs = events_since(ns, state, start - 0.5, ["quality_changed"])
+        ana = [e for e in evs if e["participant"] == "ana"]
     downs = [e for e in ana if e["data"].get("direction") == "down"]
     ups = [e for e in ana if e["data"].get("direction") == "up" and e["at"] > start + 15]
     top = next((e for e in ups if e["data"].get("to_level") == "720p30"), None)
