@@ -337,6 +337,10 @@ class SimLeg:
     killed_at: float | None = None
     built_at: float = 0.0
     ice_survives: bool = True  # False: a leg built during an outage never connects
+    # Chromium: a connection whose checks went unanswered for longer than this when the path
+    # returns is pinged again only `stale_penalty_s` later (measured ~3 s in bench/reconnect).
+    stale_after_s: float | None = None
+    stale_penalty_s: float = 3.0
 
     def up(self, t: float) -> bool:
         return not any(a <= t < b for a, b in self.down)
@@ -349,6 +353,10 @@ class SimLeg:
         # a leg built during an outage needs the path back for build_s/3 before frames flow
         for a, b in self.down:
             if a <= self.built_at < b and (not self.ice_survives or t < b + self.build_s / 3):
+                return False
+            stale = (self.stale_after_s is not None and a <= self.built_at < b
+                     and b - self.built_at > self.stale_after_s)
+            if stale and t < b + self.stale_penalty_s:
                 return False
         return True
 
@@ -432,6 +440,25 @@ def test_forty_second_blackout_keeps_trying_and_recovers(ice_survives: bool) -> 
     assert sup.state is ReconnectState.CONNECTED
     assert not [e for e in events if e.kind == "reconnect_failed"]
     assert len(actions) >= 5 and sup.controller.presence() is PresenceState.PRESENT
+
+
+@pytest.mark.parametrize("start", [10.0, 10.13, 10.37])
+def test_an_outage_attempt_is_replaced_before_its_checks_go_stale(start: float) -> None:
+    end = start + 8.0
+    # As measured before the fix: the rebuild begun ~3 s into the outage has checked for ~5 s
+    # when the path returns, and comes back ~3 s late.
+    app = {"attempt_timeout_s": 30.0}  # as the app's supervisor runs it
+    _, _, frames, _ = simulate(SimLeg(down=[(start, end)], stale_after_s=4.5), until=40, **app)
+    assert first_frame_after(frames, end) - end >= 2.5
+    # Replacing an outage attempt after 4 s keeps the one in flight fresh.
+    sup, events, frames, actions = simulate(SimLeg(down=[(start, end)], stale_after_s=4.5),
+                                            until=40, outage_attempt_timeout_s=4.0, **app)
+    assert first_frame_after(frames, end) - end <= 1.5
+    assert actions.count(Action.REBUILD) == 2 and sup.state is ReconnectState.CONNECTED
+    # A killed connection is not an outage: its attempt keeps the long timeout.
+    sup, _, _, actions = simulate(SimLeg(killed_at=10.0, build_s=6.0), until=30,
+                                  outage_attempt_timeout_s=4.0, **app)
+    assert actions == [Action.REBUILD] and sup.state is ReconnectState.CONNECTED
 
 
 def test_endless_outage_gives_up_once_and_retry_rebuilds() -> None:

@@ -533,8 +533,17 @@ class LegSupervisor:
                  attempt_timeout_s: float = 5.0, suspect_after_s: float = 2.0,
                  dropped_after_s: float = 2.5, first_frame_timeout_s: float = 10.0,
                  dropped_on_disconnected: bool = True, emit: Emit | None = None,
-                 context: EventContext | None = None, wall: WallClock = utcnow) -> None:
+                 context: EventContext | None = None, wall: WallClock = utcnow,
+                 outage_attempt_timeout_s: float | None = None) -> None:
         self._clock = clock
+        if outage_attempt_timeout_s is not None:
+            _positive("outage_attempt_timeout_s", outage_attempt_timeout_s)
+        # After "media stopped" (the path may be down, the connection still up), an attempt
+        # that has not delivered within this is replaced by a fresh one: Chromium pings a
+        # connection that got no answer for ~5 s only seconds apart, so a rebuild begun early
+        # in an outage came back ~3 s after the path did, one begun late within ~0.5 s.
+        self.outage_attempt_timeout_s = outage_attempt_timeout_s
+        self._episode_reason: str | None = None
         self._watch_args: dict[str, Any] = {
             "suspect_after_s": suspect_after_s, "dropped_after_s": dropped_after_s,
             "dropped_on_disconnected": dropped_on_disconnected}
@@ -585,20 +594,27 @@ class LegSupervisor:
         if self.watchdog.state is LegState.DROPPED:
             dropped_at = self.watchdog.dropped_at
             if ctl.state is ReconnectState.CONNECTED and dropped_at is not None:
-                ctl.on_dropped(dropped_at, reason=self.watchdog.drop_reason or "dropped",
+                self._episode_reason = self.watchdog.drop_reason or "dropped"
+                ctl.on_dropped(dropped_at, reason=self._episode_reason,
                                last_media_at=self.watchdog.last_frame_at)
             elif ctl.in_flight:
                 ctl.attempt_failed(now, reason=self.watchdog.drop_reason or "attempt failed")
         if ctl.due(now):
             ctl.attempted(now)
             self.generation += 1
-            self.watchdog = MediaWatchdog(self._clock, first_frame_timeout_s=self.attempt_timeout_s,
+            self.watchdog = MediaWatchdog(self._clock, first_frame_timeout_s=self._attempt_limit(),
                                           started_at=now, **self._watch_args)
             return Action.REBUILD
         if ctl.state is ReconnectState.FAILED and not self._gave_up:
             self._gave_up = True
             return Action.GIVE_UP
         return None
+
+    def _attempt_limit(self) -> float:
+        limit = self.attempt_timeout_s
+        if self.outage_attempt_timeout_s is not None and self._episode_reason == "media stopped":
+            limit = min(limit, self.outage_attempt_timeout_s)
+        return limit
 
     def retry(self, now: float | None = None) -> bool:
         """The user's retry button after GIVE_UP; the next `tick()` answers REBUILD."""

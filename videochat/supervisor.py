@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 TICK_S = 0.25
 STALL_S = 1.0  # a tick this late means the loop was blocked, not that media stopped
 ATTEMPT_TIMEOUT_S = 30.0  # about how long ICE keeps checking before it declares failure
+OUTAGE_ATTEMPT_TIMEOUT_S = 4.0  # ...but after "media stopped", replace a rebuild before its
+# unanswered checks pass Chromium's ~5 s (it then pings seconds apart: see recovery.py)
 Emit = Callable[[CallEvent], None]
 Rebuild = Callable[[Participant], None]
 
@@ -217,7 +219,8 @@ class CallSupervisor:
             # about a second of the path coming back; replacing it on a timer would throw
             # exactly that attempt away.
             sup = LegSupervisor(self.clock, grace_s=self.grace_s, emit=self.emit, context=ctx,
-                                attempt_timeout_s=ATTEMPT_TIMEOUT_S)
+                                attempt_timeout_s=ATTEMPT_TIMEOUT_S,
+                                outage_attempt_timeout_s=OUTAGE_ATTEMPT_TIMEOUT_S)
             watch = self._watches[pid] = _Watch(me, sup)
             for leg in self.legs.legs(participant_id=pid):
                 watch.generation_of[id(leg.pc)] = 0
