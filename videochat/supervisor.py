@@ -214,10 +214,10 @@ class CallSupervisor:
                 return
             room = self.registry.room_of(me)
             ctx = EventContext(me.room, me.name, room.call_id if room else None, f"{pid[:12]}")
-            # An attempt is judged by its peer connections (failed/closed), not by a short
-            # timer: a rebuild begun during an outage keeps ICE checking and connects within
-            # about a second of the path coming back; replacing it on a timer would throw
-            # exactly that attempt away.
+            # After a closed/failed connection an attempt is judged by its peer connections,
+            # not a short timer (a rebuild keeps ICE checking for ~30 s). After "media
+            # stopped" it is replaced within OUTAGE_ATTEMPT_TIMEOUT_S, so the one in flight
+            # when the path returns has not gone stale in Chromium (see recovery.py).
             sup = LegSupervisor(self.clock, grace_s=self.grace_s, emit=self.emit, context=ctx,
                                 attempt_timeout_s=ATTEMPT_TIMEOUT_S,
                                 outage_attempt_timeout_s=OUTAGE_ATTEMPT_TIMEOUT_S)

@@ -34,8 +34,8 @@ from videochat.supervisor import CallSupervisor
 from videochat.ui import wake, webrtc
 
 logger = logging.getLogger(__name__)
-STALLED_AFTER_S = 60.0
 
+STALLED_AFTER_S = 60.0  # a server connection that has not connected by then is nobody's
 STUN_RETRY_CAP_S = 0.5  # see videochat/ice.py: rebuilt legs connect soon after a path returns
 
 
@@ -126,7 +126,7 @@ def get_runtime() -> AppRuntime:
     loop = get_global_event_loop()
     legs = LegRegistry()
     track_peer_connections()  # before the first RTCPeerConnection: the health sampler counts them
-    ProcessHealth(services.db, node=node, loop=loop, legs=legs,
+    ProcessHealth(services.db, node=node, loop=loop, legs=legs, stalled_after_s=STALLED_AFTER_S,
                   retention_days=settings.metrics_retention_days).start()
 
     def on_join(room: Room, p: Participant) -> None:
@@ -189,9 +189,9 @@ def get_runtime() -> AppRuntime:
     from videochat.bots import start_bot_plane
 
     start_bot_plane(services.redis, registry, loop, node)
+    webrtc.install_offer_route()  # finds Streamlit's app among gc-tracked objects: before freeze
     # Start-up objects (Streamlit, aiortc, our services: ~167k) out of the collector's view:
     # a full collection over them took 83 ms, a stall every chat message and frame then waits on.
-    webrtc.install_offer_route()  # finds Streamlit's app among gc-tracked objects: before freeze
     gc.collect()
     gc.freeze()
     return rt

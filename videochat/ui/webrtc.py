@@ -112,11 +112,11 @@ def _get_or_create_context(key: str) -> Any:
 
 
 def install() -> None:
-    """Apply our replacements (idempotent; needs the Streamlit runtime)."""
+    """Apply our replacements (idempotent; needs the Streamlit runtime). The offer route is
+    installed by videochat.ui.state before it freezes the collector (see install_offer_route)."""
     _component._get_or_create_context = _get_or_create_context
     _component._handle_worker_lifecycle = _handle_worker_lifecycle
     install_bounded_relay()
-    install_offer_route()
 
 
 def install_bounded_relay() -> None:
@@ -160,6 +160,12 @@ def _handle_worker_lifecycle(context: Any, key: str, sdp_offer: Any, *,
     _original_handle_worker_lifecycle(context, key, sdp_offer, make_worker=make_worker)
 
 
+def _owner(key: str) -> str | None:
+    """The participant id prefix in a streamer key (`pub-<id12>-…`, `sub-<id12>-…`)."""
+    parts = key.split("-")
+    return parts[1] if len(parts) >= 3 else None
+
+
 def token_for(participant_id: str) -> str:
     return _tokens.setdefault(participant_id[:12], secrets.token_urlsafe(24))
 
@@ -168,7 +174,7 @@ def forget_streamers(participant_id: str) -> None:
     """Drop a departed participant's token and streamers (no offer is accepted after)."""
     prefix = participant_id[:12]
     _tokens.pop(prefix, None)
-    for key in [k for k in _streamers if k.split("-")[1:2] == [prefix]]:
+    for key in [k for k in _streamers if _owner(k) == prefix]:
         del _streamers[key]
 
 
@@ -230,7 +236,8 @@ async def _offer_endpoint(request: Request) -> Response:
         return JSONResponse({"error": "expected JSON {key, token, type: offer, sdp}"},
                             status_code=400)
     streamer = _streamers.get(key)
-    expected = _tokens.get(key.split("-")[1]) if key.count("-") >= 2 else None
+    owner = _owner(key)
+    expected = _tokens.get(owner) if owner is not None else None
     if expected is None or not hmac.compare_digest(expected, token):
         return JSONResponse({"error": "unknown streamer or bad token"}, status_code=403)
     context = streamer.context() if streamer else None
