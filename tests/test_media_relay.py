@@ -11,10 +11,11 @@ import asyncio
 import fractions
 
 import av
-from aiortc import MediaStreamTrack
+from aiortc import MediaStreamTrack, RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError
 
 from videochat.participant import Slot
-from videochat.relay import TrackHub
+from videochat.relay import TrackHub, end_remote_tracks_on_close
 from videochat.ui.webrtc import BoundedMediaRelay
 
 
@@ -77,4 +78,50 @@ def test_rebuilt_legs_leave_no_relay_reader_behind() -> None:
     received, during, after = asyncio.run(rebuild_ten_times())
     assert received > 30  # frames really flowed through every rebuilt chain
     assert during <= 1, f"{during} relay readers alive after 10 rebuilds (1 = the slot's own)"
+    assert after == 0
+
+
+async def close_before_connected() -> tuple[int, int, bool]:
+    """A browser's offer reaches the server, the worker relays its incoming track, and the
+    browser goes away before ICE connects: the server connection is closed unconnected."""
+    relay = BoundedMediaRelay(loop=asyncio.get_running_loop())
+    browser, server = RTCPeerConnection(), RTCPeerConnection()
+    browser.addTransceiver(Camera(), direction="sendonly")
+    ended = asyncio.Event()
+
+    @server.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        relayed = relay.subscribe(track)
+
+        async def consumer() -> None:  # the hub's sink reading the publisher's track
+            try:
+                while True:
+                    await relayed.recv()
+            except MediaStreamError:
+                ended.set()
+
+        asyncio.ensure_future(consumer())
+
+    await browser.setLocalDescription(await browser.createOffer())
+    await server.setRemoteDescription(browser.localDescription)
+    await server.setLocalDescription(await server.createAnswer())
+    await asyncio.sleep(0.1)
+    before = relay_readers()
+    await server.close()
+    await browser.close()
+    try:
+        await asyncio.wait_for(ended.wait(), 2.0)
+    except TimeoutError:
+        pass
+    await asyncio.sleep(0.1)
+    return before, relay_readers(), ended.is_set()
+
+
+def test_closing_an_unconnected_connection_ends_the_readers_of_its_tracks() -> None:
+    # aiortc ends a remote track only through its receiver's decoder, which starts only once
+    # the connection is up; without end_remote_tracks_on_close() this reader waited for ever.
+    end_remote_tracks_on_close()
+    before, after, ended = asyncio.run(close_before_connected())
+    assert before == 1
+    assert ended, "the consumer of the closed connection's track never saw it end"
     assert after == 0

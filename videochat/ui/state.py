@@ -26,6 +26,7 @@ from videochat.legs import LegRegistry
 from videochat.metrics_store import MetricsStore
 from videochat.participant import Participant
 from videochat.presence import Presence
+from videochat.relay import end_remote_tracks_on_close
 from videochat.room import Room, RoomRegistry
 from videochat.services import Services
 from videochat.settings import Settings
@@ -126,6 +127,7 @@ def get_runtime() -> AppRuntime:
     loop = get_global_event_loop()
     legs = LegRegistry()
     track_peer_connections()  # before the first RTCPeerConnection: the health sampler counts them
+    end_remote_tracks_on_close()
     ProcessHealth(services.db, node=node, loop=loop, legs=legs, stalled_after_s=STALLED_AFTER_S,
                   retention_days=settings.metrics_retention_days).start()
 
