@@ -167,9 +167,22 @@ class CallSupervisor:
         watch = self._watches.get(leg.participant_id)
         if watch is None:
             return
+        if state == "closed" and self._unbound_slot(watch.participant, leg):
+            # The page keeps one spare receive leg: when someone leaves, their freed slot and
+            # the old spare are both unbound and the page closes one of them. That is not
+            # the network (which fails a connection, or stops its media): rebuilding every
+            # leg of each remaining participant for it was a needless reconnect.
+            return
         gen = watch.generation_of.get(id(leg.pc))
         if gen is not None and gen == watch.supervisor.generation:
             watch.supervisor.connection_state(state, generation=gen)
+
+    @staticmethod
+    def _unbound_slot(me: Participant, leg: MediaLeg) -> bool:
+        if leg.direction != "subscribe":
+            return False
+        slot = next((s for s in me.slots if s.index == leg.slot_index), None)
+        return slot is not None and slot.publisher_id is None
 
     def _hook_hub(self, me: Participant) -> None:
         hub = me.video_hub

@@ -154,6 +154,11 @@ def get_runtime() -> AppRuntime:
             presence.leave(room.name, p.id)
         except Exception:  # noqa: BLE001
             logger.warning("presence leave failed for %s", p.name, exc_info=True)
+        # Streamlit keeps a closed tab's session (and its streamers) for a possible reconnect,
+        # so their connections would outlive the participant: a rebuild started just before
+        # the tab closed never connects and, being a leg, is not reaped as stalled.
+        for leg in legs.legs(participant_id=p.id):
+            leg.close()
 
     registry = RoomRegistry(
         max_participants=settings.max_participants,
