@@ -30,6 +30,7 @@ from aiortc.stats import RTCStatsReport
 from videochat.events import CallEvent, EventBus
 from videochat.faults import parse_fault
 from videochat.injector import FaultManager, LinkPolicy, VideoEffectFilter
+from videochat.rtcp import watch_receiver_reports
 
 W, H = 320, 240
 
@@ -287,6 +288,32 @@ def test_loss_20_percent_is_measured_by_the_receiver(direction: str) -> None:
             assert _loss_fraction(after_clear, end) < 0.03
             assert [e.kind for e in events] == ["fault_started", "fault_ended"]
             assert events[1].data["reason"] == "cleared"
+
+    run(main())
+
+
+def test_receiver_reports_reach_the_ladder_as_they_arrive() -> None:
+    # videochat.rtcp: each report block about the server's stream, at once, with its loss.
+    async def main() -> None:
+        async with Call() as call:
+            reports: list[tuple[float, str, float]] = []
+            hooked = watch_receiver_reports(
+                call.server, lambda kind, loss: reports.append((time.monotonic(), kind, loss)))
+            assert hooked == 1
+            assert watch_receiver_reports(call.server, lambda k, f: None) == 0  # hooked once
+            await wait_for(lambda: len(reports) >= 2, 5)
+            assert all(kind == "video" and loss == 0.0 for _, kind, loss in reports)
+            manager = FaultManager(asyncio.get_running_loop(), seed=7)
+            manager.register_leg(call.leg())
+            manager.apply(parse_fault({"kind": "loss", "room": "r1", "participant": "alice",
+                                       "percent": 30, "direction": "down"}))
+            start = time.monotonic()
+            await wait_for(lambda: any(t > start and loss > 0.1 for t, _, loss in reports), 5)
+            await asyncio.sleep(3.0)
+            lossy = [loss for t, _, loss in reports if t > start + 1.6]
+            assert lossy and 0.15 <= sum(lossy) / len(lossy) <= 0.45, lossy
+            # aiortc's own handling still ran: its stats hold the same report
+            assert (await stats(call.server))["remote-inbound-rtp"]["fractionLost"] > 0
 
     run(main())
 

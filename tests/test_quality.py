@@ -499,3 +499,48 @@ def test_policy_fed_real_receiver_reports_under_thirty_percent_loss(
     assert first.direction == "down" and first.reason.startswith("loss")
     ups = [c for c in policy.changes if c.direction == "up"]
     assert len(ups) == 1 and ups[0].from_level.rank - ups[0].to_level.rank == 1
+
+
+# --------------------------------------------------- the supervisor's view of one subscriber
+def _sample(clock: FakeClock, kind: str, loss: float, rtt: float = 40.0):
+    from videochat.stats import MetricSample
+
+    return MetricSample(at=clock.wall(), room="r", call_id=None, participant="bob", leg="leg1",
+                        direction="subscribe", kind=kind, loss_fraction=loss, rtt_ms=rtt)
+
+
+def test_subscriber_view_steps_down_on_the_reports_themselves_not_the_late_samples() -> None:
+    from videochat.participant import Slot
+    from videochat.supervisor import SubscriberView
+
+    clock = FakeClock()
+    view = SubscriberView(Slot.create("owner0000000", 0), "r", "ana", emit=None, faults=None,
+                          clock=clock, context=EventContext("r", "bob"))
+    view.observe(_sample(clock, "video", 0.0))  # before any report: samples drive the ladder
+    for _ in range(20):  # clean reports, one a second (the ladder climbs to the top)
+        clock.t += 1.0
+        view.on_report("video", 0.0)
+    start = view.policy.level
+    onset = clock.t
+    while view.policy.level is start and clock.t < onset + 5:
+        clock.t += 0.15  # under loss Chromium's NACKs come in compound packets with a report
+        view.on_report("video", 0.3)
+        # a sample a second late still says "clean" and must not reset the evidence
+        view.observe(_sample(clock, "video", 0.0))
+        view.on_report("audio", 0.0)  # the audio stream's reports do not drive video
+    assert view.policy.level.rank == start.rank + 1
+    assert clock.t - onset <= 0.75
+
+
+def test_subscriber_view_samples_drive_until_reports_arrive() -> None:
+    from videochat.participant import Slot
+    from videochat.supervisor import SubscriberView
+
+    clock = FakeClock()
+    view = SubscriberView(Slot.create("owner0000000", 0), "r", "ana", emit=None, faults=None,
+                          clock=clock, context=EventContext("r", "bob"))
+    start = view.policy.level
+    for _ in range(4):
+        clock.t += 1.0
+        view.observe(_sample(clock, "video", 0.3))
+    assert view.policy.level.rank > start.rank

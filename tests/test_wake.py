@@ -91,3 +91,15 @@ def _frontend_bundle() -> str:
 
     assets = Path(component.__file__).parent / "frontend" / "dist" / "assets"
     return "".join(p.read_text(errors="replace") for p in assets.glob("index-*.js"))
+
+
+def test_aiortc_internals_the_receiver_report_hook_wraps() -> None:
+    # videochat/rtcp.py overrides a sender's RTCP handler per instance: the DTLS transport must
+    # look it up on the instance at each packet, and the sender must keep its SSRC in `_ssrc`.
+    from aiortc import RTCRtpSender
+    from aiortc.rtcdtlstransport import RTCDtlsTransport
+
+    assert inspect.iscoroutinefunction(RTCRtpSender._handle_rtcp_packet)
+    assert "recipient._handle_rtcp_packet(packet)" in inspect.getsource(
+        RTCDtlsTransport._handle_rtcp_data)
+    assert "self._ssrc" in inspect.getsource(RTCRtpSender.__init__)

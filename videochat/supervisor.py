@@ -3,7 +3,8 @@
 Runs on the media loop (all of aiortc lives there), fed by:
 - frames arriving in each participant's video hub (the publish leg is alive),
 - peer-connection state changes of every leg (a killed or failed leg),
-- the stats sampler's per-second samples of subscriber legs (loss, RTT -> quality ladder).
+- receiver reports of subscriber legs as they arrive (loss -> quality ladder; videochat.rtcp),
+  and the stats sampler's per-second samples (RTT; loss until reports arrive).
 
 Design (why):
 - A participant is supervised as a whole, by its publish leg: when its camera's frames stop for
@@ -43,6 +44,7 @@ from videochat.quality import (
 )
 from videochat.recovery import Action, EventContext, LegSupervisor, ReconnectState
 from videochat.room import RoomRegistry
+from videochat.rtcp import watch_receiver_reports
 from videochat.stats import FrameCounter, MetricSample
 
 logger = logging.getLogger(__name__)
@@ -67,6 +69,8 @@ class SubscriberView:
         self.policy = QualityPolicy(clock, start=start_level(), emit=emit, context=context)
         self.decimator = FrameDecimator(self.policy.level)
         self.effect = VideoEffectFilter(faults, room, publisher) if faults is not None else None
+        self._rtt_ms: float | None = None
+        self._reported: dict[str, float] = {}  # kind -> when its last receiver report came
 
     def set_publisher(self, name: str) -> None:
         if self.effect is not None:
@@ -87,7 +91,24 @@ class SubscriberView:
         return out
 
     def observe(self, sample: MetricSample) -> None:
-        self.policy.observe(sample.loss_fraction, sample.rtt_ms, at=self.clock())
+        """A stats sample of the kind that drives the ladder now (see `on_sample`). Once the
+        receiver's reports reach us as they arrive (`on_report`), samples only bring the RTT:
+        their loss is the last report seen up to a second late."""
+        self._rtt_ms = sample.rtt_ms
+        if sample.kind not in self._reported:
+            self.policy.observe(sample.loss_fraction, sample.rtt_ms, at=self.clock())
+
+    def on_report(self, kind: str, loss: float) -> None:
+        """A receiver report about this leg's `kind` stream, as it arrives (videochat.rtcp)."""
+        at = self.clock()
+        last = self._reported.get(kind)
+        self._reported[kind] = at
+        if kind != ("audio" if self.paused else "video"):
+            return
+        # The report covers the time since that receiver's previous one; the first, an
+        # unknown stretch (None: the policy takes the time since its last sample).
+        self.policy.observe(loss, self._rtt_ms, at=at,
+                            interval_s=None if last is None else at - last)
 
     @property
     def paused(self) -> bool:
@@ -154,11 +175,21 @@ class CallSupervisor:
                 watch.generation_of[id(leg.pc)] = watch.supervisor.generation
             pc = leg.pc
 
+            subscriber = leg.direction == "subscribe" and leg.slot_index is not None
+            leg_id = leg.leg_id
+
+            def on_report(kind: str, loss: float) -> None:
+                view = self._views.get(leg_id)
+                if view is not None:
+                    view.on_report(kind, loss)
+
             @pc.on("connectionstatechange")
             def _state() -> None:
+                if subscriber and pc.connectionState == "connected":
+                    watch_receiver_reports(pc, on_report)  # the senders exist by now
                 self._leg_state(leg, pc.connectionState)
 
-            if leg.direction == "subscribe" and leg.slot_index is not None:
+            if subscriber:
                 self._attach_view(me, leg)
         elif watch is not None and leg.closed:
             self._leg_state(leg, "closed")
