@@ -33,6 +33,7 @@ from videochat.qa.harness import (  # noqa: E402
     NetNamespace,
     first_progress_after,
     progress_times,
+    read_events,
     resumed_after_stall,
 )
 
@@ -55,21 +56,6 @@ def active_fault(ns: NetNamespace, state: Path) -> dict[str, Any] | None:
                          capture_output=True, text=True, timeout=60)
     items = json.loads(out.stdout or "[]")
     return items[0] if items else None
-
-
-def events_since(ns: NetNamespace, state: Path, since: float, kinds: list[str]) -> list[dict]:
-    code = (
-        "import json,sys,datetime as d;"
-        "from videochat.services import Services;from videochat.settings import Settings;"
-        "s=Services.from_settings(Settings.load());"
-        f"q={{'kind':{{'$in':{kinds!r}}},'at':{{'$gte':d.datetime.fromtimestamp({since},d.UTC)}}}};"
-        "print(json.dumps([{'kind':e['kind'],'at':e['at'].timestamp(),'data':e.get('data',{}),"
-        "'participant':e.get('participant')} for e in s.db.events.find(q).sort('at',1)]))"
-    )
-    env = dict(os.environ, VIDEOCHAT_STATE_DIR=str(state))
-    out = subprocess.run(ns.prefix() + [sys.executable, "-c", code], env=env, cwd=PROJECT_ROOT,
-                         capture_output=True, text=True, timeout=60)
-    return json.loads(out.stdout or "[]")
 
 
 def wait_flowing(pages: list[Any], timeout: float = 60) -> bool:
@@ -106,7 +92,7 @@ def trial(ns: NetNamespace, state: Path, pages: list[Any], kind: str) -> dict[st
                 resumed[i] = (first_progress_after(page, end, 3) if duration
                               else resumed_after_stall(progress_times(page), end))
     time.sleep(1.5)  # let the metrics store flush the events
-    evs = events_since(ns, state, start - 0.5, ["reconnect_started", "reconnect_succeeded"])
+    evs = read_events(ns, state, start - 0.5, ["reconnect_started", "reconnect_succeeded"])
     started = next((e for e in evs if e["kind"] == "reconnect_started"), None)
     done = next((e for e in evs if e["kind"] == "reconnect_succeeded"), None)
     both = None if None in resumed else max(r for r in resumed if r is not None) - end
@@ -122,7 +108,7 @@ def trial(ns: NetNamespace, state: Path, pages: list[Any], kind: str) -> dict[st
 
 def kill_time(ns: NetNamespace, state: Path, since: float) -> float | None:
     for _ in range(20):
-        evs = events_since(ns, state, since - 0.5, ["fault_started"])
+        evs = read_events(ns, state, since - 0.5, ["fault_started"])
         kills = [e for e in evs if e["data"].get("fault_kind") == "kill"]
         if kills:
             return float(kills[0]["at"])
@@ -137,7 +123,7 @@ def ladder_trial(ns: NetNamespace, state: Path) -> dict[str, Any]:
     fault = active_fault(ns, state)
     start = float(fault["since"]) if fault else t0
     time.sleep(15 + 25)
-    evs = events_since(ns, state, start - 0.5, ["quality_changed"])
+    evs = read_events(ns, state, start - 0.5, ["quality_changed"])
     ana = [e for e in evs if e["participant"] == "ana"]
     # Settle before the next trial: trouble within 10 s of an up-step counts as a failed probe
     # and doubles the policy's wait before it climbs (anti-flap), which would time the
@@ -148,7 +134,7 @@ def ladder_trial(ns: NetNamespace, state: Path) -> dict[str, Any]:
                             and time.time() - last["at"] >= 12):
             break
         time.sleep(5)
-        evs = events_since(ns, state, start - 0.5, ["quality_changed"])
+        evs = read_events(ns, state, start - 0.5, ["quality_changed"])
         ana = [e for e in evs if e["participant"] == "ana"]
     downs = [e for e in ana if e["data"].get("direction") == "down"]
     ups = [e for e in ana if e["data"].get("direction") == "up" and e["at"] > start + 15]

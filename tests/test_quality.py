@@ -544,3 +544,27 @@ def test_subscriber_view_samples_drive_until_reports_arrive() -> None:
         clock.t += 1.0
         view.observe(_sample(clock, "video", 0.3))
     assert view.policy.level.rank > start.rank
+
+
+def test_loss_window_reads_the_counters_not_each_blocks_own_fraction() -> None:
+    from videochat.rtcp import LossWindow
+
+    window = LossWindow(0.5)
+    rng = random.Random(3)
+    seq = lost = 0
+    got: list[float] = []
+    own: list[float] = []
+    for i in range(200):  # a block every 50 ms, as reports riding on NACKs come
+        sent = rng.randint(1, 4)
+        dropped = sum(rng.random() < 0.3 for _ in range(sent))
+        seq += sent
+        lost += dropped
+        fraction = dropped / sent  # that block's own fraction: 0 % .. 100 %
+        own.append(fraction)
+        got.append(window.add(i * 0.05, seq, lost, fraction))
+    steady = got[20:]
+    assert sum(x == 0 for x in own) > 0.2 * len(own)  # a third of the blocks say "no loss"
+    assert sum(x <= 0.1 for x in steady) < 0.05 * len(steady)  # the window hardly ever does
+    assert abs(sum(steady) / len(steady) - 0.3) < 0.05
+    assert window.add(10.5, 5, lost, 0.0) == 0.0  # counters went back: a new stream
+    assert window.add(10.55, 10, lost + 1, 0.25) == 0.2  # 1 lost of the 5 expected since

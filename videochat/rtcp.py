@@ -17,6 +17,8 @@ private names this relies on.
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,12 +27,43 @@ from aiortc.rtp import RtcpRrPacket, RtcpSrPacket
 
 logger = logging.getLogger(__name__)
 
-ReportSink = Callable[[str, float], None]  # (kind, fraction lost in [0, 1])
+ReportSink = Callable[[str, float], None]  # (kind, loss over about the last WINDOW_S)
 _HOOKED = "_vc_report_sink"
+WINDOW_S = 0.5
+
+
+class LossWindow:
+    """Loss over about the last `window_s`, from the cumulative counters of successive report
+    blocks (RFC 3550 6.4.1: extended highest sequence number and cumulative packets lost).
+
+    A block's own `fraction_lost` covers only the time since that receiver's previous block;
+    with reports riding on NACKs that is often 20-100 ms and a handful of packets, so it
+    swings between 0 and 70 % under a steady 30 % loss and no run of them reads as steadily
+    bad. The counters give the loss over any span of reports instead.
+    """
+
+    def __init__(self, window_s: float = WINDOW_S) -> None:
+        self.window_s = window_s
+        self._points: deque[tuple[float, int, int]] = deque()  # (at, highest seq, lost)
+
+    def add(self, at: float, highest_sequence: int, packets_lost: int,
+            fraction_lost: float) -> float:
+        points = self._points
+        if points and highest_sequence < points[-1][1]:
+            points.clear()  # a new stream behind the same SSRC: start over
+        points.append((at, highest_sequence, packets_lost))
+        while len(points) > 2 and points[1][0] <= at - self.window_s:
+            points.popleft()  # keep one point at or before the window's start as its base
+        base = points[0]
+        expected = highest_sequence - base[1]
+        if len(points) < 2 or expected <= 0:
+            return fraction_lost
+        lost = packets_lost - base[2]
+        return min(1.0, max(0.0, lost / expected))
 
 
 def watch_receiver_reports(pc: RTCPeerConnection, sink: ReportSink) -> int:
-    """Call `sink(kind, fraction_lost)` for every report block the remote end sends about one of
+    """Call `sink(kind, loss)` for every report block the remote end sends about one of
     `pc`'s senders, on aiortc's loop. Returns how many senders are newly watched (each sender is
     hooked at most once; call again after adding tracks)."""
     hooked = 0
@@ -39,19 +72,25 @@ def watch_receiver_reports(pc: RTCPeerConnection, sink: ReportSink) -> int:
             continue
         _hook(sender, sender.track.kind, sink)
         hooked += 1
+    if hooked:
+        logger.debug("watching receiver reports of %d senders", hooked)
     return hooked
 
 
-def _hook(sender: RTCRtpSender, kind: str, sink: ReportSink) -> None:
+def _hook(sender: RTCRtpSender, kind: str, sink: ReportSink,
+          clock: Callable[[], float] = time.monotonic) -> None:
     original: Callable[[Any], Awaitable[None]] = sender._handle_rtcp_packet
+    window = LossWindow()
 
     async def handle(packet: Any) -> None:
         await original(packet)
         if isinstance(packet, RtcpRrPacket | RtcpSrPacket):
             for report in packet.reports:
                 if report.ssrc == sender._ssrc:
+                    loss = window.add(clock(), report.highest_sequence, report.packets_lost,
+                                      report.fraction_lost / 256.0)
                     try:
-                        sink(kind, report.fraction_lost / 256.0)
+                        sink(kind, loss)
                     except Exception:  # a sink bug must not break aiortc's RTCP handling
                         logger.exception("receiver report sink failed")
 

@@ -191,6 +191,8 @@ class CallSupervisor:
 
             if subscriber:
                 self._attach_view(me, leg)
+                if pc.connectionState == "connected":  # registered after it connected
+                    watch_receiver_reports(pc, on_report)
         elif watch is not None and leg.closed:
             self._leg_state(leg, "closed")
 

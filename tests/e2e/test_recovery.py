@@ -108,3 +108,49 @@ def test_video_resumes_after_a_killed_connection(
     took = max(resumed_after_stall(progress_times(p), killed) or 0.0 for p in (ana, bob)) - killed
     print(f"both browsers moving {took:.2f} s after bob's connections were killed")
     assert took <= 10.0
+
+
+def test_thirty_percent_loss_steps_the_ladder_down_fast_and_back_up(
+    netns: NetNamespace, app: AppProcess, call: tuple[Any, Any, str]
+) -> None:
+    ana, bob, room = call
+    # A fresh leg starts at 480p30 and climbs; trouble within 10 s of an up-step counts as a
+    # failed probe and doubles the wait before the next climb (anti-flap), so start from the
+    # top, settled for 11 s.
+    joined = time.time() - 60
+
+    def settled_on_top() -> bool:
+        mine = [e for e in app.events(joined, ["quality_changed"]) if e["participant"] == "ana"]
+        return bool(mine) and mine[-1]["data"].get("to_level") == "720p30" and (
+            time.time() - mine[-1]["at"] >= 11)
+
+    wait_for(settled_on_top, 60, "ana's leg settled at 720p30")
+    faults(netns, app, "inject", "--room", room, "--participant", "ana", "--kind", "loss",
+           "--percent", "30", "--direction", "down", "--duration", "12")
+    start = next(e["at"] for e in wait_events(app, time.time() - 10, "fault_started", "ana"))
+    wait_events(app, start, "quality_changed", "ana", direction="down")
+    wait_for(lambda: time.time() > start + 12 + 11, 40, "the loss cleared and 11 s passed")
+    changes = [e for e in app.events(start - 0.5, ["quality_changed"])
+               if e["participant"] == "ana"]
+    downs = [e["at"] - start for e in changes if e["data"].get("direction") == "down"]
+    ups = [e["at"] - start - 12 for e in changes
+           if e["data"].get("direction") == "up" and e["at"] > start + 12]
+    print(f"ladder under 30 % loss: first step down {downs[0]:.2f} s after the onset, first "
+          f"step up {ups[0] if ups else float('nan'):.2f} s after it cleared; "
+          f"{[(round(e['at'] - start, 2), e['data'].get('to_level')) for e in changes]}")
+    assert downs[0] <= 2.0
+    assert ups and ups[0] <= 10.0
+    assert all(d <= 12.5 for d in downs), "stepped down again after the loss cleared"
+
+
+def wait_events(app: AppProcess, since: float, kind: str, participant: str,
+                **data: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+
+    def seen() -> bool:
+        found[:] = [e for e in app.events(since, [kind]) if e["participant"] == participant
+                    and all(e["data"].get(k) == v for k, v in data.items())]
+        return bool(found)
+
+    wait_for(seen, 30, f"a {kind} event of {participant}")
+    return found

@@ -11,6 +11,7 @@ runner.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -153,11 +154,39 @@ class AppProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
 
+    def events(self, since: float, kinds: list[str]) -> list[dict[str, Any]]:
+        """The app's call events of `kinds` since `since` (epoch seconds), oldest first, read
+        from its MongoDB by a child process in the app's namespace (the embedded servers
+        listen on that namespace's loopback)."""
+        return read_events(self.netns, self.state_dir, since, kinds)
+
     def log_tail(self, lines: int = 60) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def read_events(netns: NetNamespace | None, state_dir: Path, since: float,
+                kinds: list[str]) -> list[dict[str, Any]]:
+    """Call events of `kinds` since `since` (epoch seconds) from the MongoDB of the app whose
+    state folder is `state_dir`: [{kind, at (epoch s), data, participant}], oldest first."""
+    code = (
+        "import json,sys,datetime as d;"
+        "from videochat.services import Services;from videochat.settings import Settings;"
+        "s=Services.from_settings(Settings.load());"
+        f"q={{'kind':{{'$in':{kinds!r}}},'at':{{'$gte':d.datetime.fromtimestamp({since},d.UTC)}}}};"
+        "print(json.dumps([{'kind':e['kind'],'at':e['at'].timestamp(),'data':e.get('data',{}),"
+        "'participant':e.get('participant')} for e in s.db.events.find(q).sort('at',1)]))"
+    )
+    env = dict(os.environ, VIDEOCHAT_STATE_DIR=str(state_dir))
+    cmd = (netns.prefix() if netns else []) + [sys.executable, "-c", code]
+    out = subprocess.run(cmd, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                         timeout=60)
+    if out.returncode != 0:
+        raise HarnessError(f"reading events failed: {out.stderr.strip()[-500:]}")
+    events: list[dict[str, Any]] = json.loads(out.stdout or "[]")
+    return events
 
 
 def chromium_wrapper(netns: NetNamespace | None, folder: Path) -> Path:
