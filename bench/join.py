@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -25,6 +26,47 @@ from bench._common import fmt, summary, write  # noqa: E402
 from videochat.qa.harness import Browser, progress_times, running_app  # noqa: E402
 
 TIMEOUT_S = 30.0
+# Where a join's time goes, marked in every frame of the later participant's page (epoch ms):
+# document start, the Streamlit websocket, camera, each peer connection's offer/answer/connect.
+PHASES_JS = """
+(() => {
+  if (window.__vcPhases) return;
+  const P = window.__vcPhases = {};
+  const mark = (k) => { if (!(k in P)) P[k] = Date.now(); };
+  mark('document');
+  document.addEventListener('DOMContentLoaded', () => mark('dom_ready'));
+  const WS = window.WebSocket;
+  if (WS && window === window.top) {
+    const W = function (...a) {
+      const ws = new WS(...a); mark('ws_created');
+      ws.addEventListener('open', () => mark('ws_open'));
+      ws.addEventListener('message', () => mark('ws_first_message'));
+      return ws;
+    };
+    W.prototype = WS.prototype; Object.setPrototypeOf(W, WS); window.WebSocket = W;
+  }
+  const md = navigator.mediaDevices;
+  if (md && md.getUserMedia) {
+    const gum = md.getUserMedia.bind(md);
+    md.getUserMedia = (c) => { mark('camera_asked');
+      return gum(c).then((s) => { mark('camera_ready'); return s; }); };
+  }
+  const PC = window.RTCPeerConnection;
+  if (PC) {
+    const sld = PC.prototype.setLocalDescription, srd = PC.prototype.setRemoteDescription;
+    PC.prototype.setLocalDescription = function (...a) {
+      mark('offer_set');
+      if (!this.__vcPhased) { this.__vcPhased = true;
+        this.addEventListener('connectionstatechange', () => {
+          if (this.connectionState === 'connected') mark('connected'); }); }
+      return sld.apply(this, a); };
+    PC.prototype.setRemoteDescription = function (...a) {
+      return srd.apply(this, a).then((r) => { mark('answer_set'); return r; }); };
+  }
+})();
+"""
+PHASE_KEYS = ("dom_ready", "ws_open", "ws_first_message", "component_document", "camera_ready",
+              "offer_set", "answer_set", "connected")
 
 
 def first_after(page: object, t0: float) -> float | None:
@@ -40,8 +82,12 @@ def one_join(browser: Browser, url: str, room: str) -> dict[str, float | None]:
         time.sleep(0.1)
     time.sleep(5.0)  # ana settled: her publish leg and warm spare are up
     load = os.getloadavg()[0]
-    t0 = time.time()
+    t_context = time.time()
     bob = browser.new_page()
+    bob.context.add_init_script(PHASES_JS)
+    # "Opening the link" starts at navigation: the fresh browser context before it is this
+    # harness's stand-in for a browser that is already running (its cost is kept apart).
+    t0 = time.time()
     bob.goto(f"{url}/call?room={room}&name=bob&join=1", wait_until="commit")
     a = b = None
     while time.time() - t0 < TIMEOUT_S and (a is None or b is None):
@@ -49,11 +95,32 @@ def one_join(browser: Browser, url: str, room: str) -> dict[str, float | None]:
         a = a if a is not None else first_after(ana, t0)
         b = b if b is not None else first_after(bob, t0)
     fast = [e for e in bob.evaluate("() => window.__vcFastLog || []") if e[1] == "answered"]
+    phases = bob_phases(bob, t0)
     for page in (ana, bob):
         page.context.close()
     both = max(a, b) if a is not None and b is not None else None
     return {"ana_sees_bob_s": a, "bob_sees_ana_s": b, "both_s": both, "load_1m": load,
-            "fast_answered_legs": len(fast), "fast_answer_ms": [e[2] for e in fast]}
+            "fast_answered_legs": len(fast), "fast_answer_ms": [e[2] for e in fast],
+            "new_context_s": t0 - t_context, "bob_phases_s": phases}
+
+
+def bob_phases(page: Any, t0: float) -> dict[str, float]:
+    """Seconds from the link being opened to the first occurrence of each phase in any frame
+    (the page for Streamlit's own, the streamlit-webrtc iframes for the media ones)."""
+    out: dict[str, float] = {}
+    for frame in page.frames:
+        try:
+            marks = frame.evaluate("() => window.__vcPhases || {}")
+        except Exception:  # noqa: BLE001 - a frame that went away
+            continue
+        webrtc = "streamlit_webrtc" in frame.url
+        for key, ms in marks.items():
+            name = "component_document" if webrtc and key == "document" else key
+            if name == "document" or (webrtc and name in ("dom_ready",)):
+                continue
+            at = ms / 1000 - t0
+            out[name] = min(out.get(name, at), at)
+    return {k: round(out[k], 3) for k in PHASE_KEYS if k in out}
 
 
 def cpu_rss(proc: psutil.Process, seconds: float) -> tuple[float, float]:
@@ -108,12 +175,17 @@ def main() -> None:
     within_3s = sum(1 for v in both if v <= 3.0)
     within_1s = sum(1 for v in both if v <= 1.0)
     fast_ms = [float(ms) for t in trials for ms in t.get("fast_answer_ms", [])]
+    phases = {k: summary([t["bob_phases_s"][k] for t in trials if k in t["bob_phases_s"]])
+              for k in PHASE_KEYS}
     result = {
-        "what": "later participant opens /call?room&name&join=1 -> first decoded remote frame, "
-                "both directions (max of the two)",
+        "what": "later participant opens /call?room&name&join=1 (page navigation starts) -> "
+                "first decoded remote frame, both directions (max of the two); the fresh "
+                "browser context created just before is new_context_s",
         "joins": len(trials), "failures": failures, "within_3s": within_3s,
         "within_1s": within_1s,
         "fast_signalling_answer_ms": summary(fast_ms),
+        "bob_phases_s": phases,
+        "new_context_s": summary([t["new_context_s"] for t in trials]),
         "load_1m_at_joins": summary([t["load_1m"] for t in trials]),
         "both": summary(both),
         "ana_sees_bob": summary([t["ana_sees_bob_s"] for t in trials
@@ -133,8 +205,11 @@ def main() -> None:
     }
     path = write("join", result)
     s = result["both"]
+    med = {k: fmt(v["median"]) for k, v in phases.items()}
     print(f"join: {len(trials)} joins, {failures} failed, {within_3s} within 3 s; both directions "
-          f"median {fmt(s['median'])} p95 {fmt(s['p95'])}; 2-party call server CPU "
+          f"median {fmt(s['median'])} p95 {fmt(s['p95'])} (bob's websocket open p50 "
+          f"{med['ws_open']}, component {med['component_document']}, answer "
+          f"{med['answer_set']}); 2-party call server CPU "
           f"{call_cpu / 2:.0f} %/participant, RSS {call_rss:.0f} MiB; idle tab "
           f"{(tabs_cpu - idle_cpu) / 4:.1f} % CPU -> {path}")
 
