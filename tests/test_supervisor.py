@@ -45,14 +45,17 @@ async def someone_leaves_then(close: str) -> tuple[ReconnectState, list[str]]:
     assert ana_slot.publisher_id is None  # her slot for ana is free: two unbound slots now
     await mine[close].pc.close()  # the page drops one of them, or her camera leg dies
     await settle()
+    at_once = list(rebuilt)  # a dead connection is acted on without waiting for a tick
     sup.tick()
+    assert rebuilt == at_once
     state = sup.reconnect_state(carol.id)
     assert state is not None
+    outcome = list(rebuilt)  # closing everything below is not part of the case
     for each in mine.values():
         await each.pc.close()
     if sup._task is not None:
         sup._task.cancel()
-    return state, rebuilt
+    return state, outcome
 
 
 def test_the_spare_the_page_drops_after_someone_left_is_not_a_network_drop() -> None:

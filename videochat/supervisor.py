@@ -209,6 +209,10 @@ class CallSupervisor:
         gen = watch.generation_of.get(id(leg.pc))
         if gen is not None and gen == watch.supervisor.generation:
             watch.supervisor.connection_state(state, generation=gen)
+            if state in ("failed", "closed"):
+                # A dead connection needs no more evidence: rebuild now, not at the next tick
+                # (up to TICK_S later; a killed connection is back in ~2 s, so it shows).
+                self._tick_safely()
 
     @staticmethod
     def _unbound_slot(me: Participant, leg: MediaLeg) -> bool:
@@ -342,10 +346,13 @@ class CallSupervisor:
                 self.stalls += 1
                 logger.warning("media loop stalled %.1f s; skipping one supervision tick", gap)
                 continue
-            try:
-                self.tick()
-            except Exception:  # noqa: BLE001 - supervision must outlive any one bug
-                logger.exception("call supervisor tick failed")
+            self._tick_safely()
+
+    def _tick_safely(self) -> None:
+        try:
+            self.tick()
+        except Exception:  # noqa: BLE001 - supervision must outlive any one bug
+            logger.exception("call supervisor tick failed")
 
     def tick(self) -> None:
         for pid, watch in list(self._watches.items()):
