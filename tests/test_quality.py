@@ -568,3 +568,54 @@ def test_loss_window_reads_the_counters_not_each_blocks_own_fraction() -> None:
     assert abs(sum(steady) / len(steady) - 0.3) < 0.05
     assert window.add(10.5, 5, lost, 0.0) == 0.0  # counters went back: a new stream
     assert window.add(10.55, 10, lost + 1, 0.25) == 0.2  # 1 lost of the 5 expected since
+
+
+def test_reports_bunched_after_losses_do_not_pause_video_at_thirty_percent() -> None:
+    # A receiver reports right after it notices a loss (the report rides on the NACK), so
+    # lossy reports come close together and clean stretches in long ones. Counted per
+    # report that read as 42 % and paused video; per second of media it is 32 %.
+    clock = FakeClock()
+    policy = QualityPolicy(clock, start=LOWEST_VIDEO)
+    for _ in range(10):
+        clock.t += 0.8
+        policy.observe(0.25, 40.0, at=clock.t, interval_s=0.8)
+        clock.t += 0.2
+        policy.observe(0.60, 40.0, at=clock.t, interval_s=0.2)
+    assert policy.level is LOWEST_VIDEO
+    for _ in range(4):  # really severe loss still pauses it
+        clock.t += 0.5
+        policy.observe(0.6, 40.0, at=clock.t, interval_s=0.5)
+    assert policy.level is AUDIO_ONLY
+
+
+def test_loss_window_spans_enough_packets_at_low_frame_rates() -> None:
+    from videochat.rtcp import LossWindow
+
+    window = LossWindow(0.5, min_packets=40, max_window_s=2.0)
+    seq = lost = 0
+    for i in range(40):  # 20 packets a second (180p10), a report every 0.1 s
+        seq += 2
+        lost += 1 if i % 10 == 9 else 0  # 1 in 20 lost: 5 %
+        got = window.add(i * 0.1, seq, lost, 0.0)
+    # half a second holds 10 packets (one loss = 10 %, or 0 %); 2 s hold the 40 needed
+    assert got == pytest.approx(0.05, abs=0.011)
+
+
+def test_only_the_audio_stream_confirms_loss_severe_enough_to_pause_video() -> None:
+    from videochat.participant import Slot
+    from videochat.supervisor import SubscriberView
+
+    clock = FakeClock()
+    view = SubscriberView(Slot.create("owner0000000", 0), "r", "ana", emit=None, faults=None,
+                          clock=clock, context=EventContext("r", "bob"))
+    view.policy = QualityPolicy(clock, start=LOWEST_VIDEO)
+    view.on_report("audio", 0.30)  # 250 packets over 5 s: 30 %
+    for _ in range(30):  # 10 packets a second of video: its window reads 50-60 %
+        clock.t += 0.2
+        view.on_report("video", 0.55)
+    assert view.policy.level is LOWEST_VIDEO
+    view.on_report("audio", 0.55)  # the audio stream agrees: it is severe
+    for _ in range(20):
+        clock.t += 0.2
+        view.on_report("video", 0.55)
+    assert view.policy.level is AUDIO_ONLY

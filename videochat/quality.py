@@ -227,7 +227,7 @@ class QualityPolicy:
         self.changed_at = clock()
         self.changes: list[QualityChange] = []
         self._window: deque[tuple[float, float | None, float | None]] = deque()
-        self._severe: deque[tuple[float, float | None]] = deque()
+        self._severe: deque[tuple[float, float | None, float]] = deque()  # (at, loss, weight)
         self._severe_mean = 0.0
         self._last_at: float | None = None
         self._bad_since: float | None = None
@@ -269,7 +269,7 @@ class QualityPolicy:
         loss = _clean(loss_fraction)
         rtt = None if rtt_ms is None or math.isnan(rtt_ms) else max(0.0, rtt_ms)
         bitrate = None if bitrate_kbps is None or math.isnan(bitrate_kbps) else bitrate_kbps
-        self._smooth(at, loss, rtt)
+        self._smooth(at, loss, rtt, interval)
 
         if self._last_up_at is not None and at - self._last_up_at > self.t.failed_up_window_s:
             self._up_after = self.t.up_after_s  # the last probe held: trust the path again
@@ -299,7 +299,8 @@ class QualityPolicy:
             self._bad_since = self._good_since = None
         return None
 
-    def _smooth(self, at: float, loss: float | None, rtt: float | None) -> None:
+    def _smooth(self, at: float, loss: float | None, rtt: float | None,
+                interval: float = 0.0) -> None:
         """Means over the last `window_s`, for the badge and the diagnostics only."""
         self._window.append((at, loss, rtt))
         while self._window and self._window[0][0] <= at - self.t.window_s:
@@ -308,11 +309,15 @@ class QualityPolicy:
         rtts = [s[2] for s in self._window if s[2] is not None]
         self.loss = sum(losses) / len(losses) if losses else None
         self.rtt_ms = sum(rtts) / len(rtts) if rtts else None
-        self._severe.append((at, loss))
+        # Weighted by the media time each sample covers: receivers report right after they
+        # notice a loss (a NACK carries a report), so a plain mean over reports leans towards
+        # the lossy moments (30 % loss read as 40 %+ at 10 fps and paused video).
+        self._severe.append((at, loss, max(interval, 1e-3)))
         while self._severe and self._severe[0][0] <= at - self.t.severe_window_s:
             self._severe.popleft()
-        known = [x for _, x in self._severe if x is not None]
-        self._severe_mean = sum(known) / len(known) if known else 0.0
+        known = [(x, w) for _, x, w in self._severe if x is not None]
+        weight = sum(w for _, w in known)
+        self._severe_mean = sum(x * w for x, w in known) / weight if weight else 0.0
 
     def _judge(self, loss: float | None, rtt: float | None,
                bitrate: float | None) -> tuple[str, QualityLevel, str]:

@@ -54,6 +54,7 @@ STALL_S = 1.0  # a tick this late means the loop was blocked, not that media sto
 ATTEMPT_TIMEOUT_S = 30.0  # about how long ICE keeps checking before it declares failure
 OUTAGE_ATTEMPT_TIMEOUT_S = 4.0  # ...but after "media stopped", replace a rebuild before its
 # unanswered checks pass Chromium's ~5 s (it then pings seconds apart: see recovery.py)
+AUDIO_REPORT_FRESH_S = 12.0  # browsers report on audio every ~5 s
 Emit = Callable[[CallEvent], None]
 Rebuild = Callable[[Participant], None]
 
@@ -71,6 +72,7 @@ class SubscriberView:
         self.effect = VideoEffectFilter(faults, room, publisher) if faults is not None else None
         self._rtt_ms: float | None = None
         self._reported: dict[str, float] = {}  # kind -> when its last receiver report came
+        self._audio_loss: tuple[float, float] | None = None  # (when, loss) of the last one
 
     def set_publisher(self, name: str) -> None:
         if self.effect is not None:
@@ -103,12 +105,28 @@ class SubscriberView:
         at = self.clock()
         last = self._reported.get(kind)
         self._reported[kind] = at
+        if kind == "audio":
+            self._audio_loss = (at, loss)
         if kind != ("audio" if self.paused else "video"):
             return
+        if kind == "video":
+            loss = self._confirmed(loss, at)
         # The report covers the time since that receiver's previous one; the first, an
         # unknown stretch (None: the policy takes the time since its last sample).
         self.policy.observe(loss, self._rtt_ms, at=at,
                             interval_s=None if last is None else at - last)
+
+    def _confirmed(self, loss: float, at: float) -> float:
+        """Video loss, except that only the audio stream can confirm a loss severe enough to
+        pause video. At the lowest rungs video carries ~10 packets a second: its loss over
+        two seconds cannot tell 30 % from 45 % (30 % paused video in 2 of 3 trials), while
+        the audio stream on the same path carries 50 a second and its receiver reports
+        span seconds. Without a recent audio report, video's own figure stands."""
+        severe = self.policy.t.severe_loss
+        audio = self._audio_loss
+        if loss < severe or audio is None or at - audio[0] > AUDIO_REPORT_FRESH_S:
+            return loss
+        return loss if audio[1] >= severe else min(loss, severe - 0.01)
 
     @property
     def paused(self) -> bool:
