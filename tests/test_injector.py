@@ -293,27 +293,35 @@ def test_loss_20_percent_is_measured_by_the_receiver(direction: str) -> None:
 
 
 def test_receiver_reports_reach_the_ladder_as_they_arrive() -> None:
-    # videochat.rtcp: each report block about the server's stream, at once, with its loss.
+    # videochat.rtcp: each report block about the server's stream, at once, with its loss and
+    # its own (unsmoothed) round-trip time.
     async def main() -> None:
         async with Call() as call:
-            reports: list[tuple[float, str, float]] = []
-            hooked = watch_receiver_reports(
-                call.server, lambda kind, loss: reports.append((time.monotonic(), kind, loss)))
+            reports: list[tuple[float, str, float, float | None]] = []
+            hooked = watch_receiver_reports(call.server, lambda kind, loss, rtt: reports.append(
+                (time.monotonic(), kind, loss, rtt)))
             assert hooked == 1
-            assert watch_receiver_reports(call.server, lambda k, f: None) == 0  # hooked once
-            await wait_for(lambda: len(reports) >= 2, 5)
-            assert all(kind == "video" and loss == 0.0 for _, kind, loss in reports)
+            assert watch_receiver_reports(call.server, lambda k, f, r: None) == 0  # hooked once
+            await wait_for(lambda: sum(r[3] is not None for r in reports) >= 2, 8)
+            assert all(kind == "video" and loss == 0.0 for _, kind, loss, _ in reports)
+            assert all(rtt < 100 for *_, rtt in reports if rtt is not None)  # loopback
             manager = FaultManager(asyncio.get_running_loop(), seed=7)
             manager.register_leg(call.leg())
             manager.apply(parse_fault({"kind": "loss", "room": "r1", "participant": "alice",
                                        "percent": 30, "direction": "down"}))
             start = time.monotonic()
-            await wait_for(lambda: any(t > start and loss > 0.1 for t, _, loss in reports), 5)
+            await wait_for(lambda: any(t > start and loss > 0.1 for t, _, loss, _ in reports), 5)
             await asyncio.sleep(3.0)
-            lossy = [loss for t, _, loss in reports if t > start + 1.6]
+            lossy = [loss for t, _, loss, _ in reports if t > start + 1.6]
             assert lossy and 0.15 <= sum(lossy) / len(lossy) <= 0.45, lossy
             # aiortc's own handling still ran: its stats hold the same report
             assert (await stats(call.server))["remote-inbound-rtp"]["fractionLost"] > 0
+            manager.clear()
+            manager.apply(parse_fault({"kind": "latency", "room": "r1", "participant": "alice",
+                                       "ms": 300, "direction": "down"}))
+            start = time.monotonic()
+            await wait_for(lambda: any(t > start and rtt is not None and rtt >= 280
+                                       for t, _, _, rtt in reports), 6)
 
     run(main())
 

@@ -609,6 +609,8 @@ def test_only_the_audio_stream_confirms_loss_severe_enough_to_pause_video() -> N
     view = SubscriberView(Slot.create("owner0000000", 0), "r", "ana", emit=None, faults=None,
                           clock=clock, context=EventContext("r", "bob"))
     view.policy = QualityPolicy(clock, start=LOWEST_VIDEO)
+    view.on_report("audio", 0.60)
+    clock.t += 5.0
     view.on_report("audio", 0.30)  # 250 packets over 5 s: 30 %
     for _ in range(30):  # 10 packets a second of video: its window reads 50-60 %
         clock.t += 0.2
@@ -619,3 +621,43 @@ def test_only_the_audio_stream_confirms_loss_severe_enough_to_pause_video() -> N
         clock.t += 0.2
         view.on_report("video", 0.55)
     assert view.policy.level is AUDIO_ONLY
+
+
+def test_pausing_needs_an_audio_report_from_after_the_last_step() -> None:
+    from videochat.participant import Slot
+    from videochat.supervisor import SubscriberView
+
+    clock = FakeClock(100.0)
+    view = SubscriberView(Slot.create("owner0000000", 0), "r", "ana", emit=None, faults=None,
+                          clock=clock, context=EventContext("r", "bob"))
+    view.on_report("audio", 0.9)
+    clock.t += 2.0
+    view.policy = QualityPolicy(clock, start=LOWEST_VIDEO)  # it got there at 102 s
+    clock.t += 2.0
+    view.on_report("audio", 0.6)  # spans 100-104 s: partly before the step, at the old rung
+    for _ in range(10):
+        clock.t += 0.2
+        view.on_report("video", 0.55)
+    assert view.policy.level is LOWEST_VIDEO
+    clock.t += 3.0
+    view.on_report("audio", 0.6)  # all of it at the lowest rung: still severe
+    for _ in range(5):
+        clock.t += 0.2
+        view.on_report("video", 0.55)
+    assert view.policy.level is AUDIO_ONLY
+
+
+def test_subscriber_view_takes_the_round_trip_time_of_each_report() -> None:
+    from videochat.participant import Slot
+    from videochat.supervisor import SubscriberView
+
+    clock = FakeClock()
+    view = SubscriberView(Slot.create("owner0000000", 0), "r", "ana", emit=None, faults=None,
+                          clock=clock, context=EventContext("r", "bob"))
+    start = view.policy.level
+    view.on_report("video", 0.0, 3.0)
+    for _ in range(5):
+        clock.t += 0.25
+        view.on_report("video", 0.0, 720.0)  # a latency spike, measured by each report
+        view.observe(_sample(clock, "video", 0.0, rtt=90.0))  # aiortc's smoothed, stale RTT
+    assert view.policy.level.rank == start.rank + 1

@@ -103,3 +103,6 @@ def test_aiortc_internals_the_receiver_report_hook_wraps() -> None:
     assert "recipient._handle_rtcp_packet(packet)" in inspect.getsource(
         RTCDtlsTransport._handle_rtcp_data)
     assert "self._ssrc" in inspect.getsource(RTCRtpSender.__init__)
+    # the sender report a receiver report answers: read for an unsmoothed round-trip time
+    assert "self.__lsr = " in inspect.getsource(RTCRtpSender)
+    assert "self.__lsr_time = time.time()" in inspect.getsource(RTCRtpSender)

@@ -27,11 +27,13 @@ from aiortc.rtp import RtcpRrPacket, RtcpSrPacket
 
 logger = logging.getLogger(__name__)
 
-ReportSink = Callable[[str, float], None]  # (kind, loss over about the last WINDOW_S)
+# (kind, loss over about the last WINDOW_S, round-trip time in ms from this report or None)
+ReportSink = Callable[[str, float, float | None], None]
 _HOOKED = "_vc_report_sink"
 WINDOW_S = 0.5
 MIN_PACKETS = 10
 MAX_WINDOW_S = 2.0
+SENDER_REPORTS_KEPT = 16
 
 
 class LossWindow:
@@ -76,7 +78,7 @@ class LossWindow:
 
 
 def watch_receiver_reports(pc: RTCPeerConnection, sink: ReportSink) -> int:
-    """Call `sink(kind, loss)` for every report block the remote end sends about one of
+    """Call `sink(kind, loss, rtt_ms)` for every report block the remote end sends about one of
     `pc`'s senders, on aiortc's loop. Returns how many senders are newly watched (each sender is
     hooked at most once; call again after adding tracks)."""
     hooked = 0
@@ -95,15 +97,32 @@ def _hook(sender: RTCRtpSender, kind: str, sink: ReportSink,
     original: Callable[[Any], Awaitable[None]] = sender._handle_rtcp_packet
     window = LossWindow()
 
+    sent: dict[int, float] = {}  # our recent sender reports: middle NTP bits -> when sent
+
     async def handle(packet: Any) -> None:
+        # aiortc keeps an RTT smoothed over reports (weight 0.85 for the old value: a path
+        # whose RTT jumps to 700 ms read as under 500 ms for ~5 s), computed only when a
+        # report answers the very last sender report — never once the RTT exceeds the ~1 s
+        # between them. So note each sender report as we see it (reports arrive every
+        # 0.05-1.5 s) and time every report against the one it answers.
+        lsr = getattr(sender, "_RTCRtpSender__lsr", None)
+        lsr_time = getattr(sender, "_RTCRtpSender__lsr_time", None)
+        if lsr is not None and lsr_time is not None and lsr not in sent:
+            sent[lsr] = lsr_time
+            if len(sent) > SENDER_REPORTS_KEPT:
+                del sent[next(iter(sent))]
         await original(packet)
         if isinstance(packet, RtcpRrPacket | RtcpSrPacket):
             for report in packet.reports:
                 if report.ssrc == sender._ssrc:
                     loss = window.add(clock(), report.highest_sequence, report.packets_lost,
                                       report.fraction_lost / 256.0)
+                    rtt_ms: float | None = None
+                    answered = sent.get(report.lsr) if report.lsr else None
+                    if answered is not None:
+                        rtt_ms = max(0.0, time.time() - answered - report.dlsr / 65536) * 1000
                     try:
-                        sink(kind, loss)
+                        sink(kind, loss, rtt_ms)
                     except Exception:  # a sink bug must not break aiortc's RTCP handling
                         logger.exception("receiver report sink failed")
 

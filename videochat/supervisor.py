@@ -72,7 +72,9 @@ class SubscriberView:
         self.effect = VideoEffectFilter(faults, room, publisher) if faults is not None else None
         self._rtt_ms: float | None = None
         self._reported: dict[str, float] = {}  # kind -> when its last receiver report came
-        self._audio_loss: tuple[float, float] | None = None  # (when, loss) of the last one
+        # (when, loss, span) of the last audio report
+        self._audio_loss: tuple[float, float, float | None] | None = None
+        self._report_rtt_ms: float | None = None
 
     def set_publisher(self, name: str) -> None:
         if self.effect is not None:
@@ -94,19 +96,23 @@ class SubscriberView:
 
     def observe(self, sample: MetricSample) -> None:
         """A stats sample of the kind that drives the ladder now (see `on_sample`). Once the
-        receiver's reports reach us as they arrive (`on_report`), samples only bring the RTT:
-        their loss is the last report seen up to a second late."""
-        self._rtt_ms = sample.rtt_ms
+        receiver's reports reach us as they arrive (`on_report`), samples bring nothing new:
+        their loss and RTT are the last report's, up to a second late, the RTT smoothed."""
+        if self._report_rtt_ms is None:  # aiortc's smoothed RTT, until reports bring one
+            self._rtt_ms = sample.rtt_ms
         if sample.kind not in self._reported:
             self.policy.observe(sample.loss_fraction, sample.rtt_ms, at=self.clock())
 
-    def on_report(self, kind: str, loss: float) -> None:
-        """A receiver report about this leg's `kind` stream, as it arrives (videochat.rtcp)."""
+    def on_report(self, kind: str, loss: float, rtt_ms: float | None = None) -> None:
+        """A receiver report about this leg's `kind` stream, as it arrives (videochat.rtcp),
+        with the round-trip time it measured, if it answered our latest sender report."""
         at = self.clock()
+        if rtt_ms is not None:
+            self._rtt_ms = self._report_rtt_ms = rtt_ms
         last = self._reported.get(kind)
         self._reported[kind] = at
         if kind == "audio":
-            self._audio_loss = (at, loss)
+            self._audio_loss = (at, loss, None if last is None else at - last)
         if kind != ("audio" if self.paused else "video"):
             return
         if kind == "video":
@@ -126,7 +132,11 @@ class SubscriberView:
         audio = self._audio_loss
         if loss < severe or audio is None or at - audio[0] > AUDIO_REPORT_FRESH_S:
             return loss
-        return loss if audio[1] >= severe else min(loss, severe - 0.01)
+        when, audio_loss, span = audio
+        # ...and only a report that covers time after the last step: a 300 kbps cap still
+        # drops what was queued at the higher rung for a while after the step down.
+        after_step = span is not None and when - span >= self.policy.changed_at
+        return loss if audio_loss >= severe and after_step else min(loss, severe - 0.01)
 
     @property
     def paused(self) -> bool:
@@ -196,10 +206,10 @@ class CallSupervisor:
             subscriber = leg.direction == "subscribe" and leg.slot_index is not None
             leg_id = leg.leg_id
 
-            def on_report(kind: str, loss: float) -> None:
+            def on_report(kind: str, loss: float, rtt_ms: float | None) -> None:
                 view = self._views.get(leg_id)
                 if view is not None:
-                    view.on_report(kind, loss)
+                    view.on_report(kind, loss, rtt_ms)
 
             @pc.on("connectionstatechange")
             def _state() -> None:
