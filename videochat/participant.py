@@ -98,6 +98,9 @@ class Participant:
     def slot_for(self, publisher_id: str) -> Slot | None:
         return next((s for s in self.slots if s.publisher_id == publisher_id), None)
 
+    def slot_at(self, index: int | None) -> Slot | None:
+        return next((s for s in self.slots if s.index == index), None)
+
     def free_slot(self) -> Slot:
         """The lowest free slot, creating one when all are bound."""
         for slot in self.slots:

@@ -105,7 +105,8 @@ class SubscriberView:
 
     def on_report(self, kind: str, loss: float, rtt_ms: float | None = None) -> None:
         """A receiver report about this leg's `kind` stream, as it arrives (videochat.rtcp),
-        with the round-trip time it measured, if it answered our latest sender report."""
+        with the round-trip time it measured, if it answered one of our recent sender
+        reports."""
         at = self.clock()
         if rtt_ms is not None:
             self._rtt_ms = self._report_rtt_ms = rtt_ms
@@ -246,7 +247,7 @@ class CallSupervisor:
     def _unbound_slot(me: Participant, leg: MediaLeg) -> bool:
         if leg.direction != "subscribe":
             return False
-        slot = next((s for s in me.slots if s.index == leg.slot_index), None)
+        slot = me.slot_at(leg.slot_index)
         return slot is not None and slot.publisher_id is None
 
     def _hook_hub(self, me: Participant) -> None:
@@ -269,7 +270,7 @@ class CallSupervisor:
         if leg.direction == "publish":
             source: Any = me.video_hub
         else:
-            slot = next((s for s in me.slots if s.index == leg.slot_index), None)
+            slot = me.slot_at(leg.slot_index)
             if slot is None:
                 return
             source = slot.video
@@ -306,7 +307,7 @@ class CallSupervisor:
 
     # -- quality ------------------------------------------------------------------------
     def _attach_view(self, me: Participant, leg: MediaLeg) -> None:
-        slot = next((s for s in me.slots if s.index == leg.slot_index), None)
+        slot = me.slot_at(leg.slot_index)
         if slot is None:
             return
         view = self._views.get(leg.leg_id)
