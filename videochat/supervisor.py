@@ -74,7 +74,7 @@ class SubscriberView:
         self._reported: dict[str, float] = {}  # kind -> when its last receiver report came
         # (when, loss, span) of the last audio report
         self._audio_loss: tuple[float, float, float | None] | None = None
-        self._report_rtt_ms: float | None = None
+        self._rtt_from_reports = False
 
     def set_publisher(self, name: str) -> None:
         if self.effect is not None:
@@ -98,7 +98,7 @@ class SubscriberView:
         """A stats sample of the kind that drives the ladder now (see `on_sample`). Once the
         receiver's reports reach us as they arrive (`on_report`), samples bring nothing new:
         their loss and RTT are the last report's, up to a second late, the RTT smoothed."""
-        if self._report_rtt_ms is None:  # aiortc's smoothed RTT, until reports bring one
+        if not self._rtt_from_reports:  # aiortc's smoothed RTT, until reports bring one
             self._rtt_ms = sample.rtt_ms
         if sample.kind not in self._reported:
             self.policy.observe(sample.loss_fraction, sample.rtt_ms, at=self.clock())
@@ -109,7 +109,7 @@ class SubscriberView:
         reports."""
         at = self.clock()
         if rtt_ms is not None:
-            self._rtt_ms = self._report_rtt_ms = rtt_ms
+            self._rtt_ms, self._rtt_from_reports = rtt_ms, True
         last = self._reported.get(kind)
         self._reported[kind] = at
         if kind == "audio":
