@@ -66,11 +66,19 @@ def test_two_participants_see_each_others_moving_video(
     wait_for(lambda: len(traces()) >= 2 and any(
         any("ana" in str(t[0]) for t in plot) and any("bob" in str(t[0]) for t in plot)
         for plot in traces()), 45, "diagnostics charts with traces for ana and bob")
-    titles = diag.evaluate("() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
-                           ".map(p => String((p.layout.title || {}).text || p.layout.title))")
+    titles_js = ("() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
+                 ".map(p => String((p.layout.title || {}).text || p.layout.title))")
+    titles: list[str] = []
+
+    def charts_titled() -> bool:
+        # The live view re-renders every second; one read caught it between renders once
+        # (no chart at all in the DOM), so read until the charts are there.
+        titles[:] = diag.evaluate(titles_js)
+        return (any("bitrate" in t.lower() for t in titles)
+                and any("round-trip" in t.lower() for t in titles))
+
+    wait_for(charts_titled, 10, "bitrate and round-trip charts")
     print("diagnostics chart titles:", titles)
-    assert any("bitrate" in t.lower() for t in titles)
-    assert any("round-trip" in t.lower() for t in titles)
     points = sum(n for plot in traces() for _, n in plot)
     wait_for(lambda: sum(n for plot in traces() for _, n in plot) > points, 20,
              "the diagnostics charts to update live")
