@@ -24,7 +24,7 @@ KNOWN_KINDS = frozenset({
     "leg_connected", "leg_closed", "connection_state_changed",
     "reconnect_started", "reconnect_attempted", "reconnect_succeeded", "reconnect_failed",
     "quality_changed", "fault_started", "fault_ended", "backend_down", "backend_up",
-    "first_frame_received", "media_stalled",
+    "first_frame_received", "media_stalled", "media_switched",
 })
 
 

@@ -87,6 +87,10 @@ class Participant:
     # A new spare connection is opened only after a join settles: negotiating it at the same
     # moment as the legs a join needs would slow those down (measured: 2 cores, 3 legs).
     spare_not_before: float = 0.0
+    # The person's own switches: shown to the others on their tiles, applied to the published
+    # tracks by the page (a disabled track sends black frames / silence, the call stays up).
+    camera_on: bool = True
+    mic_on: bool = True
     slots: list[Slot] = field(default_factory=list)
     video_hub: TrackHub = field(init=False)
     audio_hub: TrackHub = field(init=False)

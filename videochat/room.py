@@ -164,6 +164,19 @@ class RoomRegistry:
             if room is not None:
                 self._wake_peers(room, participant_id)
 
+    def set_media(self, participant_id: str, *, camera_on: bool, mic_on: bool) -> bool:
+        """The person switched their camera or microphone: the others' tiles say so."""
+        me = self._by_id.get(participant_id)
+        if me is None or (me.camera_on, me.mic_on) == (camera_on, mic_on):
+            return False
+        me.camera_on, me.mic_on = camera_on, mic_on
+        room = self.rooms.get(me.room)
+        if room is not None:
+            self._emit(CallEvent("media_switched", me.room, me.name, room.call_id,
+                                 data={"camera_on": camera_on, "mic_on": mic_on}))
+            self._wake_peers(room, participant_id)
+        return True
+
     # -- queries ------------------------------------------------------------------------
     def get(self, participant_id: str) -> Participant:
         p = self._by_id.get(participant_id)

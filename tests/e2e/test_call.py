@@ -42,6 +42,16 @@ def test_two_participants_see_each_others_moving_video(
     wait_for(lambda: moving(ana), 20, "ana's view of bob to be moving")
     wait_for(lambda: moving(bob), 20, "bob's view of ana to be moving")
     assert bob.get_by_text("ana", exact=True).count() >= 1  # the tile is labelled
+
+    # The camera and microphone switches: ana's own tile says so, bob's tile of ana too.
+    ana.get_by_text("Camera", exact=True).click()
+    ana.get_by_text("Mic", exact=True).click()
+    wait_for(lambda: bob.get_by_text("camera off").count() > 0
+             and bob.get_by_text("muted").count() > 0, 10, "bob's tile to show ana muted")
+    assert any(f.locator("text=Camera off").count() > 0 for f in ana.frames)
+    ana.get_by_text("Camera", exact=True).click()
+    ana.get_by_text("Mic", exact=True).click()
+    wait_for(lambda: bob.get_by_text("camera off").count() == 0, 10, "ana's camera back on")
     bob.screenshot(path=str(artifacts_dir() / "two-party-bob.png"))
 
     # Chat: typed by ana, shown to bob within about a second, HTML kept as literal text.

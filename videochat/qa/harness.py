@@ -34,8 +34,10 @@ CHROMIUM_FLAGS = [
     "--no-sandbox", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
     "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--disable-sync", "--no-first-run", "--disable-quic", "--allow-loopback-in-peer-connection",
-    "--autoplay-policy=no-user-gesture-required", "--disable-dev-shm-usage",
+    "--disable-dev-shm-usage",
 ]
+# No --autoplay-policy flag: participants meet Chromium's default policy, as a person does
+# (sound needs a gesture; the page must still show video without one).
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -200,11 +202,15 @@ def chromium_wrapper(netns: NetNamespace | None, folder: Path) -> Path:
     return path
 
 
-# JS run in every frame: what each remote (unmuted) <video> is showing.
-REMOTE_VIDEO_JS = """
-() => Array.from(document.querySelectorAll('video')).filter(v => !v.muted).map(v => ({
-  w: v.videoWidth, h: v.videoHeight,
-  frames: v.getVideoPlaybackQuality ? v.getVideoPlaybackQuality().totalVideoFrames : 0,
+# JS run in every frame: what each <video> of a role ("remote": another participant's tile,
+# marked by the page's companion; "self": one's own camera) is showing. A tile counts as
+# showing frames only while it plays: a paused element still decodes frames (its counters
+# grow) but the person sees a blank tile.
+VIDEOS_JS = """
+(role) => Array.from(document.querySelectorAll('video[data-vc="' + role + '"]')).map(v => ({
+  w: v.videoWidth, h: v.videoHeight, paused: v.paused, t: v.currentTime,
+  frames: (v.getVideoPlaybackQuality && !v.paused)
+    ? v.getVideoPlaybackQuality().totalVideoFrames : 0,
 }))
 """
 
@@ -233,8 +239,8 @@ PROGRESS_JS = """
   let last = -1;
   setInterval(() => {
     let n = 0;
-    for (const v of document.querySelectorAll('video')) {
-      if (!v.muted && v.getVideoPlaybackQuality) n += v.getVideoPlaybackQuality().totalVideoFrames;
+    for (const v of document.querySelectorAll('video[data-vc="remote"]')) {
+      if (!v.paused && v.getVideoPlaybackQuality) n += v.getVideoPlaybackQuality().totalVideoFrames;
     }
     if (last >= 0 && n > last) {
       window.__vcProgress.push(Date.now());
@@ -346,13 +352,30 @@ class Browser:
         shutil.rmtree(self._tmp, ignore_errors=True)
 
 
-def remote_videos(page: Any) -> list[dict[str, int]]:
-    """Remote video elements across all frames of a page (one per receiving tile)."""
-    out: list[dict[str, int]] = []
+def videos(page: Any, role: str) -> list[dict[str, Any]]:
+    """Video elements of `role` ("remote" or "self") across all frames of a page."""
+    out: list[dict[str, Any]] = []
     for frame in page.frames:
         with contextlib.suppress(Exception):
-            out.extend(frame.evaluate(REMOTE_VIDEO_JS))
+            out.extend(frame.evaluate(VIDEOS_JS, role))
     return out
+
+
+def remote_videos(page: Any) -> list[dict[str, Any]]:
+    """Remote video elements across all frames of a page (one per receiving tile)."""
+    return videos(page, "remote")
+
+
+def self_view(page: Any) -> dict[str, Any] | None:
+    """One's own camera tile, if the page shows one."""
+    own = videos(page, "self")
+    return own[0] if own else None
+
+
+def sound_state(page: Any) -> str | None:
+    """'playing', 'blocked' (the page shows "Enable sound") or None (nothing to play yet)."""
+    state: str | None = page.evaluate("() => window.__vcSound || null")
+    return state
 
 
 def decoded_frames(page: Any) -> int:

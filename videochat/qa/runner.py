@@ -88,8 +88,8 @@ FRAME_COUNT_JS = """
   window.__vcFc = [];
   setInterval(() => {
     let n = 0;
-    for (const v of document.querySelectorAll('video')) {
-      if (!v.muted && v.getVideoPlaybackQuality) n += v.getVideoPlaybackQuality().totalVideoFrames;
+    for (const v of document.querySelectorAll('video[data-vc="remote"]')) {
+      if (!v.paused && v.getVideoPlaybackQuality) n += v.getVideoPlaybackQuality().totalVideoFrames;
     }
     window.__vcFc.push([Date.now(), n]);
     if (window.__vcFc.length > 20000) window.__vcFc.shift();

@@ -117,10 +117,10 @@ def _call(rt: AppRuntime, me: Participant) -> None:
         left.subheader(f"Room {me.room}")
         left.caption(f"You are **{me.name}** · share: `?room={me.room}&join=1` "
                      "· no camera or permission denied? you still see and hear the others")
-        if right.button("Leave", type="primary", use_container_width=True):
+        if right.button("Leave", type="primary", width="stretch"):
             _leave(rt, me)
             return
-        if right.button("Add a bot", use_container_width=True,
+        if right.button("Add a bot", width="stretch",
                         help="A server-side participant with a moving test pattern and a tone"):
             try:
                 add_bot(rt, me.room, "bot")
@@ -153,6 +153,7 @@ def _grid(rt: AppRuntime, me: Participant) -> None:
         with webrtc.leg_container(webrtc.publish_key(me)):
             ctx = webrtc.publish(me, rt.settings)
         _register_leg(rt, me, ctx, "publish", None)
+        _media_switches(rt, me)
     for slot in _visible_slots(rt, me):
         if slot.index + 1 >= len(cells):
             break
@@ -161,6 +162,14 @@ def _grid(rt: AppRuntime, me: Participant) -> None:
             with webrtc.leg_container(webrtc.slot_key(me, slot)):
                 ctx = webrtc.subscribe(me, slot, rt.settings)
             _register_leg(rt, me, ctx, "subscribe", slot)
+
+
+def _media_switches(rt: AppRuntime, me: Participant) -> None:
+    cam, mic = st.columns(2)
+    # Off: the others see a black tile or hear silence, and their tile of you says so.
+    camera_on = cam.toggle("Camera", value=me.camera_on, key="vc-camera-on")
+    mic_on = mic.toggle("Mic", value=me.mic_on, key="vc-mic-on")
+    rt.registry.set_media(me.id, camera_on=camera_on, mic_on=mic_on)
 
 
 def _visible_slots(rt: AppRuntime, me: Participant) -> list[Slot]:
@@ -181,23 +190,31 @@ QUALITY_ICON = {"excellent": "🟢", "good": "🟢", "poor": "🟠", "lost": "�
 
 def _own_title(rt: AppRuntime, me: Participant) -> str:
     state = rt.supervisor.reconnect_state(me.id)
+    title = f"**{_md_text(me.name)}** (you)"
     if rt.supervisor.gave_up(me.id):
-        return f"**{_md_text(me.name)}** (you) · 🔴 could not reconnect"
+        return f"{title} · 🔴 could not reconnect"
     if state is not None and state.value != "connected":
-        return f"**{_md_text(me.name)}** (you) · 🟡 reconnecting…"
-    return f"**{_md_text(me.name)}** (you)"
+        return f"{title} · 🟡 reconnecting…"
+    return title
 
 
 def _tile_title(rt: AppRuntime, me: Participant, slot: Slot) -> str:
     """One line per tile (a fixed element count keeps the components mounted)."""
     publisher = rt.registry.find(slot.publisher_id)
     if publisher is None:
-        return "_waiting for someone to join…_"
+        # The warm spare connection: it is someone's tile only once someone joins.
+        room = rt.registry.room_of(me)
+        alone = room is None or len(room.participants) <= 1
+        return "_waiting for someone to join…_" if alone else "_free seat for the next person_"
     name = _md_text(publisher.name)
     if publisher.state == "reconnecting":
         return f"**{name}** · 🟡 reconnecting…"
     leg_id = _leg_id(me, slot)
     parts = [f"**{name}**"]
+    if not publisher.mic_on:
+        parts.append("🔇 muted")
+    if not publisher.camera_on:
+        parts.append("📷 camera off")
     quality = rt.supervisor.connection_quality(leg_id)
     level = rt.supervisor.quality_of(leg_id)
     sample = rt.sampler.latest(me.room).get(leg_id)

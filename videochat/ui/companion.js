@@ -1,11 +1,17 @@
 // Zero-height companion of the call page (same origin as the streamlit-webrtc iframes).
 // Loaded by videochat/ui/webrtc.py, which replaces __VC_CONFIG__ with
-// {"offerUrl": "...", "token": "..."}. Two jobs, both measured in docs/ARCHITECTURE.md:
+// {"offerUrl": "...", "token": "...", "camera": bool, "mic": bool}. Its jobs, each measured in
+// docs/ARCHITECTURE.md:
 //  1. auto-start: press each streamer's own Start button once per attempt, and again when
 //     the frontend has stopped a call (it never retries on its own);
 //  2. fast signalling: once a streamer's offer has gathered its candidates, POST it straight
 //     to the server and apply the answer, instead of waiting for two Streamlit reruns to carry
-//     offer and answer. The component's own path still runs; it simply finds the answer set.
+//     offer and answer. The component's own path still runs; it simply finds the answer set;
+//  3. playback without a gesture: remote video plays muted (always allowed), its audio plays
+//     through an <audio> element of the top page; where the browser refuses sound, an
+//     "Enable sound" button shows and the first gesture anywhere on the page retries;
+//  4. self view: one's own camera, mirrored and muted, in one's own tile, and the camera and
+//     microphone switches applied to the published tracks.
 (function () {
   const CFG = __VC_CONFIG__;
   const P = window.parent;
@@ -13,6 +19,7 @@
   // Shared across companion instances on this page, so no streamer is pressed twice.
   const seen = P.__vcStarts || (P.__vcStarts = new WeakMap());
   P.__vcFastLog = P.__vcFastLog || [];
+  const audios = P.__vcAudios || (P.__vcAudios = new Map());  // leg key -> <audio> in the top page
 
   function legKey(frame) {
     // Each streamer sits in a container keyed "vcleg-<streamer key>" (class st-key-vcleg-…).
@@ -71,6 +78,15 @@
     const W = frame.contentWindow;
     if (!W || W.__vcFast || !W.RTCPeerConnection) return;
     W.__vcFast = true;
+    const md = W.navigator.mediaDevices;
+    if (md && md.getUserMedia) {
+      // Keep the stream streamlit-webrtc asks for: the self view and the mute switches use it.
+      const gum = md.getUserMedia.bind(md);
+      md.getUserMedia = function (c) {
+        return gum(c).then(function (s) { W.__vcLocal = s; W.__vcLocalError = null; return s; },
+                           function (e) { W.__vcLocalError = e; throw e; });
+      };
+    }
     const proto = W.RTCPeerConnection.prototype;
     // Both paths may bring the (same) answer at about the same time; the second
     // setRemoteDescription would fail in state "stable", and a failure makes the component
@@ -98,14 +114,159 @@
     };
   }
 
+
+  // --- playback without a gesture -------------------------------------------------------------
+  function soundBox() {
+    let box = doc.getElementById('vc-sound');
+    if (box) return box;
+    box = doc.createElement('div');
+    box.id = 'vc-sound';
+    box.style.cssText = 'display:none';
+    const b = doc.createElement('button');
+    b.id = 'vc-enable-sound';
+    b.type = 'button';
+    b.textContent = '\uD83D\uDD07 Enable sound';
+    b.title = 'Your browser blocked sound until you interact with the page';
+    b.style.cssText = 'position:fixed;top:0.6rem;left:50%;transform:translateX(-50%);' +
+      'z-index:1000000;padding:0.5rem 1rem;border-radius:0.5rem;border:1px solid #f0b429;' +
+      'background:#fff8e1;color:#5c3c00;font:600 15px sans-serif;cursor:pointer;' +
+      'box-shadow:0 2px 8px rgba(0,0,0,.2)';
+    b.addEventListener('click', retrySound);
+    box.appendChild(b);
+    doc.body.appendChild(box);
+    return box;
+  }
+
+  function setSound(state) {
+    P.__vcSound = state;  // 'playing' | 'blocked' (read by the tests)
+    const box = soundBox();
+    box.style.display = state === 'blocked' ? 'block' : 'none';
+  }
+
+  function playAudio(a) {
+    return a.play().then(function () {
+      if (P.__vcSound !== 'blocked' || allPlaying()) setSound('playing');
+    }, function (e) {
+      if (e && e.name === 'NotAllowedError') setSound('blocked');
+    });
+  }
+
+  function allPlaying() {
+    for (const a of audios.values()) if (a.srcObject && a.paused) return false;
+    return true;
+  }
+
+  function retrySound() {
+    for (const a of audios.values()) if (a.srcObject && a.paused) playAudio(a);
+  }
+
+  // The first gesture anywhere (the top page or any same-origin frame) unlocks sound.
+  function listenForGesture(target) {
+    if (!target || target.__vcGesture) return;
+    target.__vcGesture = true;
+    ['pointerdown', 'keydown', 'touchend'].forEach(function (t) {
+      target.addEventListener(t, function () { if (P.__vcSound === 'blocked') retrySound(); },
+                              true);
+    });
+  }
+  listenForGesture(doc);
+
+  function tileNote(d, text) {
+    let n = d.getElementById('vc-note');
+    if (!text) { if (n) n.remove(); return; }
+    if (!n) {
+      n = d.createElement('div');
+      n.id = 'vc-note';
+      n.style.cssText = 'font:14px sans-serif;color:#555;padding:4px 2px';
+      d.body.insertBefore(n, d.body.firstChild);
+    }
+    if (n.textContent !== text) n.textContent = text;
+  }
+
+  function remoteMedia(key, d) {
+    const v = d.querySelector('video');
+    if (!v) return;
+    v.dataset.vc = 'remote';
+    // Muted video may always autoplay; the sound goes through its own element below.
+    if (!v.muted) v.muted = true;
+    const stream = v.srcObject;
+    if (stream && v.paused && !v.__vcPlaying) {
+      v.__vcPlaying = true;
+      v.play().then(function () { tileNote(d, ''); },
+                    function () { tileNote(d, 'Video paused by the browser: click to play'); })
+        .finally(function () { v.__vcPlaying = false; });
+      v.onclick = function () { v.play().catch(function () {}); };
+    }
+    const tracks = stream ? stream.getAudioTracks() : [];
+    const id = tracks.map(function (t) { return t.id; }).join(',');
+    let a = audios.get(key);
+    if (!a) {
+      a = doc.createElement('audio');
+      a.dataset.vcLeg = key;
+      a.autoplay = true;
+      soundBox().appendChild(a);
+      audios.set(key, a);
+    }
+    if (a.__vcTracks !== id) {
+      a.__vcTracks = id;
+      a.srcObject = tracks.length ? new P.MediaStream(tracks) : null;
+      if (tracks.length) playAudio(a);
+    } else if (tracks.length && a.paused && P.__vcSound !== 'blocked') {
+      playAudio(a);
+    }
+  }
+
+  function forgetGoneLegs(live) {
+    for (const [key, a] of audios) {
+      if (!live.has(key)) { a.srcObject = null; a.remove(); audios.delete(key); }
+    }
+  }
+
+  // --- self view and mute switches ---------------------------------------------------------
+  function selfView(f, d) {
+    const W = f.contentWindow;
+    const s = W && W.__vcLocal;
+    const cams = s ? s.getVideoTracks() : [];
+    if (s) {
+      cams.forEach(function (t) { t.enabled = CFG.camera !== false; });
+      s.getAudioTracks().forEach(function (t) { t.enabled = CFG.mic !== false; });
+    }
+    let sv = d.querySelector('video[data-vc="self"]');
+    if (!cams.length) {
+      if (sv) sv.remove();
+      const err = W && W.__vcLocalError;
+      if (err) tileNote(d, 'No camera or microphone (' + (err.name || err) + '): ' +
+                           'you still see and hear the others');
+      else if (s) tileNote(d, 'No camera: the others hear you');
+      return;
+    }
+    if (!sv) {
+      sv = d.createElement('video');
+      sv.dataset.vc = 'self';
+      sv.muted = true;
+      sv.autoplay = true;
+      sv.playsInline = true;
+      sv.style.cssText = 'width:100%;transform:scaleX(-1);border-radius:0.5rem;background:#000';
+      d.body.insertBefore(sv, d.body.firstChild);
+    }
+    if (sv.srcObject !== s) sv.srcObject = s;
+    if (sv.paused) sv.play().catch(function () {});
+    tileNote(d, CFG.camera === false ? 'Camera off: the others see a black tile' : '');
+  }
+
   function tick() {
     const now = Date.now();
+    const live = new Set();
     doc.querySelectorAll('iframe').forEach(function (f) {
       const title = (f.title || '') + ' ' + (f.src || '');
       if (title.indexOf('webrtc_streamer') < 0) return;
       let d;
       try { d = f.contentDocument; } catch (e) { return; }
       if (!d || !d.body) return;
+      listenForGesture(d);
+      const key = legKey(f);
+      if (key && key.indexOf('sub-') === 0) { live.add(key); remoteMedia(key, d); }
+      if (key && key.indexOf('pub-') === 0) selfView(f, d);
       if (!d.getElementById('vc-style')) {
         const s = d.createElement('style');
         s.id = 'vc-style';
@@ -135,6 +296,7 @@
       }
       seen.set(f, st);
     });
+    forgetGoneLegs(live);
   }
   tick();
   setInterval(tick, 50);

@@ -12,7 +12,6 @@ import json
 import time
 
 import streamlit as st
-import streamlit.components.v1 as components
 
 from videochat.turn import check_config_blocking
 from videochat.ui.state import AppRuntime
@@ -80,7 +79,7 @@ def render_precall(rt: AppRuntime) -> None:
                        "(ICE gathering, TURN) before you join.")
             return
         config = rt.settings.rtc_configuration(user="precall")
-        components.html(_JS.replace("__CONFIG__", json.dumps(config)), height=110)
+        st.iframe(_JS.replace("__CONFIG__", json.dumps(config)), height=110, alt="pre-call check")
         turn = rt.settings.turn()
         if not turn.urls:
             st.caption("Server side: no TURN server configured (VIDEOCHAT_TURN_URLS).")

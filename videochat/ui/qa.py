@@ -149,7 +149,7 @@ def _verdicts(doc: dict[str, Any]) -> None:
     (st.success if doc.get("passed") else st.error)(
         f"{doc['scenario']['name']}: {'passed' if doc.get('passed') else 'FAILED'}")
     if rows:
-        st.dataframe(rows, hide_index=True, use_container_width=True)
+        st.dataframe(rows, hide_index=True, width="stretch")
     for note in doc.get("notes") or []:
         st.caption(note)
 
@@ -187,7 +187,7 @@ def _history() -> None:
              "failed objectives": ", ".join(a["name"] for a in r.get("assertions", [])
                                             if not a["passed"]) or r.get("error") or ""}
             for r in runs]
-    st.dataframe(rows, hide_index=True, use_container_width=True)
+    st.dataframe(rows, hide_index=True, width="stretch")
     run_id = st.selectbox("Open a run", [r["run_id"] for r in runs])
     if not run_id:
         return

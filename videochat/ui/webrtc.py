@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Any
 
 import streamlit as st
-import streamlit.components.v1 as components
 import streamlit_webrtc.component as _component
 from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.contrib.media import MediaRelay
@@ -331,7 +330,8 @@ def subscribe(
         media_stream_constraints=SUBSCRIBE_CONSTRAINTS,
         source_video_track=slot.video,
         source_audio_track=slot.audio,
-        video_html_attrs=TILE_VIDEO_ATTRS,
+        # Muted video may autoplay without a gesture; the companion plays the sound apart.
+        video_html_attrs={**TILE_VIDEO_ATTRS, "muted": True},
         desired_playing_state=None,
         media_toggle_controls=False,
     )
@@ -355,11 +355,13 @@ _COMPANION_JS = (Path(__file__).with_name("companion.js")).read_text(encoding="u
 
 
 def autostart_companion(participant: Participant) -> None:
-    """Press each streamer's Start as soon as it appears (restarting a stopped call), and
-    signal its offer over the fast path."""
-    config = {"offerUrl": offer_url(), "token": token_for(participant.id)}
+    """Press each streamer's Start as soon as it appears (restarting a stopped call), signal
+    its offer over the fast path, play remote media without a gesture, show the self view and
+    apply the camera and microphone switches."""
+    config = {"offerUrl": offer_url(), "token": token_for(participant.id),
+              "camera": participant.camera_on, "mic": participant.mic_on}
     script = _COMPANION_JS.replace("__VC_CONFIG__", json.dumps(config))
-    components.html(f"<script>{script}</script>", height=0)
+    st.iframe(f"<script>{script}</script>", height=1, alt="call companion")
 
 
 def leg_container(key: str) -> Any:
