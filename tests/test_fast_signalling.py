@@ -88,7 +88,7 @@ def test_concurrent_offers_share_the_streamers_lock(streamer: Any) -> None:
 
 
 def client() -> TestClient:
-    app = Starlette(routes=[Route(webrtc.offer_url(), webrtc._offer_endpoint,
+    app = Starlette(routes=[Route(webrtc.offer_url(), webrtc.offer_endpoint,
                                   methods=["POST"])])
     return TestClient(app, base_url="http://127.0.0.1:8501")
 

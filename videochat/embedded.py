@@ -86,6 +86,10 @@ class ServerProcess:
         return self.proc.pid if self.proc else None
 
     def start(self) -> None:
+        self.spawn()
+        self.wait_ready()
+
+    def spawn(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir / f"{self.kind}.log", "ab")  # noqa: SIM115 - child owns it
         self.proc = subprocess.Popen(
@@ -97,6 +101,9 @@ class ServerProcess:
             start_new_session=True,
         )
         log.close()
+
+    def wait_ready(self) -> None:
+        assert self.proc is not None, "spawn() first"
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -242,6 +249,7 @@ class EmbeddedServers:
         out: dict[str, Endpoint] = {}
         with _locked(self.state_dir / "servers.lock"):
             known = self._read()
+            starting: list[tuple[str, ServerProcess]] = []
             for name, cls in wanted:
                 entry = known.get(name, {})
                 pid, port = entry.get("pid"), entry.get("port")
@@ -251,8 +259,16 @@ class EmbeddedServers:
                         out[name] = Endpoint(name, probe.url, pid, owned=False)
                         continue
                 server = cls(self.state_dir / name)
-                server.start()
+                server.spawn()  # both start at once: SecantusDB alone takes 1-2 s
                 self._owned.append(server)
+                starting.append((name, server))
+            for name, server in starting:
+                try:
+                    server.wait_ready()
+                except EmbeddedServerError:
+                    for _, other in starting:  # never leave the other one running unowned
+                        other.kill()
+                    raise
                 known[name] = {"pid": server.pid, "port": server.port}
                 out[name] = Endpoint(name, server.url, server.pid or 0, owned=True)
             self.discovery.write_text(json.dumps(known))

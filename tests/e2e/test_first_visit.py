@@ -81,7 +81,7 @@ def test_two_links_opened_at_once_on_a_fresh_app_play_untouched(
         assert not button.is_visible()
         # Any gesture anywhere on the page unlocks it too, not only the button.
         bob.get_by_text("Chat").first.click()
-        wait_for(lambda: sound_state(bob) == "playing", 5, "bob's sound after a click elsewhere")
+        wait_for(lambda: sound_state(bob) == "playing", 10, "bob's sound after a click elsewhere")
     finally:
         ana.context.close()
         bob.context.close()

@@ -131,7 +131,8 @@
       'z-index:1000000;padding:0.5rem 1rem;border-radius:0.5rem;border:1px solid #f0b429;' +
       'background:#fff8e1;color:#5c3c00;font:600 15px sans-serif;cursor:pointer;' +
       'box-shadow:0 2px 8px rgba(0,0,0,.2)';
-    b.addEventListener('click', retrySound);
+    // Through P: a companion frame replaced on a rerun takes its functions with it.
+    b.addEventListener('click', function () { P.__vcRetrySound(); });
     box.appendChild(b);
     doc.body.appendChild(box);
     return box;
@@ -160,13 +161,16 @@
     for (const a of audios.values()) if (a.srcObject && a.paused) playAudio(a);
   }
 
-  // The first gesture anywhere (the top page or any same-origin frame) unlocks sound.
+  // The first gesture anywhere (the top page or any same-origin frame) unlocks sound. The
+  // listeners stay with the documents; they call whichever companion is current.
+  P.__vcRetrySound = retrySound;
   function listenForGesture(target) {
     if (!target || target.__vcGesture) return;
     target.__vcGesture = true;
     ['pointerdown', 'keydown', 'touchend'].forEach(function (t) {
-      target.addEventListener(t, function () { if (P.__vcSound === 'blocked') retrySound(); },
-                              true);
+      target.addEventListener(t, function () {
+        if (P.__vcSound === 'blocked' && P.__vcRetrySound) P.__vcRetrySound();
+      }, true);
     });
   }
   listenForGesture(doc);

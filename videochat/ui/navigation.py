@@ -9,10 +9,12 @@ Two things lost a link's query string on a fresh process (an empty join form in 
 starts with two links opened at once, issue 13), both handled here:
 - The rerun is decided per *run*, not by the process-wide flag: the second tab's run may have
   started under the legacy navigation after the first tab flipped the flag; rendered as is, its
-  frontend later rewrote the URL without the query.
-- After the switch, the frontend sends one more rerun with an *empty* query string although the
-  URL still holds it (seen in 6 of 6 fresh starts): the link is kept in the session for a few
-  seconds and put back on such a run.
+  frontend later rewrote the URL without the query. (The server's start-up hook now switches
+  to v2 before any tab connects, `use_v2_from_start`; this stays for a server started without.)
+- Soon after a session's first run, the frontend sends one more rerun with an *empty* query
+  string although the URL still holds it (seen in 6 of 6 fresh starts, and on tabs that
+  reconnect to a restarted server, where it showed the empty form): the session's first query
+  is kept for a few seconds and put back on such a run.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-_PENDING_KEY = "vc_link_before_v2"
+_PENDING_KEY = "vc_first_link"
+_SEEN_KEY = "vc_session_seen"
 # The stray empty rerun follows the switch within a second or two; a bare URL opened later is
 # the person's own choice.
 KEEP_LINK_S = 15.0
@@ -41,13 +44,22 @@ def _legacy_run() -> bool:
                for p in ctx.pages_manager.get_pages().values())
 
 
+def use_v2_from_start() -> None:
+    """Called at server start-up (videochat/ui/server.py), before any tab connects: no run
+    ever starts under the legacy navigation. `ensure_v2` still covers a server started without
+    that hook."""
+    PagesManager.uses_pages_directory = False
+
+
 def ensure_v2() -> None:
     PagesManager.uses_pages_directory = False
     ctx = get_script_run_ctx()
     query = ctx.query_string if ctx is not None else ""
-    if _legacy_run():
+    if _SEEN_KEY not in st.session_state:  # this session's first run
+        st.session_state[_SEEN_KEY] = True
         if query:
             st.session_state[_PENDING_KEY] = (query, time.monotonic())
+    if _legacy_run():
         st.rerun()  # through app.py, with this run's query string
     pending = st.session_state.get(_PENDING_KEY)
     if pending is None:

@@ -32,22 +32,15 @@ from videochat.services import Services
 from videochat.settings import Settings
 from videochat.stats import MetricSample, Sampler
 from videochat.supervisor import CallSupervisor
-from videochat.ui import wake, webrtc
+from videochat.ui import wake
+from videochat.ui.cached import get_services, get_settings
+
+__all__ = ["AppRuntime", "emit", "get_runtime", "get_services", "get_settings"]
 
 logger = logging.getLogger(__name__)
 
 STALLED_AFTER_S = 60.0  # a server connection that has not connected by then is nobody's
 STUN_RETRY_CAP_S = 0.5  # see videochat/ice.py: rebuilt legs connect soon after a path returns
-
-
-@st.cache_resource
-def get_settings() -> Settings:
-    return Settings.load()
-
-
-@st.cache_resource
-def get_services() -> Services:
-    return Services.from_settings(get_settings())
 
 
 @dataclass
@@ -196,7 +189,6 @@ def get_runtime() -> AppRuntime:
     from videochat.bots import start_bot_plane
 
     start_bot_plane(services.redis, registry, loop, node)
-    webrtc.install_offer_route()  # finds Streamlit's app among gc-tracked objects: before freeze
     # Start-up objects (Streamlit, aiortc, our services: ~167k) out of the collector's view:
     # a full collection over them took 83 ms, a stall every chat message and frame then waits on.
     gc.collect()

@@ -18,7 +18,7 @@ What we replace, and why (measured figures in docs/ARCHITECTURE.md):
 - **Signalling latency.** An offer reaches the server, and its answer the browser, only
   through component values and two script reruns: 0.8–2.5 s per leg on this 2-core box,
   most of a join's time. The companion also POSTs each offer (once its candidates are
-  gathered) to `/_vc/offer`, a route we add to Streamlit's Starlette app; the handler runs
+  gathered) to `/_vc/offer`, a route the app declares (videochat/ui/server.py); the handler runs
   the very worker factory streamlit-webrtc built for that streamer, under its own lock, and
   returns the answer, which the companion applies. streamlit-webrtc's own path still runs
   and finds the worker (and the answer) already there. Offers are accepted only with the
@@ -33,7 +33,6 @@ import hmac
 import json
 import logging
 import secrets
-import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -47,8 +46,6 @@ from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.contrib.media import MediaRelay
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
-from streamlit import config as st_config
 from streamlit.runtime import Runtime
 from streamlit_webrtc import WebRtcMode, WebRtcStreamerContext, webrtc_streamer
 from streamlit_webrtc.component import WebRtcStreamerState
@@ -57,6 +54,7 @@ from streamlit_webrtc.relay import _SERVER_GLOBAL_RELAY_ATTR_NAME_
 
 from videochat.participant import Participant, Slot
 from videochat.settings import Settings
+from videochat.ui.server import offer_url
 
 logger = logging.getLogger(__name__)
 
@@ -112,10 +110,22 @@ def _get_or_create_context(key: str) -> Any:
 
 def install() -> None:
     """Apply our replacements (idempotent; needs the Streamlit runtime). The offer route is
-    installed by videochat.ui.state before it freezes the collector (see install_offer_route)."""
+    declared with the app (videochat/ui/server.py)."""
     _component._get_or_create_context = _get_or_create_context
     _component._handle_worker_lifecycle = _handle_worker_lifecycle
+    register_component()
     install_bounded_relay()
+
+
+def register_component() -> None:
+    """Serve streamlit-webrtc's component. It is declared when streamlit_webrtc is imported, and
+    Streamlit registers a declared component only if that import happens inside a script run;
+    the app now imports it at start-up, outside any run (videochat/ui/server.py), and an
+    unregistered component answers 404: blank tiles."""
+    registry = Runtime.instance().component_registry
+    component = _component._component_func
+    if registry.get_component(component.name) is None:
+        registry.register_component(component)
 
 
 def install_bounded_relay() -> None:
@@ -129,7 +139,6 @@ def install_bounded_relay() -> None:
 
 # --- fast signalling ------------------------------------------------------------------------
 
-OFFER_PATH = "_vc/offer"
 MAX_SDP_CHARS = 64_000
 _original_handle_worker_lifecycle = _component._handle_worker_lifecycle
 
@@ -142,9 +151,6 @@ class _Streamer:
 
 _streamers: dict[str, _Streamer] = {}
 _tokens: dict[str, str] = {}  # participant id prefix (as in the streamer keys) -> token
-_route_lock = threading.Lock()
-_route_installed = False
-_route_tried = False
 fast_answers = 0  # offers answered over the fast path (read by tests)
 
 
@@ -175,11 +181,6 @@ def forget_streamers(participant_id: str) -> None:
     _tokens.pop(prefix, None)
     for key in [k for k in _streamers if _owner(k) == prefix]:
         del _streamers[key]
-
-
-def offer_url() -> str:
-    base = str(st_config.get_option("server.baseUrlPath") or "").strip("/")
-    return f"/{base}/{OFFER_PATH}" if base else f"/{OFFER_PATH}"
 
 
 def _ufrag(sdp: str) -> str | None:
@@ -221,7 +222,7 @@ def _same_origin(request: Request) -> bool:
     return origin.split("://", 1)[-1] == request.headers.get("host", "")
 
 
-async def _offer_endpoint(request: Request) -> Response:
+async def offer_endpoint(request: Request) -> Response:
     global fast_answers
     started = time.perf_counter()
     if not _same_origin(request):
@@ -255,44 +256,6 @@ async def _offer_endpoint(request: Request) -> Response:
     logger.debug("answered %s over the fast path in %.0f ms", key,
                  (time.perf_counter() - started) * 1000)
     return JSONResponse(answer)
-
-
-def _starlette_app() -> Any:
-    import gc
-
-    from starlette.applications import Starlette
-
-    apps = []
-    for obj in gc.get_objects():
-        if type(obj) in weakref.ProxyTypes:
-            continue  # isinstance() on a dead proxy raises
-        if isinstance(obj, Starlette):
-            apps.append(obj)
-    return apps[0] if len(apps) == 1 else None
-
-
-def install_offer_route() -> bool:
-    """Add POST /_vc/offer to Streamlit's own Starlette app (tried once per process).
-
-    The app is found among the objects the collector tracks, so this must run before
-    `gc.freeze()` hides the start-up objects (videochat.ui.state calls it just before)."""
-    global _route_installed, _route_tried
-    with _route_lock:
-        if _route_installed or _route_tried:
-            return _route_installed
-        _route_tried = True
-        try:
-            app = _starlette_app()
-        except Exception:  # never break the page: the component path still signals
-            logger.exception("looking for Streamlit's Starlette app failed")
-            app = None
-        if app is None:
-            logger.warning("Streamlit's Starlette app not found: offers take the slow path")
-            return False
-        app.router.routes.insert(0, Route(offer_url(), _offer_endpoint, methods=["POST"]))
-        _route_installed = True
-        logger.info("fast signalling route %s installed", offer_url())
-        return True
 
 
 def publish_key(participant: Participant) -> str:

@@ -1,0 +1,80 @@
+"""The server side of the app that is not a page: start-up, shut-down, and our one route.
+
+`streamlit run app.py` finds the `st.App` that app.py declares and serves it with uvicorn.
+That gives the app what a plain script never had (measured on a fresh process, issue 13):
+- **A start-up hook.** The multipage mode is fixed to `st.navigation` before any tab connects
+  (a first visit no longer runs the legacy `pages/` navigation at all), and the process-wide
+  runtime (embedded Valkey and SecantusDB, the media loop's services) is built in the
+  background right away instead of inside the first visitor's script run: that run imported
+  and started everything (≈3 s) before the call could begin.
+- **A declared route** for fast signalling (`POST /_vc/offer`), instead of finding Streamlit's
+  Starlette app among the objects the garbage collector tracks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from streamlit import config as st_config
+
+from videochat.ui import navigation
+
+logger = logging.getLogger(__name__)
+
+OFFER_PATH = "_vc/offer"
+
+
+def offer_url() -> str:
+    base = str(st_config.get_option("server.baseUrlPath") or "").strip("/")
+    return f"/{base}/{OFFER_PATH}" if base else f"/{OFFER_PATH}"
+
+
+async def _offer(request: Request) -> Response:
+    # Imported on first use: streamlit-webrtc declares its component when imported, and a
+    # component declared before the runtime exists is never served (blank tiles, seen here).
+    from videochat.ui.webrtc import offer_endpoint
+
+    return await offer_endpoint(request)
+
+
+def routes() -> list[Route]:
+    """Declared with the app (app.py): loaded before Streamlit's runtime exists, so nothing
+    here may import streamlit-webrtc."""
+    return [Route(offer_url(), _offer, methods=["POST"])]
+
+
+def _warm_up(build: Callable[[], object]) -> None:
+    try:
+        build()
+    except Exception:  # noqa: BLE001 - the first page run builds it again and shows the error
+        logger.exception("building the app runtime at start-up failed")
+
+
+def _build_runtime() -> object:
+    # Imported here: the media stack's module graph (aiortc, av, the services) loads in this
+    # thread while the server already answers.
+    from videochat.ui import webrtc
+    from videochat.ui.state import get_runtime
+
+    webrtc.register_component()
+    return get_runtime()
+
+
+@asynccontextmanager
+async def lifespan(app: Any) -> AsyncIterator[None]:
+    navigation.use_v2_from_start()
+    from videochat.ui.cached import get_services
+
+    # Not awaited: the server answers (health, the first page) while these run. The embedded
+    # servers start at once, beside the imports; the runtime's build, and any page run that
+    # needs it meanwhile, wait on the same cached objects.
+    for name, build in (("warm-up-backends", get_services), ("warm-up", _build_runtime)):
+        threading.Thread(target=_warm_up, args=(build,), name=name, daemon=True).start()
+    yield
