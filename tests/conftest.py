@@ -10,8 +10,8 @@ import pymongo
 import pytest
 import redis
 
-from videochat.embedded import SecantusProcess, ValkeyProcess
-from videochat.services import mongo_client, redis_client
+from videochat.backends.embedded import SecantusProcess, ValkeyProcess
+from videochat.backends.services import mongo_client, redis_client
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,9 @@ import pytest
 import redis
 from pymongo.uri_parser import parse_uri
 
-from videochat.access import (
+from videochat.backends.embedded import SecantusProcess, ValkeyProcess, free_port
+from videochat.backends.services import mongo_client, redis_client
+from videochat.call.access import (
     BackendUrl,
     RoomAccess,
     describe_backend_url,
@@ -37,7 +39,6 @@ from videochat.access import (
     require_admin,
     verify_passcode,
 )
-from videochat.embedded import SecantusProcess, ValkeyProcess, free_port
 from videochat.exceptions import (
     AccessDenied,
     BackendUnavailable,
@@ -45,7 +46,6 @@ from videochat.exceptions import (
     RateLimited,
     ValidationError,
 )
-from videochat.services import mongo_client, redis_client
 from videochat.settings import Settings
 
 # --- passcode hashing ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from av import AudioFrame, VideoFrame
 
-from videochat.bot import (
+from videochat.media.bot_tracks import (
     AUDIO_RATE,
     BotAudioTrack,
     BotVideoTrack,

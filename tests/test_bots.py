@@ -10,9 +10,16 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from videochat.bots import BotConsumer, BotControl, BotHost, add_bot, relay_latency, start_bot_plane
+from videochat.bots.host import (
+    BotConsumer,
+    BotControl,
+    BotHost,
+    add_bot,
+    relay_latency,
+    start_bot_plane,
+)
 from videochat.exceptions import BackendUnavailable, NotFound, ValidationError
-from videochat.room import RoomRegistry
+from videochat.media.room import RoomRegistry
 
 
 @pytest.fixture

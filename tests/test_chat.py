@@ -10,15 +10,15 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from videochat.chat import ChatMessage, ChatRateLimiter, sanitize_text
-from videochat.embedded import free_port
+from videochat.backends.embedded import free_port
+from videochat.backends.services import redis_client
+from videochat.chat.message import ChatMessage, ChatRateLimiter, sanitize_text
 from videochat.exceptions import (
     InvalidChatMessage,
     InvalidDisplayName,
     InvalidRoomName,
     RateLimited,
 )
-from videochat.services import redis_client
 
 ORIGIN = "0123456789abcdef"
 

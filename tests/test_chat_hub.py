@@ -9,10 +9,10 @@ from typing import Any
 
 import redis
 
-from videochat.chat_hub import ChatHub
-from videochat.chat_ledger import read_ledger, stream_key
-from videochat.chat_persister import ChatPersister
-from videochat.chat_queue import ChatQueue
+from videochat.chat.hub import ChatHub
+from videochat.chat.ledger import read_ledger, stream_key
+from videochat.chat.persister import ChatPersister
+from videochat.chat.queue import ChatQueue
 
 ROOM = "lobby"
 

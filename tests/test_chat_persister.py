@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 import redis
 
-from videochat.chat import ChatMessage
-from videochat.chat_ledger import (
+from videochat.chat.ledger import (
     COLLECTION,
     GROUP,
     audit_room,
@@ -17,8 +16,9 @@ from videochat.chat_ledger import (
     read_ledger,
     stream_key,
 )
-from videochat.chat_persister import ChatPersister
-from videochat.chat_queue import ChatQueue
+from videochat.chat.message import ChatMessage
+from videochat.chat.persister import ChatPersister
+from videochat.chat.queue import ChatQueue
 
 ROOM = "retro"
 

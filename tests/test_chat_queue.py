@@ -15,14 +15,14 @@ from typing import Any
 import pytest
 import redis
 
-from videochat.chat import ChatMessage
-from videochat.chat_hub import ChatHub
-from videochat.chat_ledger import COLLECTION, audit_room, read_ledger, stream_key
-from videochat.chat_persister import ChatPersister
-from videochat.chat_queue import ChatQueue
-from videochat.embedded import ValkeyProcess
+from videochat.backends.embedded import ValkeyProcess
+from videochat.backends.services import redis_client
+from videochat.chat.hub import ChatHub
+from videochat.chat.ledger import COLLECTION, audit_room, read_ledger, stream_key
+from videochat.chat.message import ChatMessage
+from videochat.chat.persister import ChatPersister
+from videochat.chat.queue import ChatQueue
 from videochat.exceptions import BackendUnavailable, InvalidChatMessage
-from videochat.services import redis_client
 
 ROOM = "standup"
 SENDERS = [("alice", "Alice"), ("bob", "Bob")]

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import redis
 
-from videochat.chat_ledger import audit_room
-from videochat.chat_queue import ChatQueue
-from videochat.chat_service import ChatService
-from videochat.embedded import SecantusProcess, ValkeyProcess
+from videochat.backends.embedded import SecantusProcess, ValkeyProcess
+from videochat.chat.ledger import audit_room
+from videochat.chat.queue import ChatQueue
+from videochat.chat.service import ChatService
 from videochat.exceptions import RateLimited
 from videochat.settings import Settings
 
@@ -47,7 +47,7 @@ def test_persister_worker_process(
 ) -> None:
     env = {**os.environ, "REDIS_URL": valkey_server.url, "MONGODB_URI": secantus_server.url,
            "VIDEOCHAT_DB": mongo_db.name, "VIDEOCHAT_LOG_LEVEL": "WARNING"}
-    worker = subprocess.Popen([sys.executable, "-m", "videochat.chat_persister"], env=env,
+    worker = subprocess.Popen([sys.executable, "-m", "videochat.chat.persister"], env=env,
                               cwd=REPO)
     queue = ChatQueue(redis_conn, mongo_db)
     try:

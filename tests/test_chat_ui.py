@@ -8,11 +8,11 @@ from typing import Any
 import redis
 from streamlit.testing.v1 import AppTest
 
-from videochat.chat import ChatRateLimiter
-from videochat.chat_hub import ChatHub
-from videochat.chat_queue import ChatQueue
-from videochat.embedded import free_port
-from videochat.services import redis_client
+from videochat.backends.embedded import free_port
+from videochat.backends.services import redis_client
+from videochat.chat.hub import ChatHub
+from videochat.chat.message import ChatRateLimiter
+from videochat.chat.queue import ChatQueue
 
 ROOM = "ui-room"
 EVIL = "<script>alert(1)</script> **bold** <img src=x onerror=alert(2)>"

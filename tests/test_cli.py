@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from videochat.embedded import SecantusProcess, ValkeyProcess
-from videochat.fault_control import ACTIVE, FaultConsumer
-from videochat.injector import FaultManager
-from videochat.presence import Presence
-from videochat.services import redis_client
+from videochat.backends.embedded import SecantusProcess, ValkeyProcess
+from videochat.backends.services import redis_client
+from videochat.call.presence import Presence
+from videochat.faults.control import ACTIVE, FaultConsumer
+from videochat.faults.injector import FaultManager
 
 REPO = Path(__file__).resolve().parents[1]
 

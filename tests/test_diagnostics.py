@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from pymongo.database import Database
 
-from videochat.diagnostics import (
+from videochat.events import CallEvent
+from videochat.exceptions import ValidationError
+from videochat.metrics.diagnostics import (
     Selection,
     badge_text,
     bands,
@@ -29,10 +31,8 @@ from videochat.diagnostics import (
     to_csv,
     to_json,
 )
-from videochat.events import CallEvent
-from videochat.exceptions import ValidationError
-from videochat.metrics_store import MetricsStore
-from videochat.stats import MetricSample
+from videochat.metrics.stats import MetricSample
+from videochat.metrics.store import MetricsStore
 
 Db = Database[dict[str, Any]]
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -57,7 +57,7 @@ def filled(secantus_server: Any) -> Iterator[Db]:
     """Six minutes of a two-person call (4 legs), with events, in a module-wide database."""
     import uuid
 
-    from videochat.services import mongo_client
+    from videochat.backends.services import mongo_client
 
     client = mongo_client(secantus_server.url)
     db = client["diag_" + uuid.uuid4().hex[:10]]

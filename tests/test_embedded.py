@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from videochat.embedded import EmbeddedServers, pid_alive
-from videochat.services import Services
+from videochat.backends.embedded import EmbeddedServers, pid_alive
+from videochat.backends.services import Services
 from videochat.settings import Settings
 
 
@@ -25,7 +25,8 @@ def test_embedded_servers_start_persist_and_are_shared(state_dir: Path) -> None:
         # Another process from the same folder reuses the same servers instead of starting new ones.
         mapping = {"VIDEOCHAT_STATE_DIR": str(state_dir)}
         code = (
-            "from videochat.services import Services; from videochat.settings import Settings;"
+            "from videochat.backends.services import Services;"
+            "from videochat.settings import Settings;"
             f"s=Services.from_settings(Settings.from_mapping({mapping!r}));"
             "print(s.redis.get('k'), s.db.things.find_one({'_id': 1})['x'], s.redis_url)"
         )
@@ -66,7 +67,7 @@ def test_running_reads_the_discovery_file(tmp_path: Path) -> None:
     import json
     import os
 
-    from videochat.embedded import EmbeddedServers
+    from videochat.backends.embedded import EmbeddedServers
 
     servers = EmbeddedServers(tmp_path)
     assert servers.running() is False  # nothing started here yet

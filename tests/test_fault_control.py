@@ -15,10 +15,11 @@ import pytest
 import redis
 
 from tests.test_injector import Call, loopback_ice  # noqa: F401 - fixture re-used
-from videochat.embedded import SecantusProcess, ValkeyProcess
+from videochat.backends.embedded import SecantusProcess, ValkeyProcess
+from videochat.backends.services import redis_client
 from videochat.events import CallEvent, EventBus
 from videochat.exceptions import InvalidFaultCommand
-from videochat.fault_control import (
+from videochat.faults.control import (
     ACTIVE,
     STREAM,
     FaultConsumer,
@@ -26,9 +27,8 @@ from videochat.fault_control import (
     OutageController,
     start_fault_plane,
 )
-from videochat.faults import parse_fault
-from videochat.injector import FaultManager
-from videochat.services import redis_client
+from videochat.faults.injector import FaultManager
+from videochat.faults.model import parse_fault
 
 
 @pytest.fixture

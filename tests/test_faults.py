@@ -11,10 +11,11 @@ import redis
 from hypothesis import given
 from hypothesis import strategies as st_h
 
-from videochat.embedded import SecantusProcess, ValkeyProcess
+from videochat.backends.embedded import SecantusProcess, ValkeyProcess
+from videochat.call.presence import Presence
 from videochat.exceptions import InvalidFaultCommand, ValidationError
-from videochat.fault_control import ACTIVE, FaultControl
-from videochat.faults import (
+from videochat.faults.control import ACTIVE, FaultControl
+from videochat.faults.model import (
     ALL_ROOMS,
     FAULT_KINDS,
     PRESETS,
@@ -24,7 +25,6 @@ from videochat.faults import (
     fault_to_dict,
     parse_fault,
 )
-from videochat.presence import Presence
 
 # --- value objects ---------------------------------------------------------------------------
 

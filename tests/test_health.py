@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 from aiortc import RTCPeerConnection
 
-from videochat.embedded import SecantusProcess
-from videochat.health import (
+from videochat.backends.embedded import SecantusProcess
+from videochat.backends.services import mongo_client
+from videochat.media.legs import LegRegistry, MediaLeg
+from videochat.metrics.process_health import (
     COLLECTION,
     HealthSeries,
     ProcessHealth,
@@ -24,8 +26,6 @@ from videochat.health import (
     stalled_peer_connections,
     track_peer_connections,
 )
-from videochat.legs import LegRegistry, MediaLeg
-from videochat.services import mongo_client
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import aioice.ice
 import aioice.stun
 import pytest
 
-from videochat import ice
+from videochat.media import ice
 
 
 class Recorder:

@@ -27,10 +27,10 @@ from aiortc import (
 )
 from aiortc.stats import RTCStatsReport
 
+from videochat.call.rtcp import watch_receiver_reports
 from videochat.events import CallEvent, EventBus
-from videochat.faults import parse_fault
-from videochat.injector import FaultManager, LinkPolicy, VideoEffectFilter
-from videochat.rtcp import watch_receiver_reports
+from videochat.faults.injector import FaultManager, LinkPolicy, VideoEffectFilter
+from videochat.faults.model import parse_fault
 
 W, H = 320, 240
 
@@ -293,7 +293,7 @@ def test_loss_20_percent_is_measured_by_the_receiver(direction: str) -> None:
 
 
 def test_receiver_reports_reach_the_ladder_as_they_arrive() -> None:
-    # videochat.rtcp: each report block about the server's stream, at once, with its loss and
+    # videochat.call.rtcp: each report block about the server's stream, at once, with its loss and
     # its own (unsmoothed) round-trip time.
     async def main() -> None:
         async with Call() as call:
@@ -528,7 +528,7 @@ def test_video_effects_reach_the_decoded_frames(kind: str) -> None:
 
 
 def test_follows_the_leg_registry_of_the_call_page() -> None:
-    from videochat.legs import LegRegistry, MediaLeg
+    from videochat.media.legs import LegRegistry, MediaLeg
 
     async def main() -> None:
         async with Call() as call:

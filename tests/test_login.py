@@ -17,7 +17,7 @@ import pytest
 import streamlit
 from streamlit.testing.v1 import AppTest
 
-from videochat.participant import validate_display_name
+from videochat.media.participant import validate_display_name
 from videochat.settings import Settings
 from videochat.ui import login
 from videochat.ui.login import display_name_for, plan_login, provider_label

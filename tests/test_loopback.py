@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 from aiortc import RTCPeerConnection, VideoStreamTrack
 
-from videochat import ice
-from videochat.participant import Participant, Slot
+from videochat.media import ice
+from videochat.media.participant import Participant, Slot
 
 
 @pytest.fixture(autouse=True)

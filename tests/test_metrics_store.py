@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from pymongo.database import Database
 
-from videochat.embedded import SecantusProcess
+from videochat.backends.embedded import SecantusProcess
 from videochat.events import CallEvent
-from videochat.metrics_store import EVENTS, ROLLUPS, SAMPLES, MetricsStore, bucket_id
-from videochat.stats import MetricSample
+from videochat.metrics.stats import MetricSample
+from videochat.metrics.store import EVENTS, ROLLUPS, SAMPLES, MetricsStore, bucket_id
 
 T0 = datetime(2026, 3, 1, 12, 0, 30, tzinfo=UTC)
 Db = Database[dict[str, Any]]

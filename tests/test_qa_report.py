@@ -35,7 +35,7 @@ from videochat.qa.assertions import (
     video_resumed_from_samples,
 )
 from videochat.qa.report import render_html
-from videochat.scenario import Assertions, Scenario, find_scenario, parse_scenario
+from videochat.qa.scenario import Assertions, Scenario, find_scenario, parse_scenario
 
 BLACKOUT = FaultWindow("blackout", "alice", 6.0, 14.0)
 

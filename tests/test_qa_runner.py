@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from videochat.events import CallEvent
+from videochat.metrics.stats import MetricSample
 from videochat.qa.assertions import FaultWindow
 from videochat.qa.harness import CHROMIUM, PROJECT_ROOT, netns_available
 from videochat.qa.runner import (
@@ -26,7 +27,6 @@ from videochat.qa.runner import (
     timeline_events,
     video_resumed_from_progress,
 )
-from videochat.stats import MetricSample
 
 T0 = datetime(2026, 11, 26, 1, 0, 0, tzinfo=UTC)
 BLACKOUT = FaultWindow("blackout", "alice", 6.0, 14.0)
@@ -171,7 +171,7 @@ def test_timeline_events_describe_what_happened() -> None:
 
 
 def test_events_read_back_from_mongodb(mongo_db: Any) -> None:
-    from videochat.metrics_store import MetricsStore
+    from videochat.metrics.store import MetricsStore
 
     store = MetricsStore(mongo_db)
     store.emit(CallEvent("reconnect_succeeded", "room-x", "alice", "c1", "leg1", at(15.0),
@@ -260,7 +260,7 @@ def page_env(monkeypatch: pytest.MonkeyPatch, valkey_server: Any, secantus_serve
 def stored_run(db: Any, passed: bool) -> str:
     from videochat.qa.assertions import RunMeasurements, evaluate
     from videochat.qa.report import RunResult, RunStore
-    from videochat.scenario import find_scenario
+    from videochat.qa.scenario import find_scenario
 
     scenario = find_scenario("blackout-8s")
     m = RunMeasurements(fault_windows=[BLACKOUT], reconnect_times_s={"alice": [1.2]},

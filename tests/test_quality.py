@@ -10,9 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from videochat.events import CallEvent
-from videochat.exceptions import ValidationError
-from videochat.quality import (
+from videochat.call.quality import (
     AUDIO_ONLY,
     LADDER,
     LOWEST_VIDEO,
@@ -33,7 +31,9 @@ from videochat.quality import (
     step_up,
     uplink_cap,
 )
-from videochat.recovery import EventContext
+from videochat.call.recovery import EventContext
+from videochat.events import CallEvent
+from videochat.exceptions import ValidationError
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -416,7 +416,7 @@ def test_policy_fed_real_receiver_reports_under_thirty_percent_loss(
     from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection
     from aiortc.mediastreams import MediaStreamError
 
-    from videochat.bot import BotVideoTrack
+    from videochat.media.bot_tracks import BotVideoTrack
 
     monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
     rng = random.Random(6)
@@ -503,15 +503,15 @@ def test_policy_fed_real_receiver_reports_under_thirty_percent_loss(
 
 # --------------------------------------------------- the supervisor's view of one subscriber
 def _sample(clock: FakeClock, kind: str, loss: float, rtt: float = 40.0):
-    from videochat.stats import MetricSample
+    from videochat.metrics.stats import MetricSample
 
     return MetricSample(at=clock.wall(), room="r", call_id=None, participant="bob", leg="leg1",
                         direction="subscribe", kind=kind, loss_fraction=loss, rtt_ms=rtt)
 
 
 def test_subscriber_view_steps_down_on_the_reports_themselves_not_the_late_samples() -> None:
-    from videochat.participant import Slot
-    from videochat.supervisor import SubscriberView
+    from videochat.call.supervisor import SubscriberView
+    from videochat.media.participant import Slot
 
     clock = FakeClock()
     view = SubscriberView(Slot.create("owner0000000", 0), "r", "ana", emit=None, faults=None,
@@ -533,8 +533,8 @@ def test_subscriber_view_steps_down_on_the_reports_themselves_not_the_late_sampl
 
 
 def test_subscriber_view_samples_drive_until_reports_arrive() -> None:
-    from videochat.participant import Slot
-    from videochat.supervisor import SubscriberView
+    from videochat.call.supervisor import SubscriberView
+    from videochat.media.participant import Slot
 
     clock = FakeClock()
     view = SubscriberView(Slot.create("owner0000000", 0), "r", "ana", emit=None, faults=None,
@@ -547,7 +547,7 @@ def test_subscriber_view_samples_drive_until_reports_arrive() -> None:
 
 
 def test_loss_window_reads_the_counters_not_each_blocks_own_fraction() -> None:
-    from videochat.rtcp import LossWindow
+    from videochat.call.rtcp import LossWindow
 
     window = LossWindow(0.5)
     rng = random.Random(3)
@@ -589,7 +589,7 @@ def test_reports_bunched_after_losses_do_not_pause_video_at_thirty_percent() -> 
 
 
 def test_loss_window_spans_enough_packets_at_low_frame_rates() -> None:
-    from videochat.rtcp import LossWindow
+    from videochat.call.rtcp import LossWindow
 
     window = LossWindow(0.5, min_packets=40, max_window_s=2.0)
     seq = lost = 0
@@ -602,8 +602,8 @@ def test_loss_window_spans_enough_packets_at_low_frame_rates() -> None:
 
 
 def test_only_the_audio_stream_confirms_loss_severe_enough_to_pause_video() -> None:
-    from videochat.participant import Slot
-    from videochat.supervisor import SubscriberView
+    from videochat.call.supervisor import SubscriberView
+    from videochat.media.participant import Slot
 
     clock = FakeClock()
     view = SubscriberView(Slot.create("owner0000000", 0), "r", "ana", emit=None, faults=None,
@@ -624,8 +624,8 @@ def test_only_the_audio_stream_confirms_loss_severe_enough_to_pause_video() -> N
 
 
 def test_pausing_needs_an_audio_report_from_after_the_last_step() -> None:
-    from videochat.participant import Slot
-    from videochat.supervisor import SubscriberView
+    from videochat.call.supervisor import SubscriberView
+    from videochat.media.participant import Slot
 
     clock = FakeClock(100.0)
     view = SubscriberView(Slot.create("owner0000000", 0), "r", "ana", emit=None, faults=None,
@@ -648,8 +648,8 @@ def test_pausing_needs_an_audio_report_from_after_the_last_step() -> None:
 
 
 def test_subscriber_view_takes_the_round_trip_time_of_each_report() -> None:
-    from videochat.participant import Slot
-    from videochat.supervisor import SubscriberView
+    from videochat.call.supervisor import SubscriberView
+    from videochat.media.participant import Slot
 
     clock = FakeClock()
     view = SubscriberView(Slot.create("owner0000000", 0), "r", "ana", emit=None, faults=None,

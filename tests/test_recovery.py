@@ -9,9 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from videochat.events import CallEvent
-from videochat.exceptions import ValidationError
-from videochat.recovery import (
+from videochat.call.recovery import (
     Action,
     Backoff,
     EventContext,
@@ -24,6 +22,8 @@ from videochat.recovery import (
     ReconnectController,
     ReconnectState,
 )
+from videochat.events import CallEvent
+from videochat.exceptions import ValidationError
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -513,7 +513,7 @@ def test_supervisor_heals_a_real_aiortc_leg_after_a_blackout(
     from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection
     from aiortc.mediastreams import MediaStreamError
 
-    from videochat.bot import BotVideoTrack
+    from videochat.media.bot_tracks import BotVideoTrack
 
     monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
     blackout = {"on": False}

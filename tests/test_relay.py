@@ -9,7 +9,7 @@ import pytest
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
-from videochat.relay import AUDIO_QUEUE, VIDEO_CLOCK, RelayTrack, TrackHub
+from videochat.media.relay import AUDIO_QUEUE, VIDEO_CLOCK, RelayTrack, TrackHub
 
 
 class FeedTrack(MediaStreamTrack):

@@ -6,8 +6,8 @@ import pytest
 
 from videochat.events import CallEvent
 from videochat.exceptions import InvalidDisplayName, InvalidRoomName, NotFound
-from videochat.participant import validate_display_name, validate_room_name
-from videochat.room import RoomFull, RoomRegistry
+from videochat.media.participant import validate_display_name, validate_room_name
+from videochat.media.room import RoomFull, RoomRegistry
 
 
 class Clock:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from videochat.exceptions import NotFound, ValidationError, VideoChatError
-from videochat.scenario import (
+from videochat.qa.scenario import (
     BUILTIN_DIR,
     FAULT_KINDS,
     LossStep,
@@ -100,7 +100,7 @@ def test_fault_steps_become_fault_commands() -> None:
 
 
 def test_fault_commands_are_accepted_by_the_fault_module() -> None:
-    faults = pytest.importorskip("videochat.faults")
+    faults = pytest.importorskip("videochat.faults.model")
     steps = [step for s in builtin_scenarios().values() for step in s.timeline]
     steps += list(parse_scenario(every_kind_scenario()).timeline)
     assert {s.kind for s in steps} == set(FAULT_KINDS)
@@ -257,7 +257,7 @@ def test_duplicate_builtin_names_are_refused(tmp_path: Path) -> None:
 
 
 def test_names_and_rooms_satisfy_the_call_rules() -> None:
-    participant = pytest.importorskip("videochat.participant")
+    participant = pytest.importorskip("videochat.media.participant")
     for s in builtin_scenarios().values():
         participant.validate_room_name(s.room_for_run("20261126T004512-3fa9c1"))
         for p in s.participants:

@@ -8,11 +8,11 @@ from dataclasses import fields
 from pathlib import Path
 
 from videochat.settings import Settings
-from videochat.settings_doc import render
+from videochat.settings.doc import render
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "SETTINGS.md"
-REGENERATE = "python -m videochat.settings_doc > docs/SETTINGS.md"
+REGENERATE = "python -m videochat.settings.doc > docs/SETTINGS.md"
 
 
 def test_settings_reference_is_up_to_date() -> None:
@@ -34,6 +34,6 @@ def test_defaults_are_shown_as_values() -> None:
 
 
 def test_module_prints_the_reference() -> None:
-    out = subprocess.run([sys.executable, "-m", "videochat.settings_doc"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "videochat.settings.doc"], cwd=ROOT,
                          capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout == render()

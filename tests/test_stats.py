@@ -18,7 +18,7 @@ from aiortc.mediastreams import VIDEO_CLOCK_RATE, VIDEO_TIME_BASE
 from aiortc.rtp import is_rtcp
 
 from videochat.exceptions import ValidationError
-from videochat.stats import (
+from videochat.metrics.stats import (
     FrameCounter,
     LegStats,
     MetricSample,
@@ -373,9 +373,9 @@ def test_leg_listener_samples_registered_legs_until_removed(loopback_ice: None) 
 @pytest.mark.timeout(60)
 def test_loopback_to_mongo_to_dashboard(loopback_ice: None, mongo_db: Any) -> None:
     """The whole flow: real aiortc legs → Sampler → MetricsStore (SecantusDB) → diagnostics."""
-    from videochat.diagnostics import Selection, build_figures, query_events, query_samples
     from videochat.events import CallEvent
-    from videochat.metrics_store import MetricsStore
+    from videochat.metrics.diagnostics import Selection, build_figures, query_events, query_samples
+    from videochat.metrics.store import MetricsStore
 
     store = MetricsStore(mongo_db, flush_interval_s=0.2)
 

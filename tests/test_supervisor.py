@@ -6,11 +6,11 @@ import asyncio
 
 from aiortc import RTCPeerConnection
 
-from videochat.legs import LegRegistry, MediaLeg
-from videochat.participant import Participant
-from videochat.recovery import ReconnectState
-from videochat.room import RoomRegistry
-from videochat.supervisor import CallSupervisor
+from videochat.call.recovery import ReconnectState
+from videochat.call.supervisor import CallSupervisor
+from videochat.media.legs import LegRegistry, MediaLeg
+from videochat.media.participant import Participant
+from videochat.media.room import RoomRegistry
 
 
 def leg(me: Participant, name: str, slot_index: int | None) -> MediaLeg:

@@ -23,7 +23,7 @@ from av import VideoFrame
 from turnserver import CoturnProcess, coturn_fixture
 
 from videochat.exceptions import SettingsError, ValidationError
-from videochat.turn import (
+from videochat.media.turn import (
     TurnConfig,
     aiortc_configuration,
     aiortc_subset,
@@ -44,7 +44,7 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoturnProcess]:
 
 
 def _expected_password(secret: str, username: str) -> str:
-    # Written out independently of videochat.turn, from the TURN REST API draft.
+    # Written out independently of videochat.media.turn, from the TURN REST API draft.
     mac = hmac.new(secret.encode(), username.encode(), hashlib.sha1)
     return base64.b64encode(mac.digest()).decode()
 
@@ -212,7 +212,7 @@ def test_expired_rest_credential_is_refused_by_coturn(coturn: CoturnProcess) -> 
 
 def test_an_allocation_outlives_its_credential(coturn: CoturnProcess) -> None:
     """coturn checks the REST expiry when allocating, not when refreshing: a call may outlast
-    its credential (what videochat.turn's docstring and the operations notes promise)."""
+    its credential (what videochat.media.turn's docstring and the operations notes promise)."""
 
     async def scenario() -> tuple[int, str]:
         username, password = rest_credentials(coturn.secret, "frank", int(time.time()) + 2)

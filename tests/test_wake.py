@@ -1,7 +1,7 @@
 """The private Streamlit / streamlit-webrtc / aioice APIs we rely on still exist.
 
 These fail loudly when an upgrade moves them (versions are pinned in requirements.txt);
-see videochat/ui/wake.py, videochat/ui/webrtc.py and videochat/ice.py for why each is used.
+see videochat/ui/wake.py, videochat/ui/webrtc.py and videochat/media/ice.py for why each is used.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _frontend_bundle() -> str:
 
 
 def test_aiortc_internals_the_receiver_report_hook_wraps() -> None:
-    # videochat/rtcp.py overrides a sender's RTCP handler per instance: the DTLS transport must
+    # videochat/call/rtcp.py overrides a sender's RTCP handler per instance: the DTLS transport must
     # look it up on the instance at each packet, and the sender must keep its SSRC in `_ssrc`.
     from aiortc import RTCRtpSender
     from aiortc.rtcdtlstransport import RTCDtlsTransport

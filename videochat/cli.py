@@ -33,7 +33,7 @@ from videochat.exceptions import (
     SettingsError,
     VideoChatError,
 )
-from videochat.faults import (
+from videochat.faults.model import (
     ALL_ROOMS,
     BACKEND_KINDS,
     FAULT_KINDS,
@@ -136,9 +136,9 @@ def _add_faults(commands: Any) -> None:
 
 def _control() -> Any:
     """A FaultControl on the app's backends, without starting any server."""
-    from videochat.embedded import EmbeddedServers, pid_alive
-    from videochat.fault_control import control_from_services
-    from videochat.services import Services
+    from videochat.backends.embedded import EmbeddedServers, pid_alive
+    from videochat.backends.services import Services
+    from videochat.faults.control import control_from_services
     from videochat.settings import Settings
 
     settings = Settings.load()
@@ -160,7 +160,7 @@ def _control() -> Any:
 
 
 def _check_target(control: Any, room: str, participant: str | None) -> None:
-    from videochat.presence import Presence
+    from videochat.call.presence import Presence
 
     presence = Presence(control.redis)
     people = presence.participants(room)

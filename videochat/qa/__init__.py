@@ -2,16 +2,16 @@
 
 What exists (no dependency on the call, faults, metrics or chat internals):
 
-- `videochat.scenario`: `Scenario` (TOML, pydantic), `load_scenario`, `builtin_scenarios`,
+- `videochat.qa.scenario`: `Scenario` (TOML, pydantic), `load_scenario`, `builtin_scenarios`,
   `find_scenario`; `FaultStep.to_command(room)` gives the fault command of issue 5.
 - `videochat.qa.assertions`: `RunMeasurements` in, `evaluate(...)` → `AssertionResult`s out;
   and the pure steps from what the call recorded to `RunMeasurements`:
   `fault_windows_from_events`, `reconnect_times_from_events`, `quality_times_from_events`
-  (with `[q.name for q in videochat.quality.LADDER]`), `video_resumed_from_samples`,
+  (with `[q.name for q in videochat.call.quality.LADDER]`), `video_resumed_from_samples`,
   `chat_ledger`.
 - `videochat.qa.report`: `RunResult`, `save_report(result, path_json)` → JSON + HTML with plotly
   charts and fault bands, `RunStore(db)` for the `qa_runs` collection.
-- `videochat.bot`: `BotVideoTrack`, `BotAudioTrack`, `decode_stamp`, `LatencyProbe`.
+- `videochat.media.bot_tracks`: `BotVideoTrack`, `BotAudioTrack`, `decode_stamp`, `LatencyProbe`.
 
 Runner sketch (`videochat/qa/runner.py`, not built yet) and what it needs from the other modules::
 

@@ -25,7 +25,7 @@ from pymongo.errors import PyMongoError
 
 from videochat.exceptions import BackendUnavailable, NotFound
 from videochat.qa.assertions import AssertionResult, RunMeasurements, Sample, all_passed
-from videochat.scenario import Scenario
+from videochat.qa.scenario import Scenario
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 One run, in order: reach the app (the one given, or one started here on the embedded servers
 of its own state folder), open a headless Chromium page per "browser" participant and ask the
-app (through Redis, `videochat.bots`) for each "bot"; wait until every browser shows moving
+app (through Redis, `videochat.bots.host`) for each "bot"; wait until every browser shows moving
 remote video; that instant is t = 0. Then each fault step is sent at its time through the fault
 control plane, chat traffic (if any) runs alongside, and after `duration_s` the measurements are
 read back: events and per-second samples from MongoDB (polled until the metrics flusher has
@@ -44,10 +44,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from videochat.bots import BotControl
-from videochat.embedded import EmbeddedServers
+from videochat.backends.embedded import EmbeddedServers
+from videochat.bots.host import BotControl
+from videochat.call.quality import LADDER
 from videochat.events import CallEvent
 from videochat.exceptions import VideoChatError
+from videochat.metrics.stats import MetricSample
 from videochat.qa.assertions import (
     ChatLedger,
     FaultWindow,
@@ -60,10 +62,8 @@ from videochat.qa.assertions import (
     quality_times_from_events,
 )
 from videochat.qa.report import RunResult, RunStore, new_run_id, save_report
-from videochat.quality import LADDER
-from videochat.scenario import BACKEND_KINDS, Scenario
+from videochat.qa.scenario import BACKEND_KINDS, Scenario
 from videochat.settings import Settings
-from videochat.stats import MetricSample
 
 logger = logging.getLogger(__name__)
 
@@ -426,7 +426,7 @@ class ScenarioRun:
         return self.options.state_dir or self.base_settings.state_dir
 
     def _connect(self) -> Any:
-        from videochat.services import Services
+        from videochat.backends.services import Services
 
         state = self.state_dir()
         if self.base_settings.embedded_redis or self.base_settings.embedded_mongo:
@@ -461,7 +461,7 @@ class ScenarioRun:
         return self._collect(services, who, t0_wall, chat)
 
     def _start_app(self) -> str:
-        from videochat.embedded import free_port, port_open
+        from videochat.backends.embedded import free_port, port_open
         from videochat.qa.harness import AppProcess
 
         state = self.state_dir()
@@ -527,7 +527,7 @@ class ScenarioRun:
             time.sleep(2.0)  # bots deliver from their first frame; give the relay a moment
 
     def _timeline(self, services: Any, t0_wall: float) -> None:
-        from videochat.fault_control import control_from_services
+        from videochat.faults.control import control_from_services
 
         control = control_from_services(services, by=f"qa:{self.run_id}")
         if self.scenario.timeline:
@@ -584,7 +584,7 @@ class ScenarioRun:
 
     def _collect(self, services: Any, who: _Participants, t0_wall: float,
                  chat: ChatTraffic | None) -> RunMeasurements:
-        from videochat.diagnostics import iter_samples
+        from videochat.metrics.diagnostics import iter_samples
 
         assert self.t0 is not None
         t0 = self.t0
@@ -691,8 +691,8 @@ class ChatTraffic:
 
     def __init__(self, services: Any, settings: Settings, room: str, scenario: Scenario,
                  names: list[str]) -> None:
-        from videochat.chat_hub import ChatHub
-        from videochat.chat_queue import ChatQueue
+        from videochat.chat.hub import ChatHub
+        from videochat.chat.queue import ChatQueue
 
         assert scenario.chat is not None
         self.services = services
@@ -735,7 +735,7 @@ class ChatTraffic:
             self._stop.wait(max(0.0, next_at - time.monotonic()))
 
     def ledger(self, timeout_s: float = 15.0) -> ChatLedger:
-        from videochat.chat_ledger import COLLECTION
+        from videochat.chat.ledger import COLLECTION
         from videochat.qa.assertions import chat_ledger
 
         self.queue.wait_persisted(timeout_s)

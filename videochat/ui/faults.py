@@ -13,9 +13,10 @@ from typing import Any
 
 import streamlit as st
 
+from videochat.call.presence import Presence
 from videochat.exceptions import VideoChatError
-from videochat.fault_control import ActiveRecord, FaultControl, control_from_services
-from videochat.faults import (
+from videochat.faults.control import ActiveRecord, FaultControl, control_from_services
+from videochat.faults.model import (
     BACKEND_KINDS,
     FAULT_KINDS,
     PRESETS,
@@ -23,7 +24,6 @@ from videochat.faults import (
     expand_preset,
     parse_fault,
 )
-from videochat.presence import Presence
 from videochat.ui.admin import admitted
 from videochat.ui.state import get_services
 

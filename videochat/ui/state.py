@@ -14,30 +14,34 @@ from dataclasses import dataclass, field
 import streamlit as st
 from streamlit_webrtc.eventloop import get_global_event_loop
 
-from videochat.access import RoomAccess
-from videochat.call_log import CallLog
-from videochat.chat_service import ChatService
+from videochat.backends.services import Services
+from videochat.call.access import RoomAccess
+from videochat.call.call_log import CallLog
+from videochat.call.presence import Presence
+from videochat.call.supervisor import CallSupervisor
+from videochat.chat.service import ChatService
 from videochat.events import CallEvent, EventBus
-from videochat.fault_control import FaultConsumer, start_fault_plane
-from videochat.health import ProcessHealth, stalled_peer_connections, track_peer_connections
-from videochat.ice import cap_stun_retransmissions, restrict_host_addresses
-from videochat.injector import FaultManager
-from videochat.legs import LegRegistry
-from videochat.metrics_store import MetricsStore
-from videochat.participant import Participant
-from videochat.presence import Presence
-from videochat.relay import end_remote_tracks_on_close
-from videochat.room import Room, RoomRegistry
-from videochat.services import Services
+from videochat.faults.control import FaultConsumer, start_fault_plane
+from videochat.faults.injector import FaultManager
+from videochat.media.ice import cap_stun_retransmissions, restrict_host_addresses
+from videochat.media.legs import LegRegistry
+from videochat.media.participant import Participant
+from videochat.media.relay import end_remote_tracks_on_close
+from videochat.media.room import Room, RoomRegistry
+from videochat.metrics.process_health import (
+    ProcessHealth,
+    stalled_peer_connections,
+    track_peer_connections,
+)
+from videochat.metrics.stats import MetricSample, Sampler
+from videochat.metrics.store import MetricsStore
 from videochat.settings import Settings
-from videochat.stats import MetricSample, Sampler
-from videochat.supervisor import CallSupervisor
 from videochat.ui import wake, webrtc
 
 logger = logging.getLogger(__name__)
 
 STALLED_AFTER_S = 60.0  # a server connection that has not connected by then is nobody's
-STUN_RETRY_CAP_S = 0.5  # see videochat/ice.py: rebuilt legs connect soon after a path returns
+STUN_RETRY_CAP_S = 0.5  # see videochat/media/ice.py: rebuilt legs connect soon after a path returns
 
 
 @st.cache_resource
@@ -192,8 +196,8 @@ def get_runtime() -> AppRuntime:
     rt = AppRuntime(settings, services, bus, registry, presence, call_log, node, legs, metrics,
                     sampler, faults, fault_consumer, supervisor, chat, access)
     rt.start_housekeeping()
-    # Bot participants (videochat.bots): hosted here, added by the call page or through Redis.
-    from videochat.bots import start_bot_plane
+    # Bot participants (videochat.bots.host): hosted here, added by the call page or through Redis.
+    from videochat.bots.host import start_bot_plane
 
     start_bot_plane(services.redis, registry, loop, node)
     webrtc.install_offer_route()  # finds Streamlit's app among gc-tracked objects: before freeze

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from videochat.events import CallEvent
 from videochat.exceptions import NotFound, ValidationError
-from videochat.participant import (
+from videochat.media.participant import (
     Participant,
     validate_display_name,
     validate_room_name,

@@ -56,8 +56,8 @@ from pymongo import InsertOne, ReplaceOne
 from pymongo.database import Database
 
 from videochat.events import CallEvent
+from videochat.metrics.stats import MetricSample
 from videochat.settings import Settings
-from videochat.stats import MetricSample
 
 logger = logging.getLogger(__name__)
 

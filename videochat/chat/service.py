@@ -14,10 +14,10 @@ from typing import Any
 import redis
 from pymongo.database import Database
 
-from videochat.chat_hub import ChatHub
-from videochat.chat_ledger import ChatAudit, ChatLedger
-from videochat.chat_persister import ChatPersister
-from videochat.chat_queue import ChatQueue
+from videochat.chat.hub import ChatHub
+from videochat.chat.ledger import ChatAudit, ChatLedger
+from videochat.chat.persister import ChatPersister
+from videochat.chat.queue import ChatQueue
 from videochat.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from pymongo.database import Database
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from videochat.embedded import EmbeddedServers
+from videochat.backends.embedded import EmbeddedServers
 from videochat.settings import Settings
 
 logger = logging.getLogger(__name__)

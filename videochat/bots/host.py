@@ -37,11 +37,11 @@ from typing import Any, Protocol
 import av
 import redis
 
-from videochat.bot import BotAudioTrack, BotVideoTrack, LatencyProbe, decode_stamp
 from videochat.exceptions import BackendUnavailable, NotFound, ValidationError
-from videochat.participant import Participant, Slot
-from videochat.relay import HubInput
-from videochat.room import RoomRegistry
+from videochat.media.bot_tracks import BotAudioTrack, BotVideoTrack, LatencyProbe, decode_stamp
+from videochat.media.participant import Participant, Slot
+from videochat.media.relay import HubInput
+from videochat.media.room import RoomRegistry
 
 logger = logging.getLogger(__name__)
 

@@ -31,8 +31,7 @@ import pymongo.errors
 import redis
 from pymongo.database import Database
 
-from videochat.chat import ChatMessage
-from videochat.chat_ledger import (
+from videochat.chat.ledger import (
     COLLECTION,
     GROUP,
     ROOMS_KEY,
@@ -40,6 +39,7 @@ from videochat.chat_ledger import (
     ledger_key,
     stream_key,
 )
+from videochat.chat.message import ChatMessage
 from videochat.exceptions import InvalidChatMessage, ValidationError
 
 logger = logging.getLogger(__name__)
@@ -307,14 +307,14 @@ def _id_key(stream_id: str) -> tuple[int, int]:
 
 
 def main() -> None:
-    """`python -m videochat.chat_persister`: a persister worker process on its own.
+    """`python -m videochat.chat.persister`: a persister worker process on its own.
 
     Backends come from Settings (REDIS_URL, MONGODB_URI, ...), as for the app. Useful to keep
     MongoDB writes off the app's processes; any number of workers can run side by side.
     """
     import signal
 
-    from videochat.services import Services
+    from videochat.backends.services import Services
     from videochat.settings import Settings
 
     settings = Settings.load()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from videochat.exceptions import InvalidDisplayName, InvalidRoomName
-from videochat.relay import RelayTrack, TrackHub
+from videochat.media.relay import RelayTrack, TrackHub
 
 ROOM_RULE = "1-40 characters: letters, digits, '-' and '_' (no spaces)"
 NAME_RULE = "1-32 characters: letters, digits, spaces, and . - _ ' (no leading/trailing space)"

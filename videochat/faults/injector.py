@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from videochat.events import CallEvent, EventSink
-from videochat.faults import (
+from videochat.faults.model import (
     BACKEND_KINDS,
     NETWORK_KINDS,
     BandwidthFault,
@@ -363,7 +363,8 @@ class FaultManager:
         return unregister
 
     def leg_listener(self, leg: MediaLeg, added: bool) -> None:
-        """Shaped for `videochat.legs.LegRegistry.add_listener`: follows legs coming and going."""
+        """Shaped for `videochat.media.legs.LegRegistry.add_listener`: follows legs coming
+        and going."""
         if added:
             self._unregister[id(leg)] = self.register_leg(leg)
         else:

@@ -3,7 +3,7 @@
 Runs on the media loop (all of aiortc lives there), fed by:
 - frames arriving in each participant's video hub (the publish leg is alive),
 - peer-connection state changes of every leg (a killed or failed leg),
-- receiver reports of subscriber legs as they arrive (loss -> quality ladder; videochat.rtcp),
+- receiver reports of subscriber legs as they arrive (loss -> quality ladder; videochat.call.rtcp),
   and the stats sampler's per-second samples (RTT; loss until reports arrive).
 
 Design (why):
@@ -31,21 +31,21 @@ from typing import Any
 
 import av
 
-from videochat.events import CallEvent
-from videochat.injector import FaultManager, VideoEffectFilter
-from videochat.legs import LegRegistry, MediaLeg
-from videochat.participant import Participant, Slot
-from videochat.quality import (
+from videochat.call.quality import (
     ConnectionQuality,
     FrameDecimator,
     QualityPolicy,
     frame_size_for,
     start_level,
 )
-from videochat.recovery import Action, EventContext, LegSupervisor, ReconnectState
-from videochat.room import RoomRegistry
-from videochat.rtcp import watch_receiver_reports
-from videochat.stats import FrameCounter, MetricSample
+from videochat.call.recovery import Action, EventContext, LegSupervisor, ReconnectState
+from videochat.call.rtcp import watch_receiver_reports
+from videochat.events import CallEvent
+from videochat.faults.injector import FaultManager, VideoEffectFilter
+from videochat.media.legs import LegRegistry, MediaLeg
+from videochat.media.participant import Participant, Slot
+from videochat.media.room import RoomRegistry
+from videochat.metrics.stats import FrameCounter, MetricSample
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class SubscriberView:
             self.policy.observe(sample.loss_fraction, sample.rtt_ms, at=self.clock())
 
     def on_report(self, kind: str, loss: float, rtt_ms: float | None = None) -> None:
-        """A receiver report about this leg's `kind` stream, as it arrives (videochat.rtcp),
+        """A receiver report about this leg's `kind` stream, as it arrives (videochat.call.rtcp),
         with the round-trip time it measured, if it answered one of our recent sender
         reports."""
         at = self.clock()

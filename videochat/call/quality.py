@@ -62,9 +62,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from videochat.call.recovery import Clock, Emit, EventContext, WallClock, wall_at
 from videochat.events import utcnow
 from videochat.exceptions import ValidationError
-from videochat.recovery import Clock, Emit, EventContext, WallClock, wall_at
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from videochat.exceptions import SettingsError
-from videochat.turn import TurnConfig, parse_url_list
+from videochat.media.turn import TurnConfig, parse_url_list
 
 DEFAULT_SECRETS_FILE = Path(".streamlit/secrets.toml")
 # The secrets.toml table Streamlit's st.login reads (Streamlit reads it itself, we only check it).

@@ -30,8 +30,8 @@ import pymongo.errors
 import redis
 from pymongo.database import Database
 
-from videochat.chat import ChatMessage, check_room
-from videochat.chat_ledger import COLLECTION, ledger_key, stream_key
+from videochat.chat.ledger import COLLECTION, ledger_key, stream_key
+from videochat.chat.message import ChatMessage, check_room
 from videochat.exceptions import ValidationError
 
 logger = logging.getLogger(__name__)

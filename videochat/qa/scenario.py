@@ -14,7 +14,7 @@ A scenario is a TOML file in `scenarios/` (see `scenarios/blackout-8s.toml`)::
     [chat]                        # optional chat traffic during the run
     messages_per_second = 2       # senders = [...] optional; default every participant
 
-    [[timeline]]                  # faults: videochat.faults' kinds and parameter names
+    [[timeline]]                  # faults: videochat.faults.model' kinds and parameter names
     at_s = 5
     kind = "blackout"
     target = "alice"              # a participant, or "room" for all of them
@@ -48,7 +48,7 @@ from videochat.exceptions import NotFound, ValidationError
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "scenarios"
+BUILTIN_DIR = Path(__file__).resolve().parents[2] / "scenarios"
 ROOM_TARGET = "room"
 MAX_DURATION_S = 3600.0
 
@@ -177,7 +177,7 @@ class _Step(_Model):
         return {k: v for k, v in self.model_dump().items() if k not in skip}
 
     def to_command(self, room: str) -> dict[str, Any]:
-        """The fault command of `videochat.faults.parse_fault` (issue 5) for this step."""
+        """The fault command of `videochat.faults.model.parse_fault` (issue 5) for this step."""
         cmd: dict[str, Any] = {"kind": self.kind, "room": room}
         if self.target != ROOM_TARGET:
             cmd["participant"] = self.target

@@ -40,7 +40,7 @@ from videochat.exceptions import (
     SettingsError,
     ValidationError,
 )
-from videochat.participant import validate_room_name
+from videochat.media.participant import validate_room_name
 from videochat.settings import Settings
 
 logger = logging.getLogger(__name__)

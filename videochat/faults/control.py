@@ -51,14 +51,14 @@ from pymongo.database import Database
 
 from videochat.events import EventSink
 from videochat.exceptions import BackendUnavailable, InvalidFaultCommand
-from videochat.faults import (
+from videochat.faults.injector import FaultManager
+from videochat.faults.model import (
     BACKEND_KINDS,
     Fault,
     expand_preset,
     fault_to_dict,
     parse_fault,
 )
-from videochat.injector import FaultManager
 
 logger = logging.getLogger(__name__)
 

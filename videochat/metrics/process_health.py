@@ -55,7 +55,7 @@ import pymongo.errors
 from aiortc import RTCPeerConnection
 from pymongo.database import Database
 
-from videochat.legs import LegRegistry
+from videochat.media.legs import LegRegistry
 
 logger = logging.getLogger(__name__)
 

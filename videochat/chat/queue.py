@@ -18,7 +18,7 @@ Why messages are neither lost nor duplicated:
   exponential backoff; nothing is dropped. `send` raises `BackendUnavailable` only when the outbox
   is full (`max_unconfirmed`), never silently.
 
-Keys and the delivery ledger are in `videochat.chat_ledger`.
+Keys and the delivery ledger are in `videochat.chat.ledger`.
 """
 
 from __future__ import annotations
@@ -37,8 +37,7 @@ import pymongo.errors
 import redis
 from pymongo.database import Database
 
-from videochat.chat import ChatMessage, ChatRateLimiter, check_room, clean_text
-from videochat.chat_ledger import (
+from videochat.chat.ledger import (
     COLLECTION,
     GROUP,
     ROOMS_KEY,
@@ -51,6 +50,7 @@ from videochat.chat_ledger import (
     seq_key,
     stream_key,
 )
+from videochat.chat.message import ChatMessage, ChatRateLimiter, check_room, clean_text
 from videochat.exceptions import BackendUnavailable
 from videochat.settings import Settings
 

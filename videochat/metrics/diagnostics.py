@@ -27,8 +27,8 @@ import plotly.graph_objects as go
 from pymongo.database import Database
 
 from videochat.exceptions import ValidationError
-from videochat.metrics_store import EVENTS, FIELDS, ROLLUPS, SAMPLES, utcnow
-from videochat.stats import MetricSample
+from videochat.metrics.stats import MetricSample
+from videochat.metrics.store import EVENTS, FIELDS, ROLLUPS, SAMPLES, utcnow
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Redis and MongoDB: typed clients and embedded servers."""
