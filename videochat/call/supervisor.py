@@ -161,6 +161,7 @@ class CallSupervisor:
         emit: Emit | None,
         faults: FaultManager | None,
         rebuild: Rebuild,
+        counter_of: Callable[[str], FrameCounter] | None = None,
         grace_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -176,7 +177,7 @@ class CallSupervisor:
         self._views: dict[str, SubscriberView] = {}  # leg id -> view
         self._hooked: set[int] = set()
         self._counted: set[int] = set()
-        self.counter_of: Callable[[str], FrameCounter] | None = None
+        self.counter_of = counter_of
         self._task: asyncio.Task[None] | None = None
         self.stalls = 0
         legs.add_listener(self._on_leg)

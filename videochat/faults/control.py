@@ -49,6 +49,7 @@ import redis
 from pymongo import UpdateOne
 from pymongo.database import Database
 
+from videochat.backends.services import Services
 from videochat.events import EventSink
 from videochat.exceptions import BackendUnavailable, InvalidFaultCommand
 from videochat.faults.injector import FaultManager
@@ -634,7 +635,7 @@ def _stream_id(value: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-def start_fault_plane(services: Any, loop: asyncio.AbstractEventLoop, events: EventSink | None,
+def start_fault_plane(services: Services, loop: asyncio.AbstractEventLoop, events: EventSink | None,
                       node: str) -> tuple[FaultManager, FaultConsumer]:
     """What an app process hosting media runs once: a FaultManager on the media loop, fed by a
     FaultConsumer thread. Register legs with ``manager.register_leg`` (or hand
@@ -646,7 +647,7 @@ def start_fault_plane(services: Any, loop: asyncio.AbstractEventLoop, events: Ev
     return manager, consumer
 
 
-def control_from_services(services: Any, by: str = "cli") -> FaultControl:
+def control_from_services(services: Services, by: str = "cli") -> FaultControl:
     """A publisher wired to an app's Services (Redis, MongoDB, embedded servers' pids)."""
     settings = services.settings
     outages = OutageController.from_discovery(

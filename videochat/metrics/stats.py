@@ -360,7 +360,7 @@ class Sampler:
         period_s: float = SAMPLE_PERIOD_S,
     ) -> None:
         self._loop = loop
-        self._sink = sink
+        self._sinks = [sink]
         self._clock = clock
         self._period = period_s
         self._legs: dict[str, _Leg] = {}
@@ -393,6 +393,10 @@ class Sampler:
             self._legs.pop(leg_id, None)
             self._latest.pop(leg_id, None)
             self._counters.pop(leg_id, None)
+
+    def add_sink(self, sink: Callable[[MetricSample], None]) -> None:
+        """Also hand every sample to `sink`, after the ones already there."""
+        self._sinks.append(sink)
 
     def counter(self, leg_id: str) -> FrameCounter:
         """The leg's frame counter (created on first use) for the media code to feed."""
@@ -523,11 +527,12 @@ class Sampler:
                 if leg_id not in self._legs:
                     continue  # removed while we awaited its stats
                 self._latest[leg_id] = sample
-            try:
-                self._sink(sample)
-            except Exception:  # noqa: BLE001 - storage problems must not reach the media loop
-                self.errors += 1
-                logger.exception("metrics sink failed")
+            for sink in self._sinks:
+                try:
+                    sink(sample)
+                except Exception:  # noqa: BLE001 - storage problems must not reach the media loop
+                    self.errors += 1
+                    logger.exception("metrics sink failed")
             out.append(sample)
         self.ticks += 1
         self.max_tick_s = max(self.max_tick_s, time.perf_counter() - busy_from)
