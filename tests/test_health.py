@@ -16,6 +16,7 @@ from aiortc import RTCPeerConnection
 
 from videochat.backends.embedded import SecantusProcess
 from videochat.backends.services import mongo_client
+from videochat.compat.aiortc import track_peer_connections
 from videochat.media.legs import LegRegistry, MediaLeg
 from videochat.metrics.process_health import (
     COLLECTION,
@@ -24,7 +25,6 @@ from videochat.metrics.process_health import (
     group_name,
     live_peer_connections,
     stalled_peer_connections,
-    track_peer_connections,
 )
 
 

@@ -7,7 +7,7 @@ import aioice.ice
 import aioice.stun
 import pytest
 
-from videochat.media import ice
+from videochat.compat import aioice as ice
 
 
 class Recorder:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from aiortc import RTCPeerConnection, VideoStreamTrack
 
-from videochat.media import ice
+from videochat.compat import aioice as ice
 from videochat.media.participant import Participant, Slot
 
 

@@ -14,8 +14,9 @@ import av
 from aiortc import MediaStreamTrack, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
 
+from videochat.compat.aiortc import end_remote_tracks_on_close
 from videochat.media.participant import Slot
-from videochat.media.relay import TrackHub, end_remote_tracks_on_close
+from videochat.media.relay import TrackHub
 from videochat.ui.webrtc import BoundedMediaRelay
 
 

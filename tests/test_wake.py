@@ -1,15 +1,14 @@
-"""The private Streamlit / streamlit-webrtc / aioice APIs we rely on still exist.
+"""The private Streamlit / streamlit-webrtc APIs we rely on still exist.
 
 These fail loudly when an upgrade moves them (versions are pinned in requirements.txt);
-see videochat/ui/wake.py, videochat/ui/webrtc.py and videochat/media/ice.py for why each is used.
+see videochat/ui/wake.py and videochat/ui/webrtc.py for why each is used. The aiortc and aioice
+ones are pinned in tests/compat/test_private_names.py.
 """
 
 from __future__ import annotations
 
 import inspect
 
-import aioice.ice
-import aioice.stun
 import streamlit_webrtc.component as component
 from streamlit.runtime import Runtime
 from streamlit.runtime.app_session import AppSession
@@ -59,12 +58,6 @@ def test_streamlit_webrtc_internals_we_replace() -> None:
     assert hasattr(PagesManager, "uses_pages_directory")
 
 
-def test_aioice_internals_we_patch() -> None:
-    assert callable(aioice.ice.get_host_addresses)
-    assert hasattr(aioice.stun.Transaction, "_Transaction__retry")
-    assert aioice.stun.RETRY_MAX == 6 and aioice.stun.RETRY_RTO == 0.5
-
-
 def test_internals_of_the_fast_signalling_path() -> None:
     from streamlit.web.server.starlette import starlette_server
     from streamlit_webrtc.webrtc import WebRtcWorker
@@ -91,18 +84,3 @@ def _frontend_bundle() -> str:
 
     assets = Path(component.__file__).parent / "frontend" / "dist" / "assets"
     return "".join(p.read_text(errors="replace") for p in assets.glob("index-*.js"))
-
-
-def test_aiortc_internals_the_receiver_report_hook_wraps() -> None:
-    # videochat/call/rtcp.py overrides a sender's RTCP handler per instance: the DTLS transport must
-    # look it up on the instance at each packet, and the sender must keep its SSRC in `_ssrc`.
-    from aiortc import RTCRtpSender
-    from aiortc.rtcdtlstransport import RTCDtlsTransport
-
-    assert inspect.iscoroutinefunction(RTCRtpSender._handle_rtcp_packet)
-    assert "recipient._handle_rtcp_packet(packet)" in inspect.getsource(
-        RTCDtlsTransport._handle_rtcp_data)
-    assert "self._ssrc" in inspect.getsource(RTCRtpSender.__init__)
-    # the sender report a receiver report answers: read for an unsmoothed round-trip time
-    assert "self.__lsr = " in inspect.getsource(RTCRtpSender)
-    assert "self.__lsr_time = time.time()" in inspect.getsource(RTCRtpSender)

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from videochat import compat
 from videochat.backends.services import Services
 from videochat.bots.host import BotConsumer, start_bot_plane
 from videochat.call.access import RoomAccess
@@ -28,16 +29,10 @@ from videochat.chat.service import ChatService
 from videochat.events import EventBus
 from videochat.faults.control import FaultConsumer, start_fault_plane
 from videochat.faults.injector import FaultManager
-from videochat.media.ice import cap_stun_retransmissions, restrict_host_addresses
 from videochat.media.legs import LegRegistry
 from videochat.media.participant import Participant
-from videochat.media.relay import end_remote_tracks_on_close
 from videochat.media.room import Room, RoomRegistry, Waker
-from videochat.metrics.process_health import (
-    ProcessHealth,
-    stalled_peer_connections,
-    track_peer_connections,
-)
+from videochat.metrics.process_health import ProcessHealth, stalled_peer_connections
 from videochat.metrics.stats import Sampler
 from videochat.metrics.store import MetricsStore
 from videochat.settings import Settings
@@ -45,7 +40,7 @@ from videochat.settings import Settings
 logger = logging.getLogger(__name__)
 
 STALLED_AFTER_S = 60.0  # a server connection that has not connected by then is nobody's
-STUN_RETRY_CAP_S = 0.5  # see videochat/media/ice.py: rebuilt legs connect soon after a path returns
+STUN_RETRY_CAP_S = 0.5  # see videochat/compat/aioice.py: rebuilt legs reconnect sooner
 PRESENCE_REFRESH_S = 10.0
 
 SessionAlive = Callable[[str], bool]
@@ -121,10 +116,7 @@ class AppRuntime:
 def build_runtime(settings: Settings, services: Services, *, loop: asyncio.AbstractEventLoop,
                   wake: Waker, session_alive: SessionAlive) -> AppRuntime:
     """Build and start every service of an app process hosting media (once per process)."""
-    restrict_host_addresses(settings.ice_addresses)
-    cap_stun_retransmissions(STUN_RETRY_CAP_S)
-    track_peer_connections()  # before the first RTCPeerConnection: the health sampler counts them
-    end_remote_tracks_on_close()
+    compat.install(ice_addresses=settings.ice_addresses, stun_retry_cap_s=STUN_RETRY_CAP_S)
     node = f"{socket.gethostname()}:{services.redis_url.rsplit(':', 1)[-1]}"
 
     # Events and the stores they land in.

@@ -8,10 +8,10 @@ every NACK in a compound packet that starts with a receiver report, so under los
 reports arrive many times a second: acting on each as it arrives is what lets the ladder step
 down within 2 s of the loss starting.
 
-The hook wraps one sender's `_handle_rtcp_packet` (the method aiortc's DTLS transport calls for
-each RTCP packet routed to that sender): aiortc's own handling runs first and unchanged, then
-each report block about the sender's SSRC goes to the callback. tests/test_wake.py checks the
-private names this relies on.
+The hook wraps one sender's RTCP handler (the method aiortc's DTLS transport calls for each
+RTCP packet routed to that sender, reached through `videochat.compat.aiortc`): aiortc's own
+handling runs first and unchanged, then each report block about the sender's SSRC goes to the
+callback.
 """
 
 from __future__ import annotations
@@ -19,11 +19,18 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpSender
 from aiortc.rtp import RtcpRrPacket, RtcpSrPacket
+
+from videochat.compat.aiortc import (
+    last_sender_report,
+    rtcp_handler,
+    sender_ssrc,
+    set_rtcp_handler,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +101,8 @@ def watch_receiver_reports(pc: RTCPeerConnection, sink: ReportSink) -> int:
 
 def _hook(sender: RTCRtpSender, kind: str, sink: ReportSink,
           clock: Callable[[], float] = time.monotonic) -> None:
-    original: Callable[[Any], Awaitable[None]] = sender._handle_rtcp_packet
+    original = rtcp_handler(sender)
+    ssrc = sender_ssrc(sender)
     window = LossWindow()
 
     sent: dict[int, float] = {}  # our recent sender reports: middle NTP bits -> when sent
@@ -105,8 +113,7 @@ def _hook(sender: RTCRtpSender, kind: str, sink: ReportSink,
         # report answers the very last sender report — never once the RTT exceeds the ~1 s
         # between them. So note each sender report as we see it (reports arrive every
         # 0.05-1.5 s) and time every report against the one it answers.
-        lsr = getattr(sender, "_RTCRtpSender__lsr", None)
-        lsr_time = getattr(sender, "_RTCRtpSender__lsr_time", None)
+        lsr, lsr_time = last_sender_report(sender)
         if lsr is not None and lsr_time is not None and lsr not in sent:
             sent[lsr] = lsr_time
             if len(sent) > SENDER_REPORTS_KEPT:
@@ -114,7 +121,7 @@ def _hook(sender: RTCRtpSender, kind: str, sink: ReportSink,
         await original(packet)
         if isinstance(packet, RtcpRrPacket | RtcpSrPacket):
             for report in packet.reports:
-                if report.ssrc == sender._ssrc:
+                if report.ssrc == ssrc:
                     loss = window.add(clock(), report.highest_sequence, report.packets_lost,
                                       report.fraction_lost / 256.0)
                     rtt_ms: float | None = None
@@ -126,5 +133,5 @@ def _hook(sender: RTCRtpSender, kind: str, sink: ReportSink,
                     except Exception:  # a sink bug must not break aiortc's RTCP handling
                         logger.exception("receiver report sink failed")
 
-    setattr(sender, "_handle_rtcp_packet", handle)  # noqa: B010 - an instance override
+    set_rtcp_handler(sender, handle)
     setattr(sender, _HOOKED, sink)  # noqa: B010

@@ -25,11 +25,13 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from videochat.compat.aioice import connection_protocols
+from videochat.compat.aiortc import ice_connection, ice_io, is_ice_transport, set_ice_io
 from videochat.events import CallEvent, EventSink
 from videochat.faults.model import (
     BACKEND_KINDS,
@@ -163,13 +165,11 @@ class TransportShim:
         self.loop = loop
         self.up = Shaper(loop, rng)  # received by the server
         self.down = Shaper(loop, rng)  # sent by the server
-        self._orig_send: Callable[[bytes], Awaitable[None]] = ice._send
-        self._orig_recv: Callable[[], Awaitable[bytes]] = ice._recv
+        self._orig_send, self._orig_recv = ice_io(ice)
         self._inbox: asyncio.Queue[bytes | None] | None = None
         self._pump: asyncio.Task[None] | None = None
         self._stun_patched: set[int] = set()
-        ice._send = self._send
-        ice._recv = self._recv
+        set_ice_io(ice, self._send, self._recv)
         self.patch_protocols()
 
     def set_policies(self, up: LinkPolicy, down: LinkPolicy) -> None:
@@ -240,8 +240,7 @@ class TransportShim:
     # --- STUN seam (blackout only) --------------------------------------------------------
 
     def patch_protocols(self) -> None:
-        connection = getattr(self.ice, "_connection", None)
-        for protocol in list(getattr(connection, "_protocols", [])):
+        for protocol in connection_protocols(ice_connection(self.ice)):
             if id(protocol) in self._stun_patched:
                 continue
             self._stun_patched.add(id(protocol))
@@ -283,7 +282,7 @@ def ice_transports(pc: RTCPeerConnection) -> list[Any]:
         dtls_list.append(pc.sctp.transport)
     for dtls in dtls_list:
         ice = getattr(dtls, "transport", None)
-        if ice is not None and hasattr(ice, "_send"):
+        if is_ice_transport(ice):
             seen[id(ice)] = ice
     return list(seen.values())
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import fractions
-import functools
 import logging
 import threading
 import time
@@ -32,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 import av
-from aiortc import MediaStreamTrack, RTCPeerConnection
+from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 logger = logging.getLogger(__name__)
@@ -187,39 +186,6 @@ class HubInput:
             self.hub._detach(self)
         else:
             loop.call_soon_threadsafe(self.hub._detach, self)
-
-
-_close_hook_lock = threading.Lock()
-_close_hooked = False
-
-
-def end_remote_tracks_on_close() -> None:
-    """Make `RTCPeerConnection.close()` end the tracks it received (idempotent, process-wide).
-
-    aiortc ends a received track only through its receiver's decoder thread, which starts once
-    the connection is up. A connection closed before that (a browser that left mid-ICE, a
-    stalled connection housekeeping closes) left its tracks "live" with nothing ever to read,
-    and every reader of them — MediaRelay's task, a hub's sink — waited for good (bench/soak.py
-    found 10 such relay tasks after 30 minutes). A second end-of-stream for a track that did
-    start is harmless: after the first, recv() raises at once.
-    """
-    global _close_hooked
-    with _close_hook_lock:
-        if _close_hooked:
-            return
-        original = RTCPeerConnection.close
-
-        @functools.wraps(original)
-        async def close(self: RTCPeerConnection) -> None:
-            await original(self)
-            for transceiver in self.getTransceivers():
-                track = transceiver.receiver.track
-                queue = getattr(track, "_queue", None)  # RemoteStreamTrack's frame queue
-                if track is not None and track.readyState == "live" and queue is not None:
-                    queue.put_nowait(None)  # what the decoder thread sends at its end
-
-        RTCPeerConnection.close = close  # type: ignore[method-assign]
-        _close_hooked = True
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:

@@ -13,7 +13,8 @@ It exists for the soak benchmark (bench/soak.py) and for operators: aiortc and s
 only reliable way to see that is to count them inside the process after everyone has left.
 
 Peer connections are counted through a weak set filled by a wrapper around
-`RTCPeerConnection.__init__` (`track_peer_connections`), installed once per process: scanning
+`RTCPeerConnection.__init__` (`videochat.compat.aiortc.track_peer_connections`), installed once
+per process: scanning
 `gc.get_objects()` instead costs a pause proportional to the heap on the media loop's GIL. A
 closed connection that is merely unreachable garbage in a reference cycle stays in the weak set
 until the cyclic collector runs, so when no media leg is live (a full collection pauses the
@@ -36,14 +37,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import gc
 import logging
 import os
 import re
 import threading
 import time
-import weakref
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -55,6 +54,7 @@ import pymongo.errors
 from aiortc import RTCPeerConnection
 from pymongo.database import Database
 
+from videochat.compat.aiortc import peer_connections_tracked, tracked_peer_connections
 from videochat.media.legs import LegRegistry
 
 logger = logging.getLogger(__name__)
@@ -64,45 +64,9 @@ DUPLICATE_KEY = 11000
 TOP_GROUPS = 20
 MongoDoc = dict[str, Any]
 
-# Each tracked connection -> when it was created (monotonic), to tell a stalled one apart.
-_live_pcs: weakref.WeakKeyDictionary[RTCPeerConnection, float] = weakref.WeakKeyDictionary()
-_hook_lock = threading.Lock()
-_hooked = False
-
-
-def track_peer_connections() -> None:
-    """Record every `RTCPeerConnection` created from now on in a weak set (idempotent)."""
-    global _hooked
-    with _hook_lock:
-        if _hooked:
-            return
-        original = RTCPeerConnection.__init__
-
-        @functools.wraps(original)
-        def __init__(self: RTCPeerConnection, *args: Any, **kwargs: Any) -> None:
-            original(self, *args, **kwargs)
-            _live_pcs[self] = time.monotonic()
-
-        RTCPeerConnection.__init__ = __init__  # type: ignore[method-assign]
-        _hooked = True
-
-
-def peer_connections_tracked() -> bool:
-    return _hooked
-
-
-def _tracked() -> list[tuple[RTCPeerConnection, float]]:
-    for _ in range(10):
-        try:
-            return list(_live_pcs.items())
-        except RuntimeError:  # another thread added one while we copied: try again
-            continue
-    return []
-
-
 def live_peer_connections() -> list[RTCPeerConnection]:
     """Connections created since `track_peer_connections()` that are still referenced."""
-    return [pc for pc, _ in _tracked()]
+    return [pc for pc, _ in tracked_peer_connections()]
 
 
 def stalled_peer_connections(min_age_s: float,
@@ -112,7 +76,7 @@ def stalled_peer_connections(min_age_s: float,
     gathered offers do not carry, so a connection whose browser went away before ICE
     completed stays "checking" for good unless someone closes it."""
     at = time.monotonic() if now is None else now
-    return [pc for pc, created in _tracked()
+    return [pc for pc, created in tracked_peer_connections()
             if pc.connectionState in ("new", "connecting") and at - created >= min_age_s]
 
 
@@ -234,7 +198,7 @@ class ProcessHealth:
                 fds = None
         threads = threading.enumerate()
         loop_figs = self._loop_figures()
-        pcs = live_peer_connections() if _hooked else None
+        pcs = live_peer_connections() if peer_connections_tracked() else None
         legs = self.legs.legs() if self.legs is not None else None
         snap = HealthSnapshot(
             at=datetime.fromtimestamp(self.clock(), UTC),
@@ -279,7 +243,7 @@ class ProcessHealth:
         # Measured on the app: a full collection takes 125-570 ms on this 2-core box, all of it
         # holding the GIL the media loop needs, so it runs only when no leg is live (nobody's
         # media stalls) and some connection object is still around to be told apart from garbage.
-        if self.collect_every_s is None or not _hooked:
+        if self.collect_every_s is None or not peer_connections_tracked():
             return False
         if time.monotonic() - self._last_gc < self.collect_every_s:
             return False

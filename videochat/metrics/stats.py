@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, Protocol
 
+from videochat.compat.aiortc import remote_streams
 from videochat.exceptions import ValidationError
 
 logger = logging.getLogger(__name__)
@@ -155,9 +156,8 @@ def _media_streams_of(pc: Any) -> StatsDict:
     except AttributeError:
         return out
     for receiver in receivers:
-        streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", None)
-        rtx_map = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {}) or {}
-        if not isinstance(streams, dict):
+        streams, rtx_map = remote_streams(receiver)
+        if streams is None:
             continue
         for ssrc, stream in streams.items():
             if ssrc in rtx_map:

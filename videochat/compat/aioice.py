@@ -1,4 +1,8 @@
-"""Which local addresses the server offers as ICE host candidates.
+"""aioice 0.13.0: which local addresses the server offers, STUN retries, a connection's sockets.
+
+Pinned by tests/compat/test_private_names.py.
+
+Which local addresses the server offers as ICE host candidates:
 
 aioice gathers on every interface and never offers 127.0.0.1 (RFC 8445). A fixed list fixes
 both: multi-NIC servers stop gathering over slow interfaces (streamlit-webrtc #1976), and
@@ -10,7 +14,7 @@ doubles the interval (0.5, 1, 2, 4, 8, 16 s): a connection being rebuilt during 
 retries its connectivity checks 8-16 s apart, and after the path returns it can sit idle for
 seconds before the next check. Capping the interval (same ~31 s total) makes a rebuilt leg
 connect within about a second of the path coming back. The doubling lives in the private
-`Transaction.__retry`; this is the only place that touches it.
+`Transaction.__retry` (and `__tries_max`, `__timeout_delay`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import aioice.ice
 import aioice.stun
@@ -81,3 +86,9 @@ def cap_stun_retransmissions(cap_s: float | None = 1.0) -> None:
 
     aioice.stun.Transaction.__init__ = init  # type: ignore[method-assign]
     aioice.stun.Transaction._Transaction__retry = retry  # type: ignore[attr-defined]
+
+
+def connection_protocols(connection: Any) -> list[Any]:
+    """The `StunProtocol` of every local candidate of an aioice `Connection` (its datagrams,
+    STUN included: the blackout seam of videochat/faults/injector.py)."""
+    return list(getattr(connection, "_protocols", []))
