@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import av
 import redis
 
+from videochat.backends.command_stream import CommandStreamConsumer
 from videochat.exceptions import BackendUnavailable, NotFound, ValidationError
 from videochat.media.bot_tracks import BotAudioTrack, BotVideoTrack, LatencyProbe, decode_stamp
 from videochat.media.participant import Participant, Slot
@@ -256,62 +257,27 @@ def is_bot(rt: _HasRegistry, participant_id: str) -> bool:
         return False
 
 
-class BotConsumer:
+class BotConsumer(CommandStreamConsumer):
     """Executes bot commands from the Redis stream in this process (a daemon thread)."""
 
     def __init__(self, client: redis.Redis, host: BotHost, *, node: str,
                  block_ms: int = 1000, claim_delay_s: float = CLAIM_DELAY_S) -> None:
-        self.redis = client
+        super().__init__(client, stream=STREAM, node=node, label="bot consumer",
+                         thread_name="bot-consumer", block_ms=block_ms, batch=50)
         self.host = host
-        self.node = node
-        self.block_ms = block_ms
         self.claim_delay_s = claim_delay_s
-        self.last_id: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="bot-consumer", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.block_ms / 1000 + 3)
-            self._thread = None
-
-    def _run(self) -> None:
-        backoff = 0.2
-        while not self._stop.is_set():
-            try:
-                self.poll_once()
-                backoff = 0.2
-            except redis.RedisError as exc:
-                logger.warning("bot consumer on %s: Redis unavailable (%s)", self.node, exc)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-            except Exception:  # noqa: BLE001 - the consumer must outlive one bad round
-                logger.exception("bot consumer round failed")
-                self._stop.wait(1.0)
+    def run_round(self) -> None:
+        self.poll_once()
 
     def poll_once(self, block_ms: int | None = None) -> int:
         if self.last_id is None:
             # Only commands sent from now on: an old "add" must not resurrect a bot.
-            last = self.redis.xrevrange(STREAM, count=1)
-            self.last_id = str(last[0][0]) if last else "0-0"
+            self.last_id = self.tail_id()
         self.redis.hset(NODES, self.node, time.time())
-        block = self.block_ms if block_ms is None else block_ms
-        reply: Any = self.redis.xread({STREAM: self.last_id}, count=50, block=block or None)
-        n = 0
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                self.last_id = str(entry_id)
-                self.handle(fields.get("cmd", ""))
-                n += 1
-        return n
+        return self.read(block_ms)
 
-    def handle(self, raw: str) -> None:
+    def handle_command(self, entry_id: str, raw: str) -> None:
         try:
             command = json.loads(raw)
             cmd_id = str(command["cmd_id"])

@@ -49,6 +49,7 @@ import redis
 from pymongo import UpdateOne
 from pymongo.database import Database
 
+from videochat.backends.command_stream import CommandStreamConsumer, stream_id
 from videochat.backends.services import Services
 from videochat.events import EventSink
 from videochat.exceptions import BackendUnavailable, InvalidFaultCommand
@@ -400,7 +401,7 @@ class FaultControl:
 
 # --- consumer ----------------------------------------------------------------------------------
 
-class FaultConsumer:
+class FaultConsumer(CommandStreamConsumer):
     """Feeds this process's `FaultManager` from the command stream; one per app process.
 
     `start()` runs it in a daemon thread; `poll_once()` does one round (tests, or a caller that
@@ -418,64 +419,43 @@ class FaultConsumer:
         clock: Clock = time.time,
         block_ms: int = 1000,
     ) -> None:
-        self.redis = client
+        super().__init__(client, stream=STREAM, node=node or manager.node, label="fault consumer",
+                         thread_name="fault-consumer", block_ms=block_ms, batch=100)
         self.manager = manager
         self.db = db
-        self.node = node or manager.node
         self.clock = clock
-        self.block_ms = block_ms
-        self.last_id: str | None = None
         self.errors: list[str] = []  # refused commands, newest last (bounded)
         self._reconciled_at = time.monotonic()
+        self._recovering = False
         self._claimed: dict[str, float] = {}  # fault id -> until, for the audit's end
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._audit: queue.Queue[tuple[str, str, dict[str, Any]]] = queue.Queue(maxsize=1000)
 
     # lifecycle
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self.running:
             return
-        self._thread = threading.Thread(target=self._run, name="fault-consumer", daemon=True)
-        self._thread.start()
+        super().start()
         if self.db is not None:
             threading.Thread(target=self._audit_worker, name="fault-audit", daemon=True).start()
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=self.block_ms / 1000 + 3)
-            self._thread = None
+    def run_round(self) -> None:
+        if self.last_id is None:
+            self.sync()
+        elif self._recovering or time.monotonic() - self._reconciled_at > RECONCILE_S:
+            self._recover()
+        self._recovering = False
+        self.poll_once()
 
-    def _run(self) -> None:
-        backoff = 0.2
-        recovering = False
-        while not self._stop.is_set():
-            try:
-                if self.last_id is None:
-                    self.sync()
-                elif recovering or time.monotonic() - self._reconciled_at > RECONCILE_S:
-                    self._recover()
-                recovering = False
-                self.poll_once()
-                backoff = 0.2
-            except redis.RedisError as exc:
-                logger.warning("fault consumer on %s: Redis unavailable (%s); retrying",
-                               self.node, exc)
-                recovering = True
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)
-            except Exception:  # noqa: BLE001 - the consumer must outlive one bad round
-                logger.exception("fault consumer round failed")
-                self._stop.wait(1.0)
+    def on_backend_error(self, exc: BaseException) -> None:
+        super().on_backend_error(exc)
+        self._recovering = True
 
     # rounds
 
     def sync(self) -> None:
         """Start from now: remember the stream's end, then reconcile with the active set."""
-        last: Any = self.redis.xrevrange(STREAM, count=1)
-        self.last_id = str(last[0][0]) if last else "0-0"
+        self.last_id = self.tail_id()
         self.reconcile()
 
     def reconcile(self) -> None:
@@ -497,9 +477,8 @@ class FaultConsumer:
     def _recover(self) -> None:
         """After a Redis outage: read on from our position (the stream may be intact), and
         reconcile with the active set in case it is not."""
-        last: Any = self.redis.xrevrange(STREAM, count=1)
-        tail = str(last[0][0]) if last else "0-0"
-        if _stream_id(tail) < _stream_id(self.last_id or "0-0"):
+        tail = self.tail_id()
+        if stream_id(tail) < stream_id(self.last_id or "0-0"):
             self.last_id = tail
         self.reconcile()
 
@@ -507,20 +486,12 @@ class FaultConsumer:
         """Read and apply the commands that arrived; returns how many."""
         if self.last_id is None:
             self.sync()
-        assert self.last_id is not None
-        block = self.block_ms if block_ms is None else block_ms
-        reply: Any = self.redis.xread({STREAM: self.last_id}, count=100, block=block or None)
-        n = 0
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                self.last_id = str(entry_id)
-                self.handle(str(entry_id), fields.get("cmd", ""))
-                n += 1
+        n = self.read(block_ms)
         self._beat()
         self._end_claimed()
         return n
 
-    def handle(self, entry_id: str, raw: str) -> None:
+    def handle_command(self, entry_id: str, raw: str) -> None:
         """Apply one command; a malformed one is refused, logged and acknowledged as refused."""
         cmd_id = entry_id
         try:
@@ -596,7 +567,7 @@ class FaultConsumer:
             return
         with contextlib.suppress(queue.Full):
             self._audit.put_nowait((fault_id, what, data))
-        if self._thread is None:  # driven by poll_once without threads: write now
+        if not self.running:  # driven by poll_once without threads: write now
             self._drain_audit()
 
     def _drain_audit(self) -> None:
@@ -628,11 +599,6 @@ class FaultConsumer:
                                 {"$set": {"status": "expired", "ended_at": data["at"]}})
         except pymongo.errors.PyMongoError as exc:
             logger.warning("fault audit write failed for %s: %s", fault_id, exc)
-
-
-def _stream_id(value: str) -> tuple[int, int]:
-    ms, _, seq = value.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def start_fault_plane(services: Services, loop: asyncio.AbstractEventLoop, events: EventSink | None,
