@@ -15,9 +15,9 @@ from videochat.backends.embedded import SecantusProcess, ValkeyProcess
 from videochat.call.presence import Presence
 from videochat.exceptions import InvalidFaultCommand, ValidationError
 from videochat.faults.control import ACTIVE, FaultControl
+from videochat.faults.kinds import FAULT_KINDS
 from videochat.faults.model import (
     ALL_ROOMS,
-    FAULT_KINDS,
     PRESETS,
     KillFault,
     LossFault,

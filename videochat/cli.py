@@ -33,15 +33,8 @@ from videochat.exceptions import (
     SettingsError,
     VideoChatError,
 )
-from videochat.faults.model import (
-    ALL_ROOMS,
-    BACKEND_KINDS,
-    FAULT_KINDS,
-    PRESETS,
-    Fault,
-    expand_preset,
-    parse_fault,
-)
+from videochat.faults.kinds import BACKEND_KINDS, DIRECTIONS, FAULT_KINDS, PARAMETERS
+from videochat.faults.model import ALL_ROOMS, PRESETS, Fault, expand_preset, parse_fault
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +43,7 @@ PLUGINS = {"qa": "videochat.qa.cli"}
 EXIT_OK, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_BACKEND = 0, 2, 3, 4
 
 # CLI flag for each fault field, so errors name what the user typed.
-FLAGS = {"percent": "--percent", "ms": "--ms", "jitter_ms": "--jitter", "kbps": "--kbps",
+FLAGS = {**{p.name: p.flag for p in PARAMETERS.values()},
          "duration_s": "--duration", "direction": "--direction", "room": "--room",
          "participant": "--participant", "kind": "--kind"}
 
@@ -103,12 +96,10 @@ def _add_faults(commands: Any) -> None:
     what = inject.add_mutually_exclusive_group(required=True)
     what.add_argument("--kind", choices=FAULT_KINDS, help="fault kind")
     what.add_argument("--preset", choices=sorted(PRESETS), help="network profile or scenario")
-    inject.add_argument("--percent", type=float, help="loss: share of packets dropped (0-100]")
-    inject.add_argument("--ms", type=float, help="latency: added one-way delay in ms")
-    inject.add_argument("--jitter", type=float, help="latency: +/- spread in ms")
-    inject.add_argument("--kbps", type=float, help="bandwidth: cap in kbit/s")
+    for param in PARAMETERS.values():
+        inject.add_argument(param.flag, dest=param.name, type=float, help=param.help)
     inject.add_argument("--duration", type=float, help="seconds (default 30; kill: instant)")
-    inject.add_argument("--direction", choices=("up", "down", "both"),
+    inject.add_argument("--direction", choices=DIRECTIONS,
                         help="up: what the participant sends; down: what they receive")
     inject.add_argument("--wait", type=float, default=2.0,
                         help="seconds to wait for app processes to acknowledge (default 2)")
@@ -191,16 +182,15 @@ def faults_from_args(args: argparse.Namespace) -> list[Fault]:
             raise InvalidFaultCommand("fault field", "room", "is required for this kind")
         room = ALL_ROOMS
     if args.preset:
-        for flag in ("percent", "ms", "jitter", "kbps"):
-            if getattr(args, flag) is not None:
-                raise InvalidFaultCommand("fault field", flag,
+        for param in PARAMETERS.values():
+            if getattr(args, param.name) is not None:
+                raise InvalidFaultCommand("fault field", param.flag.removeprefix("--"),
                                           f"cannot be combined with --preset {args.preset}")
         return expand_preset(args.preset, room, args.participant, args.duration,
                              args.direction)
     data: dict[str, Any] = {"kind": args.kind, "room": room}
-    for flag, name in (("participant", "participant"), ("percent", "percent"), ("ms", "ms"),
-                       ("jitter", "jitter_ms"), ("kbps", "kbps"), ("duration", "duration_s"),
-                       ("direction", "direction")):
+    for flag, name in (("participant", "participant"), *((p, p) for p in PARAMETERS),
+                       ("duration", "duration_s"), ("direction", "direction")):
         value = getattr(args, flag)
         if value is not None:
             data[name] = value

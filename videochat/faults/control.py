@@ -54,13 +54,8 @@ from videochat.backends.services import Services
 from videochat.events import EventSink
 from videochat.exceptions import BackendUnavailable, InvalidFaultCommand
 from videochat.faults.injector import FaultManager
-from videochat.faults.model import (
-    BACKEND_KINDS,
-    Fault,
-    expand_preset,
-    fault_to_dict,
-    parse_fault,
-)
+from videochat.faults.kinds import BACKEND_KINDS
+from videochat.faults.model import Fault, expand_preset, fault_to_dict, parse_fault
 
 logger = logging.getLogger(__name__)
 

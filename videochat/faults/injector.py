@@ -33,15 +33,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 from videochat.compat.aioice import connection_protocols
 from videochat.compat.aiortc import ice_connection, ice_io, is_ice_transport, set_ice_io
 from videochat.events import CallEvent, EventSink
-from videochat.faults.model import (
-    BACKEND_KINDS,
-    NETWORK_KINDS,
-    BandwidthFault,
-    Fault,
-    LatencyFault,
-    LossFault,
-    VideoEffect,
-)
+from videochat.faults.kinds import BACKEND_KINDS, NETWORK_KINDS
+from videochat.faults.model import BandwidthFault, Fault, LatencyFault, LossFault, VideoEffect
 
 if TYPE_CHECKING:
     import av

@@ -22,20 +22,23 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from videochat.exceptions import InvalidFaultCommand
+from videochat.faults.kinds import (
+    BACKEND_KINDS,
+    FAULT_KINDS,
+    JITTER_MS_RANGE,
+    KBPS_RANGE,
+    LATENCY_MS_RANGE,
+    MAX_DURATION_S,
+    NETWORK_KINDS,
+    OUTAGE_MAX_S,
+    PERCENT_RANGE,
+    Direction,
+)
 
-Direction = Literal["up", "down", "both"]
 VideoEffect = Literal["freeze", "black"]
 
 ALL_ROOMS = "*"
 DEFAULT_DURATION_S = 30.0
-MAX_DURATION_S = 3600.0
-NETWORK_KINDS = frozenset({"loss", "latency", "bandwidth", "blackout"})
-VIDEO_KINDS = frozenset({"freeze_video", "black_video"})
-BACKEND_KINDS = frozenset({"redis_outage", "mongo_outage"})
-FAULT_KINDS = (
-    "loss", "latency", "bandwidth", "blackout", "kill",
-    "freeze_video", "black_video", "redis_outage", "mongo_outage",
-)
 
 _NAME_OK = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
 
@@ -100,18 +103,22 @@ class _Directed(_FaultBase):
 
 class LossFault(_Directed):
     kind: Literal["loss"] = "loss"
-    percent: float = Field(gt=0, le=100, description="share of packets dropped")
+    percent: float = Field(gt=PERCENT_RANGE[0], le=PERCENT_RANGE[1],
+                           description="share of packets dropped")
 
 
 class LatencyFault(_Directed):
     kind: Literal["latency"] = "latency"
-    ms: float = Field(ge=0, le=10_000, description="added one-way delay")
-    jitter_ms: float = Field(default=0.0, ge=0, le=5_000, description="uniform +/- spread")
+    ms: float = Field(ge=LATENCY_MS_RANGE[0], le=LATENCY_MS_RANGE[1],
+                      description="added one-way delay")
+    jitter_ms: float = Field(default=0.0, ge=JITTER_MS_RANGE[0], le=JITTER_MS_RANGE[1],
+                             description="uniform +/- spread")
 
 
 class BandwidthFault(_Directed):
     kind: Literal["bandwidth"] = "bandwidth"
-    kbps: float = Field(ge=8, le=1_000_000, description="cap on bits per second / 1000")
+    kbps: float = Field(ge=KBPS_RANGE[0], le=KBPS_RANGE[1],
+                        description="cap on bits per second / 1000")
 
 
 class BlackoutFault(_Directed):
@@ -135,13 +142,13 @@ class BlackVideoFault(_FaultBase):
 class RedisOutageFault(_FaultBase):
     kind: Literal["redis_outage"] = "redis_outage"
     room: str = ALL_ROOMS
-    duration_s: float = Field(default=10.0, gt=0, le=600)
+    duration_s: float = Field(default=10.0, gt=0, le=OUTAGE_MAX_S)
 
 
 class MongoOutageFault(_FaultBase):
     kind: Literal["mongo_outage"] = "mongo_outage"
     room: str = ALL_ROOMS
-    duration_s: float = Field(default=10.0, gt=0, le=600)
+    duration_s: float = Field(default=10.0, gt=0, le=OUTAGE_MAX_S)
 
 
 NetworkFault = LossFault | LatencyFault | BandwidthFault | BlackoutFault

@@ -49,6 +49,7 @@ from videochat.bots.host import BotControl
 from videochat.call.quality import LADDER
 from videochat.events import CallEvent
 from videochat.exceptions import VideoChatError
+from videochat.faults.kinds import BACKEND_KINDS
 from videochat.metrics.stats import MetricSample
 from videochat.qa.assertions import (
     ChatLedger,
@@ -62,7 +63,7 @@ from videochat.qa.assertions import (
     quality_times_from_events,
 )
 from videochat.qa.report import RunResult, RunStore, new_run_id, save_report
-from videochat.qa.scenario import BACKEND_KINDS, Scenario
+from videochat.qa.scenario import Scenario
 from videochat.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -45,12 +45,22 @@ import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from videochat.exceptions import NotFound, ValidationError
+from videochat.faults.kinds import (
+    BACKEND_KINDS,
+    FAULT_KINDS,
+    JITTER_MS_RANGE,
+    KBPS_RANGE,
+    LATENCY_MS_RANGE,
+    MAX_DURATION_S,
+    OUTAGE_MAX_S,
+    PERCENT_RANGE,
+    Direction,
+)
 
 logger = logging.getLogger(__name__)
 
 BUILTIN_DIR = Path(__file__).resolve().parents[2] / "scenarios"
 ROOM_TARGET = "room"
-MAX_DURATION_S = 3600.0
 
 _NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 _PARTICIPANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
@@ -137,9 +147,6 @@ Seconds = Annotated[float, _between(0, MAX_DURATION_S)]
 PositiveSeconds = Annotated[float, AfterValidator(_positive), _between(0, MAX_DURATION_S)]
 NonNegative = Annotated[float, AfterValidator(_non_negative)]
 NonNegativeInt = Annotated[int, AfterValidator(_non_negative)]
-Direction = Literal["up", "down", "both"]
-
-
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -193,20 +200,20 @@ class _TimedStep(_Step):
 
 class LossStep(_TimedStep):
     kind: Literal["loss"]
-    percent: Annotated[float, AfterValidator(_positive), _between(0, 100)]
+    percent: Annotated[float, AfterValidator(_positive), _between(*PERCENT_RANGE)]
     direction: Direction = "both"
 
 
 class LatencyStep(_TimedStep):
     kind: Literal["latency"]
-    ms: Annotated[float, _between(0, 10_000)]
-    jitter_ms: Annotated[float, _between(0, 5_000)] = 0.0
+    ms: Annotated[float, _between(*LATENCY_MS_RANGE)]
+    jitter_ms: Annotated[float, _between(*JITTER_MS_RANGE)] = 0.0
     direction: Direction = "both"
 
 
 class BandwidthStep(_TimedStep):
     kind: Literal["bandwidth"]
-    kbps: Annotated[float, _between(8, 1_000_000)]
+    kbps: Annotated[float, _between(*KBPS_RANGE)]
     direction: Direction = "both"
 
 
@@ -232,12 +239,12 @@ class BlackVideoStep(_TimedStep):
 
 class RedisOutageStep(_TimedStep):
     kind: Literal["redis_outage"]
-    duration_s: Annotated[PositiveSeconds, _between(0, 600)]
+    duration_s: Annotated[PositiveSeconds, _between(0, OUTAGE_MAX_S)]
 
 
 class MongoOutageStep(_TimedStep):
     kind: Literal["mongo_outage"]
-    duration_s: Annotated[PositiveSeconds, _between(0, 600)]
+    duration_s: Annotated[PositiveSeconds, _between(0, OUTAGE_MAX_S)]
 
 
 FaultStep = Annotated[
@@ -245,11 +252,6 @@ FaultStep = Annotated[
     | BlackVideoStep | RedisOutageStep | MongoOutageStep,
     Field(discriminator="kind"),
 ]
-FAULT_KINDS: tuple[str, ...] = (
-    "loss", "latency", "bandwidth", "blackout", "kill", "freeze_video", "black_video",
-    "redis_outage", "mongo_outage",
-)
-BACKEND_KINDS = frozenset({"redis_outage", "mongo_outage"})
 
 
 class Assertions(_Model):
