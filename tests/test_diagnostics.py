@@ -277,7 +277,7 @@ def test_page_unknown_room_gives_empty_state(page: Any, filled: Db) -> None:
 
 def test_page_live_two_person_call(page: Any, mongo_db: Db) -> None:
     """The must-show: after a 10 s two-person call, bitrate and RTT for both, updating."""
-    from videochat.events import utcnow
+    from videochat.clocks import utcnow
 
     store = MetricsStore(mongo_db, flush_interval_s=0.1)
     start = utcnow().replace(microsecond=0) - timedelta(seconds=10)

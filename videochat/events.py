@@ -1,7 +1,7 @@
 """Call events: what happened to a room, a participant or a media leg, and when.
 
 Event kinds are snake_case past tense. Producers (rooms, faults, recovery, the quality ladder)
-hand events to an `EventSink`; `metrics_store.MetricsStore` is the one that persists them.
+hand events to an `EventSink`; `videochat.metrics.store.MetricsStore` is the one that persists them.
 """
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Protocol
+
+from videochat.clocks import utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +28,6 @@ KNOWN_KINDS = frozenset({
     "quality_changed", "fault_started", "fault_ended", "backend_down", "backend_up",
     "first_frame_received", "media_stalled",
 })
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)

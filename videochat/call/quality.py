@@ -62,8 +62,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from videochat.call.recovery import Clock, Emit, EventContext, WallClock, wall_at
-from videochat.events import utcnow
+from videochat.call.recovery import Emit, EventContext, wall_at
+from videochat.clocks import Monotonic, WallClock, utcnow
 from videochat.exceptions import ValidationError
 
 logger = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ class QualityChange:
 class QualityPolicy:
     """The ladder for one subscriber leg: `observe()` each stats sample, apply what it returns."""
 
-    def __init__(self, clock: Clock, *, start: QualityLevel | None = None,
+    def __init__(self, clock: Monotonic, *, start: QualityLevel | None = None,
                  ceiling: QualityLevel = TOP,
                  thresholds: QualityThresholds = DEFAULT_THRESHOLDS,
                  emit: Emit | None = None, context: EventContext | None = None,

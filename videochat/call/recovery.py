@@ -57,13 +57,12 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from videochat.events import CallEvent, utcnow
+from videochat.clocks import Monotonic, WallClock, utcnow
+from videochat.events import CallEvent
 from videochat.exceptions import ValidationError
 
 logger = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
-WallClock = Callable[[], datetime]
 Emit = Callable[[CallEvent], None]
 
 CONNECTION_STATES = frozenset(
@@ -85,7 +84,7 @@ class EventContext:
                          call_id=self.call_id, leg=self.leg, at=at, data=data)
 
 
-def wall_at(clock: Clock, wall: WallClock, t: float) -> datetime:
+def wall_at(clock: Monotonic, wall: WallClock, t: float) -> datetime:
     return wall() - timedelta(seconds=clock() - t)
 
 
@@ -155,7 +154,7 @@ class Transition:
 class MediaWatchdog:
     """Per-leg liveness from frames actually received and from connection states."""
 
-    def __init__(self, clock: Clock, suspect_after_s: float = 2.0, dropped_after_s: float = 2.5,
+    def __init__(self, clock: Monotonic, suspect_after_s: float = 2.0, dropped_after_s: float = 2.5,
                  first_frame_timeout_s: float = 10.0, *, dropped_on_disconnected: bool = True,
                  started_at: float | None = None) -> None:
         _positive("watchdog suspect_after_s", suspect_after_s)
@@ -284,7 +283,7 @@ class GracePeriod:
 class PresenceBoard:
     """A room's view of who is present, reconnecting or gone; emits each change once."""
 
-    def __init__(self, clock: Clock, grace_s: float = 30.0, *, room: str = "",
+    def __init__(self, clock: Monotonic, grace_s: float = 30.0, *, room: str = "",
                  emit: Emit | None = None, wall: WallClock = utcnow) -> None:
         _positive("grace_s", grace_s)
         self._clock, self._wall, self._emit = clock, wall, emit
@@ -380,7 +379,7 @@ class ReconnectEpisode:
 class ReconnectController:
     """connected -> reconnecting(attempt n, next_at) -> connected | failed, for one leg."""
 
-    def __init__(self, clock: Clock, backoff: Backoff | None = None, grace_s: float = 30.0, *,
+    def __init__(self, clock: Monotonic, backoff: Backoff | None = None, grace_s: float = 30.0, *,
                  attempt_timeout_s: float = 5.0, emit: Emit | None = None,
                  context: EventContext | None = None, wall: WallClock = utcnow) -> None:
         _positive("attempt_timeout_s", attempt_timeout_s)
@@ -529,7 +528,7 @@ class LegSupervisor:
     an outage connects when the path returns, since ICE retransmits its checks for ~30 s).
     """
 
-    def __init__(self, clock: Clock, *, backoff: Backoff | None = None, grace_s: float = 30.0,
+    def __init__(self, clock: Monotonic, *, backoff: Backoff | None = None, grace_s: float = 30.0,
                  attempt_timeout_s: float = 5.0, suspect_after_s: float = 2.0,
                  dropped_after_s: float = 2.5, first_frame_timeout_s: float = 10.0,
                  dropped_on_disconnected: bool = True, emit: Emit | None = None,

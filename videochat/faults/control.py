@@ -38,7 +38,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from pymongo.database import Database
 
 from videochat.backends.command_stream import CommandStreamConsumer, stream_id
 from videochat.backends.services import Services
+from videochat.clocks import EpochClock
 from videochat.events import EventSink
 from videochat.exceptions import BackendUnavailable, InvalidFaultCommand
 from videochat.faults.injector import FaultManager
@@ -67,7 +68,6 @@ ACK_GRACE_S = 600
 NODE_ALIVE_S = 5.0
 RECONCILE_S = 30.0  # a safety net: the stream alone keeps processes in step
 
-Clock = Callable[[], float]
 Doc = dict[str, Any]
 
 
@@ -224,7 +224,7 @@ class FaultControl:
         *,
         outages: OutageController | None = None,
         by: str = "cli",
-        clock: Clock = time.time,
+        clock: EpochClock = time.time,
     ) -> None:
         self.redis = client
         self.db = db
@@ -411,7 +411,7 @@ class FaultConsumer(CommandStreamConsumer):
         db: Database[Doc] | None = None,
         *,
         node: str | None = None,
-        clock: Clock = time.time,
+        clock: EpochClock = time.time,
         block_ms: int = 1000,
     ) -> None:
         super().__init__(client, stream=STREAM, node=node or manager.node, label="fault consumer",

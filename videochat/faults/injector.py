@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from videochat.clocks import EpochClock
 from videochat.compat.aioice import connection_protocols
 from videochat.compat.aiortc import ice_connection, ice_io, is_ice_transport, set_ice_io
 from videochat.events import CallEvent, EventSink
@@ -46,11 +47,10 @@ logger = logging.getLogger(__name__)
 # capped link adds bounded delay and real loss rather than growing latency without end.
 MAX_QUEUE_S = 0.4
 
-Clock = Callable[[], float]
 
 
-class MediaLeg(Protocol):
-    """One server-side peer connection of a participant, as the media code registers it."""
+class InjectableLeg(Protocol):
+    """What the injector needs of a media leg (`videochat.media.legs.MediaLeg` has it)."""
 
     room: str
     participant: str  # display name
@@ -296,7 +296,7 @@ class ActiveFault:
 
 @dataclass
 class _Leg:
-    leg: MediaLeg
+    leg: InjectableLeg
     shims: dict[int, TransportShim] = field(default_factory=dict)
     up: LinkPolicy = IDLE
     down: LinkPolicy = IDLE
@@ -315,7 +315,7 @@ class FaultManager:
         self,
         loop: asyncio.AbstractEventLoop,
         events: EventSink | None = None,
-        clock: Clock = time.time,
+        clock: EpochClock = time.time,
         *,
         node: str = "local",
         seed: int | None = None,
@@ -335,7 +335,7 @@ class FaultManager:
 
     # --- public, any thread ---------------------------------------------------------------
 
-    def register_leg(self, leg: MediaLeg) -> Callable[[], None]:
+    def register_leg(self, leg: InjectableLeg) -> Callable[[], None]:
         entry = _Leg(leg)
         with self._lock:
             self._legs[id(leg)] = entry
@@ -354,7 +354,7 @@ class FaultManager:
 
         return unregister
 
-    def leg_listener(self, leg: MediaLeg, added: bool) -> None:
+    def leg_listener(self, leg: InjectableLeg, added: bool) -> None:
         """Shaped for `videochat.media.legs.LegRegistry.add_listener`: follows legs coming
         and going."""
         if added:
@@ -488,7 +488,7 @@ class FaultManager:
             shim.set_policies(entry.up, entry.down)
 
     @staticmethod
-    def _matches(fault: Fault, leg: MediaLeg) -> bool:
+    def _matches(fault: Fault, leg: InjectableLeg) -> bool:
         return fault.matches(leg.room, leg.participant)
 
     def _update_leg(self, entry: _Leg) -> None:

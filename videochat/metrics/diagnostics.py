@@ -1,9 +1,9 @@
-"""Diagnostics queries and charts over what `metrics_store` wrote (no Streamlit here).
+"""Diagnostics queries and charts over what `videochat/metrics/store.py` wrote (no Streamlit).
 
 Long ranges are downsampled in MongoDB: the range picks a bin width from a ladder so that no
 trace gets more than `max_points` points. A range short enough for one point per second reads
 the raw minute buckets (`samples`); otherwise the query reads the small summary documents
-(`samples_10s`, written beside the raw buckets by `metrics_store`): 10, 20 and 30-s bins are
+(`samples_10s`, written beside the raw buckets by `store.py`): 10, 20 and 30-s bins are
 projected from each minute's precomputed bins, and a minute or more `$group`s the minute
 summaries by `$dateTrunc`. Only the bins travel to the app, never the per-second points of a
 long range.
@@ -26,9 +26,10 @@ import numpy as np
 import plotly.graph_objects as go
 from pymongo.database import Database
 
+from videochat.clocks import utcnow
 from videochat.exceptions import ValidationError
 from videochat.metrics.stats import MetricSample
-from videochat.metrics.store import EVENTS, FIELDS, ROLLUPS, SAMPLES, utcnow
+from videochat.metrics.store import EVENTS, FIELDS, ROLLUPS, SAMPLES
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ the server receives) or a subscribe leg (server → browser, the server sends). 
 reads every registered leg once a second on the media loop and hands one sample per leg to a
 non-blocking sink (the `MetricsStore`).
 
-aiortc 1.16 quirks handled here (see NOTES.md):
+aiortc 1.16 quirks handled here:
 
 - inbound-rtp has no byte counters, no fps and no resolution: bitrates come from the leg's
   transport byte counters (bytes on the wire, all kinds of the bundled leg, SRTP and RTCP
@@ -30,9 +30,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
+from videochat.clocks import WallClock, utcnow
 from videochat.compat.aiortc import remote_streams
 from videochat.exceptions import ValidationError
 
@@ -41,17 +42,12 @@ logger = logging.getLogger(__name__)
 Direction = Literal["publish", "subscribe"]
 Kind = Literal["video", "audio"]
 StatsDict = dict[str, dict[str, Any]]
-Clock = Callable[[], datetime]
 
 CLOCK_RATES: dict[str, int] = {"video": 90_000, "audio": 48_000}
 SAMPLE_PERIOD_S = 1.0
 # A getStats that takes longer than this is abandoned for the tick: a stuck leg must not
 # hold up every other leg's sample.
 STATS_TIMEOUT_S = 0.5
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -356,7 +352,7 @@ class Sampler:
         loop: asyncio.AbstractEventLoop | None,
         sink: Callable[[MetricSample], None],
         *,
-        clock: Clock = utcnow,
+        clock: WallClock = utcnow,
         period_s: float = SAMPLE_PERIOD_S,
     ) -> None:
         self._loop = loop

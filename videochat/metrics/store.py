@@ -17,9 +17,10 @@ Schema (the bucket pattern, by hand):
   event is buffered.
 
 Why not a time-series collection with one document per sample: SecantusDB (what tests and the
-embedded mode run on) inserts ~8,000 documents/s and scans them slowly (NOTES.md), far from the
-20,000 samples/s and 500 ms dashboard targets; and time-series collections enforce no unique
-``_id``, so a retry after an ambiguous timeout would store a sample twice. Instead the single
+embedded mode run on) inserts ~8,000 documents/s and scans them slowly (measured on SecantusDB
+0.7.0b3), far from the 20,000 samples/s and 500 ms dashboard targets; and time-series
+collections enforce no unique ``_id``, so a retry after an ambiguous timeout would store a
+sample twice. Instead the single
 flusher thread keeps each open minute bucket in memory and writes the whole bucket with an
 unordered batch: ``InsertOne`` the first time (an upsert costs ~6x more on SecantusDB), then
 ``ReplaceOne(upsert)``. That is idempotent (replaying it stores the same
@@ -45,7 +46,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -55,6 +56,7 @@ import pymongo.errors
 from pymongo import InsertOne, ReplaceOne
 from pymongo.database import Database
 
+from videochat.clocks import WallClock, utcnow
 from videochat.events import CallEvent
 from videochat.metrics.stats import MetricSample
 from videochat.settings import Settings
@@ -62,7 +64,6 @@ from videochat.settings import Settings
 logger = logging.getLogger(__name__)
 
 MongoDoc = dict[str, Any]
-Clock = Callable[[], datetime]
 
 SAMPLES = "samples"
 ROLLUPS = "samples_10s"
@@ -79,10 +80,6 @@ FIELDS: dict[str, str] = {
 AVERAGED = ("bi", "bo", "rtt", "lf", "j", "fps")
 MAXED = ("lc", "w", "h")
 DUPLICATE_KEY = 11000
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def bucket_id(room: str, leg: str, minute: datetime) -> str:
@@ -201,7 +198,7 @@ class MetricsStore:
         self,
         db: Database[MongoDoc],
         *,
-        clock: Clock = utcnow,
+        clock: WallClock = utcnow,
         buffer_max: int = 200_000,
         batch_max: int = 20_000,
         flush_interval_s: float = 0.5,

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from videochat.backends.embedded import EmbeddedServers
 from videochat.bots.host import BotControl
@@ -65,6 +65,9 @@ from videochat.qa.assertions import (
 from videochat.qa.report import RunResult, RunStore, new_run_id, save_report
 from videochat.qa.scenario import Scenario
 from videochat.settings import Settings
+
+if TYPE_CHECKING:  # imported when a run connects: `qa list` stays light
+    from videochat.backends.services import Services
 
 logger = logging.getLogger(__name__)
 
@@ -358,7 +361,7 @@ class ScenarioRun:
         self.started_at = datetime.now(UTC)
         self.t0: datetime | None = None
         self.injected: list[tuple[float, str, str]] = []  # (t, fault id, label)
-        self._services: Any = None
+        self._services: Services | None = None
         self._stack = contextlib.ExitStack()
         # Remote-frame times per page, polled during the run: a rebuilt call mounts new
         # iframes, and the old ones' records go with them.
@@ -426,7 +429,7 @@ class ScenarioRun:
     def state_dir(self) -> Path:
         return self.options.state_dir or self.base_settings.state_dir
 
-    def _connect(self) -> Any:
+    def _connect(self) -> Services:
         from videochat.backends.services import Services
 
         state = self.state_dir()
@@ -501,7 +504,7 @@ class ScenarioRun:
             _wait(lambda: first.get_by_role("button", name="Leave").count() > 0,
                   JOIN_TIMEOUT_S, f"{people[0].name} to join")
 
-    def _add_bots(self, services: Any, who: _Participants) -> None:
+    def _add_bots(self, services: Services, who: _Participants) -> None:
         bots = [p for p in self.scenario.participants if p.kind == "bot"]
         if not bots:
             return
@@ -527,7 +530,7 @@ class ScenarioRun:
         if not who.pages:
             time.sleep(2.0)  # bots deliver from their first frame; give the relay a moment
 
-    def _timeline(self, services: Any, t0_wall: float) -> None:
+    def _timeline(self, services: Services, t0_wall: float) -> None:
         from videochat.faults.control import control_from_services
 
         control = control_from_services(services, by=f"qa:{self.run_id}")
@@ -544,7 +547,7 @@ class ScenarioRun:
         _sleep_until(t0_wall + self.scenario.duration_s, self._poll_progress)
         self.say(f"t={self.scenario.duration_s:g} s: end of the timeline")
 
-    def _bot_fps(self, services: Any, t0_wall: float) -> list[Sample]:
+    def _bot_fps(self, services: Services, t0_wall: float) -> list[Sample]:
         """Frames per second each bot received through the relay, per publisher; the relay's
         bot-to-bot latency goes to the notes."""
         try:
@@ -577,14 +580,14 @@ class ScenarioRun:
             except Exception as exc:  # noqa: BLE001 - a page mid-reload answers next time
                 logger.debug("progress of %s not read: %s", name, exc)
 
-    def _start_chat(self, services: Any, who: _Participants) -> ChatTraffic:
-        chat = ChatTraffic(services, self.base_settings, self.room, self.scenario,
+    def _start_chat(self, services: Services, who: _Participants) -> ChatLoad:
+        chat = ChatLoad(services, self.base_settings, self.room, self.scenario,
                            [p.name for p in self.scenario.participants])
         chat.start()
         return chat
 
-    def _collect(self, services: Any, who: _Participants, t0_wall: float,
-                 chat: ChatTraffic | None) -> RunMeasurements:
+    def _collect(self, services: Services, who: _Participants, t0_wall: float,
+                 chat: ChatLoad | None) -> RunMeasurements:
         from videochat.metrics.diagnostics import iter_samples
 
         assert self.t0 is not None
@@ -685,12 +688,12 @@ def _sleep_until(wall: float, tick: Callable[[], None] | None = None) -> None:
 # chat traffic
 
 
-class ChatTraffic:
+class ChatLoad:
     """Sends the scenario's chat messages through the app's chat path (ChatQueue: Redis Streams,
     persisted to MongoDB by the app's persister) from a thread; one ChatHub per receiver reads
     the room as a participant's page would."""
 
-    def __init__(self, services: Any, settings: Settings, room: str, scenario: Scenario,
+    def __init__(self, services: Services, settings: Settings, room: str, scenario: Scenario,
                  names: list[str]) -> None:
         from videochat.chat.hub import ChatHub
         from videochat.chat.queue import ChatQueue

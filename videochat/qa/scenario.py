@@ -155,7 +155,7 @@ class _Model(BaseModel):
 # participants, chat, faults, assertions
 
 
-class Participant(_Model):
+class ParticipantSpec(_Model):
     name: Annotated[
         str, _matches(_PARTICIPANT, "must be 1-32 letters, digits, '_', '.' or '-'")
     ]
@@ -278,7 +278,7 @@ class Scenario(_Model):
     duration_s: PositiveSeconds
     # TOML arrays arrive as lists; tuples keep the frozen model hashable and immutable.
     participants: Annotated[
-        tuple[Participant, ...], Field(min_length=1, max_length=16, strict=False)
+        tuple[ParticipantSpec, ...], Field(min_length=1, max_length=16, strict=False)
     ]
     timeline: Annotated[tuple[FaultStep, ...], Field(strict=False)] = ()
     chat: ChatTraffic | None = None
@@ -291,7 +291,7 @@ class Scenario(_Model):
         suffix = re.sub(r"[^A-Za-z0-9]", "", run_id)[-8:]
         return f"qa-{self.name[: 40 - 4 - len(suffix)]}-{suffix}"
 
-    def participant(self, name: str) -> Participant:
+    def participant(self, name: str) -> ParticipantSpec:
         for p in self.participants:
             if p.name == name:
                 return p

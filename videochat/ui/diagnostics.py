@@ -14,7 +14,7 @@ from typing import Any
 import pymongo.errors
 import streamlit as st
 
-from videochat.events import utcnow
+from videochat.clocks import utcnow
 from videochat.exceptions import ValidationError
 from videochat.metrics import diagnostics as diag
 from videochat.ui.state import get_services
