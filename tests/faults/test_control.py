@@ -14,7 +14,7 @@ import pymongo
 import pytest
 import redis
 
-from tests.test_injector import Call, loopback_ice  # noqa: F401 - fixture re-used
+from tests.faults.test_injector import Call, loopback_ice  # noqa: F401 - fixture re-used
 from videochat.backends.embedded import SecantusProcess, ValkeyProcess
 from videochat.backends.services import redis_client
 from videochat.events import CallEvent, EventBus

@@ -186,7 +186,7 @@ def test_app_without_auth_packages_refuses_to_render(monkeypatch: pytest.MonkeyP
 
 # --- app.py itself: the gate is wired before navigation ------------------------------------------
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

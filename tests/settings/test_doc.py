@@ -10,7 +10,7 @@ from pathlib import Path
 from videochat.settings import Settings
 from videochat.settings.doc import render
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "SETTINGS.md"
 REGENERATE = "python -m videochat.settings.doc > docs/SETTINGS.md"
 

@@ -19,7 +19,7 @@ from videochat.exceptions import RateLimited
 from videochat.settings import Settings
 
 ROOM = "svc"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_service_sends_delivers_persists_and_rate_limits(
