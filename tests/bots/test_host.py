@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -20,16 +19,6 @@ from videochat.bots.host import (
 )
 from videochat.exceptions import BackendUnavailable, NotFound, ValidationError
 from videochat.media.room import RoomRegistry
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    lp = asyncio.new_event_loop()
-    thread = threading.Thread(target=lp.run_forever, daemon=True)
-    thread.start()
-    yield lp
-    lp.call_soon_threadsafe(lp.stop)
-    thread.join(5)
 
 
 @pytest.fixture

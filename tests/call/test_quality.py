@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
+from fakes import EPOCH, FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,19 +35,6 @@ from videochat.call.quality import (
 from videochat.call.recovery import EventContext
 from videochat.events import CallEvent
 from videochat.exceptions import ValidationError
-
-EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-class FakeClock:
-    def __init__(self, t: float = 0.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def wall(self) -> datetime:
-        return EPOCH + timedelta(seconds=self.t)
 
 
 def run(policy: QualityPolicy, clock: FakeClock, loss_at, until: float, period: float = 0.5,

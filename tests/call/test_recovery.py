@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
+from fakes import EPOCH, FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,19 +25,6 @@ from videochat.call.recovery import (
 )
 from videochat.events import CallEvent
 from videochat.exceptions import ValidationError
-
-EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-class FakeClock:
-    def __init__(self, t: float = 0.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def wall(self) -> datetime:
-        return EPOCH + timedelta(seconds=self.t)
 
 
 def wall(t: float) -> datetime:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
@@ -29,18 +28,6 @@ from videochat.faults.control import (
 )
 from videochat.faults.injector import FaultManager
 from videochat.faults.model import parse_fault
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """The media loop of an app process, running in its own thread."""
-    lp = asyncio.new_event_loop()
-    thread = threading.Thread(target=lp.run_forever, daemon=True)
-    thread.start()
-    yield lp
-    lp.call_soon_threadsafe(lp.stop)
-    thread.join(2)
-    lp.close()
 
 
 class Node:

@@ -7,11 +7,9 @@ import asyncio
 import gc
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiortc import RTCPeerConnection
 
 from videochat.backends.embedded import SecantusProcess
@@ -26,17 +24,6 @@ from videochat.metrics.process_health import (
     live_peer_connections,
     stalled_peer_connections,
 )
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    lp = asyncio.new_event_loop()
-    thread = threading.Thread(target=lp.run_forever, name="test-media-loop", daemon=True)
-    thread.start()
-    yield lp
-    lp.call_soon_threadsafe(lp.stop)
-    thread.join(5)
-    lp.close()
 
 
 def on_loop(lp: asyncio.AbstractEventLoop, coro: Any) -> Any:
