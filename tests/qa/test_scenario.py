@@ -7,17 +7,16 @@ from pathlib import Path
 import pytest
 
 from videochat.exceptions import NotFound, ValidationError, VideoChatError
+from videochat.faults.kinds import FAULT_KINDS
 from videochat.qa.scenario import (
     BUILTIN_DIR,
-    FAULT_KINDS,
     LossStep,
-    ScenarioError,
     builtin_scenarios,
     find_scenario,
     load_scenario,
-    locate,
     parse_scenario,
 )
+from videochat.qa.scenario_errors import ScenarioError, locate
 
 GOOD = """\
 name = "x"

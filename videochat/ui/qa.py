@@ -20,7 +20,8 @@ import streamlit as st
 from videochat.exceptions import VideoChatError
 from videochat.qa.report import RunStore, render_html
 from videochat.qa.runner import BackgroundRun, launch_run
-from videochat.qa.scenario import ScenarioError, builtin_scenarios
+from videochat.qa.scenario import builtin_scenarios
+from videochat.qa.scenario_errors import ScenarioError
 from videochat.ui.admin import admitted
 from videochat.ui.state import get_services, get_settings
 
