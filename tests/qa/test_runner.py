@@ -17,7 +17,7 @@ from videochat.events import CallEvent
 from videochat.metrics.stats import MetricSample
 from videochat.qa.assertions import FaultWindow
 from videochat.qa.harness import CHROMIUM, PROJECT_ROOT, netns_available
-from videochat.qa.runner import (
+from videochat.qa.measurements import (
     event_from_doc,
     expected_events_seen,
     fps_from_counts,

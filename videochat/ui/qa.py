@@ -18,8 +18,8 @@ from typing import Any
 import streamlit as st
 
 from videochat.exceptions import VideoChatError
+from videochat.qa.background import BackgroundRun, launch_run
 from videochat.qa.report import RunStore, render_html
-from videochat.qa.runner import BackgroundRun, launch_run
 from videochat.qa.scenario import builtin_scenarios
 from videochat.qa.scenario_errors import ScenarioError
 from videochat.ui.admin import admitted
