@@ -1,8 +1,8 @@
 """The fault taxonomy: every kind of fault, its family, its page label and its parameters.
 
 The one list the rest derives from: the fault model (`videochat/faults/model.py`), the QA
-scenario steps (`videochat/qa/scenario.py`), the command line's flags (`videochat/cli.py`) and
-the /faults page (`videochat/ui/faults.py`). tests/faults/test_kinds.py checks that the fault
+scenario steps (`videochat/qa/scenario.py`), the command line's flags (`videochat/faults/cli.py`)
+and the /faults page (`videochat/ui/faults.py`). tests/faults/test_kinds.py checks that the fault
 and step models carry exactly the parameters listed here.
 """
 

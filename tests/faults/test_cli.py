@@ -21,7 +21,7 @@ from videochat.call.presence import Presence
 from videochat.faults.control import ACTIVE, FaultConsumer
 from videochat.faults.injector import FaultManager
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
