@@ -77,5 +77,7 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     yield lp
     lp.call_soon_threadsafe(lp.stop)
     thread.join(5)
-    if not lp.is_running():
+    # A loop still holding tasks (a bot host's watchers being cancelled) is left to the
+    # collector: closing it would destroy them mid-cancel.
+    if not lp.is_running() and not asyncio.all_tasks(lp):
         lp.close()

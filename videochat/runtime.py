@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from videochat import compat
+from videochat.backends import keys
 from videochat.backends.services import Services
 from videochat.bots.host import BotConsumer, start_bot_plane
 from videochat.call.access import RoomAccess
@@ -125,7 +126,7 @@ def build_runtime(settings: Settings, services: Services, *, loop: asyncio.Abstr
     bus.add_sink(metrics.emit)
     presence = Presence(services.redis, node=node)
     call_log = CallLog(services.db)
-    access = RoomAccess(services.redis, services.db["rooms"])
+    access = RoomAccess(services.redis, services.db[keys.ROOMS])
 
     # Browser -> media legs (registered by the call page) -> rooms and their relay.
     legs = LegRegistry()

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 import av
 import redis
 
+from videochat.backends import keys
 from videochat.backends.command_stream import CommandStreamConsumer
 from videochat.exceptions import BackendUnavailable, NotFound, ValidationError
 from videochat.media.bot_tracks import BotAudioTrack, BotVideoTrack, LatencyProbe, decode_stamp
@@ -46,8 +47,8 @@ from videochat.media.room import RoomRegistry
 
 logger = logging.getLogger(__name__)
 
-STREAM = "vc:bots:commands"
-NODES = "vc:bots:nodes"
+STREAM = keys.BOT_COMMANDS
+NODES = keys.BOT_NODES
 STREAM_MAXLEN = 1_000
 ACK_TTL_S = 600
 NODE_ALIVE_S = 5.0
@@ -56,12 +57,8 @@ WATCH_SLOTS_S = 0.5
 PER_SECOND_KEEP = 3600
 
 
-def ack_key(cmd_id: str) -> str:
-    return f"vc:bots:ack:{cmd_id}"
-
-
-def claim_key(cmd_id: str) -> str:
-    return f"vc:bots:claim:{cmd_id}"
+ack_key = keys.bot_ack_key
+claim_key = keys.bot_claim_key
 
 
 @dataclass

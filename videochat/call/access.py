@@ -33,6 +33,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import redis
 
+from videochat.backends import keys
 from videochat.exceptions import (
     AccessDenied,
     BackendUnavailable,
@@ -60,11 +61,11 @@ FAILURE_WINDOW_S = 60
 
 
 def meta_key(room: str) -> str:
-    return f"vc:room:{room}:meta"
+    return keys.room_meta_key(room)
 
 
 def failures_key(room: str) -> str:
-    return f"vc:room:{room}:passcode_failures"
+    return keys.passcode_failures_key(room)
 
 
 def _check_passcode(passcode: str) -> str:

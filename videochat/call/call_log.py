@@ -16,6 +16,8 @@ from typing import Any
 import pymongo.errors
 from pymongo.database import Database
 
+from videochat.backends import keys
+
 logger = logging.getLogger(__name__)
 
 
@@ -43,21 +45,21 @@ class CallLog:
 
     def participant_joined(self, *, room: str, call_id: str, participant_id: str, name: str,
                            joined_at: float, node: str) -> None:
-        self._put("calls", {"_id": call_id}, {
+        self._put(keys.CALLS, {"_id": call_id}, {
             "$setOnInsert": {"room": room, "started_at": _ts(joined_at)},
             "$set": {"active": True, "node": node},
             "$addToSet": {"participants": participant_id},
         })
-        self._put("participants", {"_id": participant_id}, {"$set": {
+        self._put(keys.PARTICIPANTS, {"_id": participant_id}, {"$set": {
             "room": room, "call_id": call_id, "name": name, "joined_at": _ts(joined_at),
             "left_at": None, "node": node}})
 
     def participant_left(self, *, call_id: str, participant_id: str, left_at: float,
                          reason: str, call_ended: bool) -> None:
-        self._put("participants", {"_id": participant_id},
+        self._put(keys.PARTICIPANTS, {"_id": participant_id},
                   {"$set": {"left_at": _ts(left_at), "left_reason": reason}})
         if call_ended:
-            self._put("calls", {"_id": call_id},
+            self._put(keys.CALLS, {"_id": call_id},
                       {"$set": {"active": False, "ended_at": _ts(left_at)}})
 
     def _run(self) -> None:

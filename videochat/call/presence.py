@@ -15,13 +15,15 @@ from dataclasses import dataclass
 
 import redis
 
+from videochat.backends import keys
+
 logger = logging.getLogger(__name__)
 
-ROOMS_KEY = "vc:rooms"
+ROOMS_KEY = keys.PRESENCE_ROOMS
 
 
 def presence_key(room: str) -> str:
-    return f"vc:presence:{room}"
+    return keys.presence_key(room)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ import pymongo.errors
 import redis
 from pymongo.database import Database
 
+from videochat.backends import keys
 from videochat.chat.ledger import COLLECTION, ledger_key, stream_key
 from videochat.chat.message import ChatMessage, check_room
 from videochat.exceptions import ValidationError
@@ -85,7 +86,7 @@ class ChatHub:
         self._counted_at = 0.0
         self._ledger_interval_s = 0.5
         # Not under the chat stream prefix, so it can never be taken for a room.
-        self._wake_key = f"vc:chathub-wake:{uuid.uuid4().hex}"
+        self._wake_key = keys.chat_hub_wake_key(uuid.uuid4().hex)
         self._wake_cursor = "0-0"
 
     # -- public API --------------------------------------------------------------------------

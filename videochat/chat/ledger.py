@@ -13,25 +13,20 @@ from typing import Any
 import redis
 from pymongo.database import Database
 
+from videochat.backends import keys
+
 MongoDoc = dict[str, Any]
 
-GROUP = "persist"
-ROOMS_KEY = "vc:chatrooms"
-COLLECTION = "chat_messages"
+GROUP = keys.CHAT_PERSIST_GROUP
+ROOMS_KEY = keys.CHAT_ROOMS
+COLLECTION = keys.CHAT_MESSAGES
 SEQ_TTL_S = 7 * 24 * 3600
 _OLD_INDEX = "origin_1_seq_1"
 
 
-def stream_key(room: str) -> str:
-    return f"vc:chat:{room}"
-
-
-def seq_key(room: str, origin: str) -> str:
-    return f"vc:chatseq:{room}:{origin}"
-
-
-def ledger_key(room: str) -> str:
-    return f"vc:chatledger:{room}"
+stream_key = keys.chat_stream_key
+seq_key = keys.chat_seq_key
+ledger_key = keys.chat_ledger_key
 
 
 @dataclass(frozen=True)

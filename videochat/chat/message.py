@@ -28,6 +28,7 @@ from typing import Any
 
 import redis
 
+from videochat.backends import keys
 from videochat.exceptions import (
     InvalidChatMessage,
     InvalidDisplayName,
@@ -243,7 +244,7 @@ class ChatRateLimiter:
 
     @staticmethod
     def key(room: str, participant_id: str) -> str:
-        return f"vc:chatrate:{room}:{participant_id}"
+        return keys.chat_rate_key(room, participant_id)
 
     def check(self, room: str, participant_id: str, *, local_only: bool = False) -> None:
         """Count one message, or raise `RateLimited` without counting it.

@@ -49,6 +49,7 @@ import redis
 from pymongo import UpdateOne
 from pymongo.database import Database
 
+from videochat.backends import keys
 from videochat.backends.command_stream import CommandStreamConsumer, stream_id
 from videochat.backends.services import Services
 from videochat.clocks import EpochClock
@@ -60,9 +61,9 @@ from videochat.faults.model import Fault, expand_preset, fault_to_dict, parse_fa
 
 logger = logging.getLogger(__name__)
 
-STREAM = "vc:faults:commands"
-ACTIVE = "vc:faults:active"
-NODES = "vc:faults:nodes"
+STREAM = keys.FAULT_COMMANDS
+ACTIVE = keys.FAULTS_ACTIVE
+NODES = keys.FAULT_NODES
 STREAM_MAXLEN = 10_000
 ACK_GRACE_S = 600
 NODE_ALIVE_S = 5.0
@@ -71,12 +72,8 @@ RECONCILE_S = 30.0  # a safety net: the stream alone keeps processes in step
 Doc = dict[str, Any]
 
 
-def ack_key(cmd_id: str) -> str:
-    return f"vc:faults:ack:{cmd_id}"
-
-
-def claim_key(fault_id: str) -> str:
-    return f"vc:faults:claim:{fault_id}"
+ack_key = keys.fault_ack_key
+claim_key = keys.fault_claim_key
 
 
 def _new_id() -> str:
@@ -379,7 +376,7 @@ class FaultControl:
             "$setOnInsert": {"applied_by": []},
         }, upsert=True) for f in faults]
         try:
-            self.db["faults"].bulk_write(ops, ordered=False)
+            self.db[keys.FAULTS].bulk_write(ops, ordered=False)
         except pymongo.errors.PyMongoError as exc:
             logger.warning("fault audit insert failed (%s); the faults still run", exc)
 
@@ -387,7 +384,7 @@ class FaultControl:
         if self.db is None or not ids:
             return
         try:
-            self.db["faults"].update_many(
+            self.db[keys.FAULTS].update_many(
                 {"_id": {"$in": ids}, "status": "active"},
                 {"$set": {"status": status, "ended_at": self.clock(), "ended_by": self.by}})
         except pymongo.errors.PyMongoError as exc:
@@ -583,7 +580,7 @@ class FaultConsumer(CommandStreamConsumer):
 
     def _write_audit(self, fault_id: str, what: str, data: dict[str, Any]) -> None:
         assert self.db is not None
-        coll = self.db["faults"]
+        coll = self.db[keys.FAULTS]
         try:
             if what == "applied":
                 coll.update_one({"_id": fault_id}, {"$addToSet": {"applied_by": data["node"]},

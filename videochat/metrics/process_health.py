@@ -54,12 +54,13 @@ import pymongo.errors
 from aiortc import RTCPeerConnection
 from pymongo.database import Database
 
+from videochat.backends import keys
 from videochat.compat.aiortc import peer_connections_tracked, tracked_peer_connections
 from videochat.media.legs import LegRegistry
 
 logger = logging.getLogger(__name__)
 
-COLLECTION = "process_health"
+COLLECTION = keys.PROCESS_HEALTH
 DUPLICATE_KEY = 11000
 TOP_GROUPS = 20
 MongoDoc = dict[str, Any]

@@ -56,6 +56,7 @@ import pymongo.errors
 from pymongo import InsertOne, ReplaceOne
 from pymongo.database import Database
 
+from videochat.backends import keys
 from videochat.clocks import WallClock, utcnow
 from videochat.events import CallEvent
 from videochat.metrics.stats import MetricSample
@@ -65,9 +66,9 @@ logger = logging.getLogger(__name__)
 
 MongoDoc = dict[str, Any]
 
-SAMPLES = "samples"
-ROLLUPS = "samples_10s"
-EVENTS = "events"
+SAMPLES = keys.SAMPLES
+ROLLUPS = keys.ROLLUPS
+EVENTS = keys.EVENTS
 SLOTS = 60
 ROLLUP_S = 10
 ROLLUP_SLOTS = SLOTS // ROLLUP_S

@@ -41,6 +41,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from videochat.backends import keys
 from videochat.backends.embedded import EmbeddedServers
 from videochat.bots.host import BotControl
 from videochat.call.quality import LADDER
@@ -79,7 +80,7 @@ logger = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 60.0
 COLLECT_TIMEOUT_S = 20.0
-EVENTS = "events"
+EVENTS = keys.EVENTS
 BOT_SIZE = (320, 240)
 """QA bots send 320x240: on this 2-core machine a 640x480 bot (4.3 ms to draw and 5.5 ms to
 encode per frame, both on the media loop) competes with the very call being measured."""
