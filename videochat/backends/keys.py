@@ -6,72 +6,47 @@ function of it. The modules named beside each group own what is stored there and
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+
+def _key(template: str) -> Callable[..., str]:
+    """A key function: its arguments fill the template's `{}` in order."""
+    def key(*parts: str) -> str:
+        return template.format(*parts)
+
+    return key
+
+
 # --- Redis: presence and rooms (videochat/call/presence.py, videochat/call/access.py) ---------
 PRESENCE_ROOMS = "vc:rooms"
-
-
-def presence_key(room: str) -> str:
-    return f"vc:presence:{room}"
-
-
-def room_meta_key(room: str) -> str:
-    return f"vc:room:{room}:meta"
-
-
-def passcode_failures_key(room: str) -> str:
-    return f"vc:room:{room}:passcode_failures"
+presence_key = _key("vc:presence:{}")  # (room)
+room_meta_key = _key("vc:room:{}:meta")  # (room)
+passcode_failures_key = _key("vc:room:{}:passcode_failures")  # (room)
 
 
 # --- Redis: fault commands (videochat/faults/control.py) --------------------------------------
 FAULT_COMMANDS = "vc:faults:commands"
 FAULTS_ACTIVE = "vc:faults:active"
 FAULT_NODES = "vc:faults:nodes"
-
-
-def fault_ack_key(cmd_id: str) -> str:
-    return f"vc:faults:ack:{cmd_id}"
-
-
-def fault_claim_key(fault_id: str) -> str:
-    return f"vc:faults:claim:{fault_id}"
+fault_ack_key = _key("vc:faults:ack:{}")  # (cmd_id)
+fault_claim_key = _key("vc:faults:claim:{}")  # (fault_id)
 
 
 # --- Redis: bot commands (videochat/bots/host.py) ---------------------------------------------
 BOT_COMMANDS = "vc:bots:commands"
 BOT_NODES = "vc:bots:nodes"
-
-
-def bot_ack_key(cmd_id: str) -> str:
-    return f"vc:bots:ack:{cmd_id}"
-
-
-def bot_claim_key(cmd_id: str) -> str:
-    return f"vc:bots:claim:{cmd_id}"
+bot_ack_key = _key("vc:bots:ack:{}")  # (cmd_id)
+bot_claim_key = _key("vc:bots:claim:{}")  # (cmd_id)
 
 
 # --- Redis: chat (videochat/chat/) ------------------------------------------------------------
 CHAT_ROOMS = "vc:chatrooms"
 CHAT_PERSIST_GROUP = "persist"
-
-
-def chat_stream_key(room: str) -> str:
-    return f"vc:chat:{room}"
-
-
-def chat_seq_key(room: str, origin: str) -> str:
-    return f"vc:chatseq:{room}:{origin}"
-
-
-def chat_ledger_key(room: str) -> str:
-    return f"vc:chatledger:{room}"
-
-
-def chat_rate_key(room: str, participant_id: str) -> str:
-    return f"vc:chatrate:{room}:{participant_id}"
-
-
-def chat_hub_wake_key(token: str) -> str:
-    return f"vc:chathub-wake:{token}"
+chat_stream_key = _key("vc:chat:{}")  # (room)
+chat_seq_key = _key("vc:chatseq:{}:{}")  # (room, origin)
+chat_ledger_key = _key("vc:chatledger:{}")  # (room)
+chat_rate_key = _key("vc:chatrate:{}:{}")  # (room, participant_id)
+chat_hub_wake_key = _key("vc:chathub-wake:{}")  # (token)
 
 
 # --- MongoDB collections ----------------------------------------------------------------------
