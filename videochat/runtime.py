@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from videochat import compat
 from videochat.backends import keys
 from videochat.backends.services import Services
+from videochat.backends.worker import BackgroundWorker
 from videochat.bots.host import BotConsumer, start_bot_plane
 from videochat.call.access import RoomAccess
 from videochat.call.call_log import CallLog
@@ -70,7 +70,7 @@ class AppRuntime:
     session_alive: SessionAlive
     bots: BotConsumer | None = None
     chat_rooms: dict[str, Callable[[], None]] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
+    housekeeping: Housekeeping | None = None
 
     def watch_chat(self, room: str) -> None:
         """Wake every session in `room` when a chat message arrives (once per room)."""
@@ -85,33 +85,41 @@ class AppRuntime:
         self.chat_rooms[room] = self.chat.hub.subscribe(room, on_message)
 
     def start_housekeeping(self) -> None:
-        threading.Thread(target=self._housekeeping, name="rooms-housekeeping",
-                         daemon=True).start()
+        if self.housekeeping is None:
+            self.housekeeping = Housekeeping(self).start()
+
+
+class Housekeeping(BackgroundWorker):
+    """Once a second: reap closed tabs after the grace period; every 10 s, close connections
+    nobody registered and refresh presence. Must survive backend outages."""
+
+    def __init__(self, rt: AppRuntime) -> None:
+        super().__init__(thread_name="rooms-housekeeping", label="rooms housekeeping",
+                         backend_errors=(), join_timeout_s=2.0, interval_s=1.0,
+                         error_pause_s=1.0)
+        self.rt = rt
+        self._last_touch = 0.0
+
+    def run_round(self) -> None:
+        rt = self.rt
+        # A closed tab ends its Streamlit session; the grace keeps a websocket blip (laptop
+        # sleep, server restart) from counting as leaving.
+        rt.registry.reap(rt.session_alive, rt.settings.reconnect_grace_s)
+        if time.monotonic() - self._last_touch > PRESENCE_REFRESH_S:
+            self._last_touch = time.monotonic()
+            self._close_stalled_connections()
+            for p in rt.registry.participants():
+                rt.presence.touch(p.room, p.id, p.name, p.joined_at)
 
     def _close_stalled_connections(self) -> None:
         # A server-side connection whose browser went away before ICE connected stays
         # "checking" for ever: Chromium's offers carry no end-of-candidates, and aioice only
         # fails after it. Registered legs are the supervisor's; these are nobody's.
         for pc in stalled_peer_connections(STALLED_AFTER_S):
-            if not self.legs.known(pc):
+            if not self.rt.legs.known(pc):
                 logger.warning("closing a connection that never connected in %.0f s",
                                STALLED_AFTER_S)
-                asyncio.run_coroutine_threadsafe(pc.close(), self.loop)
-
-    def _housekeeping(self) -> None:
-        last_touch = 0.0
-        while not self._stop.wait(1.0):
-            try:
-                # A closed tab ends its Streamlit session; the grace keeps a websocket blip
-                # (laptop sleep, server restart) from counting as leaving.
-                self.registry.reap(self.session_alive, self.settings.reconnect_grace_s)
-                if time.monotonic() - last_touch > PRESENCE_REFRESH_S:
-                    last_touch = time.monotonic()
-                    self._close_stalled_connections()
-                    for p in self.registry.participants():
-                        self.presence.touch(p.room, p.id, p.name, p.joined_at)
-            except Exception:  # noqa: BLE001 - housekeeping must survive backend outages
-                logger.warning("rooms housekeeping failed", exc_info=True)
+                asyncio.run_coroutine_threadsafe(pc.close(), self.rt.loop)
 
 
 def build_runtime(settings: Settings, services: Services, *, loop: asyncio.AbstractEventLoop,

@@ -41,7 +41,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import psutil
 import pymongo.errors
@@ -424,12 +424,13 @@ class FaultConsumer(CommandStreamConsumer):
 
     # lifecycle
 
-    def start(self) -> None:
-        if self.running:
-            return
-        super().start()
-        if self.db is not None:
-            threading.Thread(target=self._audit_worker, name="fault-audit", daemon=True).start()
+    def start(self) -> Self:
+        if not self.running:
+            super().start()
+            if self.db is not None:
+                threading.Thread(target=self._audit_worker, name="fault-audit",
+                                 daemon=True).start()
+        return self
 
     def run_round(self) -> None:
         if self.last_id is None:

@@ -55,6 +55,7 @@ from aiortc import RTCPeerConnection
 from pymongo.database import Database
 
 from videochat.backends import keys
+from videochat.backends.worker import BackgroundWorker
 from videochat.compat.aiortc import peer_connections_tracked, tracked_peer_connections
 from videochat.media.legs import LegRegistry
 
@@ -138,7 +139,7 @@ class HealthSnapshot:
         return doc
 
 
-class ProcessHealth:
+class ProcessHealth(BackgroundWorker):
     """Samples this process; `start()` writes a document every `interval_s` to `db`."""
 
     def __init__(
@@ -162,7 +163,6 @@ class ProcessHealth:
         self.node = node
         self.loop = loop
         self.legs = legs
-        self.interval_s = interval_s
         self.collect_every_s = collect_every_s
         self.loop_timeout_s = loop_timeout_s
         self.stalled_after_s = stalled_after_s
@@ -177,8 +177,9 @@ class ProcessHealth:
         self._indexed = False
         self._next_try = 0.0
         self._delay = 0.5
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(thread_name="process-health", label="process health sample",
+                         backend_errors=(), join_timeout_s=5.0, interval_s=interval_s,
+                         error_pause_s=interval_s)
         self.written = 0
         self.dropped = 0
         self.last_error: str | None = None
@@ -339,27 +340,12 @@ class ProcessHealth:
                 "last_error": self.last_error}
 
     # -- lifecycle -----------------------------------------------------------------------
-    def start(self) -> ProcessHealth:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="process-health",
-                                            daemon=True)
-            self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                self.tick()
-            except Exception:  # noqa: BLE001 - the sampler must outlive any one bad round
-                logger.exception("process health sample failed")
-            self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
+    def run_round(self) -> None:
+        self.tick()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        self.join_timeout_s = timeout
+        super().stop()
         with_db = self.db is not None
         if with_db and self._pending:
             self.flush()
