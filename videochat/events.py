@@ -11,7 +11,7 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from videochat.clocks import utcnow
@@ -49,6 +49,17 @@ class CallEvent:
             "kind": self.kind, "room": self.room, "participant": self.participant,
             "call_id": self.call_id, "leg": self.leg, "at": self.at, "data": dict(self.data),
         }
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> CallEvent:
+        """The event a `to_doc()` document (as read back from MongoDB) holds; MongoDB returns
+        naive datetimes, in UTC."""
+        at = doc["at"]
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        return cls(kind=doc["kind"], room=doc["room"], participant=doc.get("participant"),
+                   call_id=doc.get("call_id"), leg=doc.get("leg"), at=at,
+                   data=dict(doc.get("data") or {}))
 
 
 class EventSink(Protocol):

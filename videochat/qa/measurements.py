@@ -14,7 +14,7 @@ import logging
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from videochat.call.quality import LADDER
@@ -43,12 +43,7 @@ TIMELINE_KINDS = frozenset({
 
 
 def event_from_doc(doc: dict[str, Any]) -> CallEvent:
-    at = doc["at"]
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-    return CallEvent(kind=doc["kind"], room=doc["room"], participant=doc.get("participant"),
-                     call_id=doc.get("call_id"), leg=doc.get("leg"), at=at,
-                     data=dict(doc.get("data") or {}))
+    return CallEvent.from_doc(doc)
 
 
 def _secs(at: datetime, t0: datetime) -> float:
