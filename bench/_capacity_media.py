@@ -33,7 +33,7 @@ from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from videochat.bot import BotAudioTrack, BotVideoTrack, LatencyProbe
+from videochat.media.bot_tracks import BotAudioTrack, BotVideoTrack, LatencyProbe
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ hosts what the app's media loop hosts for a call, minus Streamlit: one `Particip
 person (a video and an audio `TrackHub`, fed by a SENDONLY publish connection: one VP8 and one
 Opus decode per publisher) and one receive-only connection per `Slot` (two `RelayTrack`s: one
 VP8 and one Opus encode per subscriber). Every connection lives on one asyncio loop, as in the
-app. ICE is restricted to 127.0.0.1 (`videochat.ice`).
+app. ICE is restricted to 127.0.0.1 (`videochat.compat.aioice`).
 
 Signalling: JSON lines over a loopback TCP socket; the first line on stdout is ``{"port": P}``.
 Requests ``{"op": ...}``: ``join`` (room, name → pid; binds the slots of everyone in the room),
@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aiortc import RTCPeerConnection, RTCSessionDescription  # noqa: E402
 from aiortc.mediastreams import MediaStreamTrack  # noqa: E402
 
-from videochat import ice  # noqa: E402
-from videochat.participant import Participant  # noqa: E402
-from videochat.relay import HubInput  # noqa: E402
+from videochat.compat import aioice as ice  # noqa: E402
+from videochat.media.participant import Participant  # noqa: E402
+from videochat.media.relay import HubInput  # noqa: E402
 
 logger = logging.getLogger(__name__)
 

@@ -277,7 +277,7 @@ async def run_capacity(cfg: CapacityConfig,
     import psutil
 
     from bench._capacity_media import Control, SharedEncoder, close_participant
-    from videochat import ice
+    from videochat.compat import aioice as ice
 
     ice.restrict_host_addresses(["127.0.0.1"])
     server = ServerProcess(cfg.server_cpus)

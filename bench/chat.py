@@ -40,12 +40,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from redis.utils import HIREDIS_AVAILABLE  # noqa: E402
 
-from videochat.chat_hub import ChatHub  # noqa: E402
-from videochat.chat_ledger import audit_room, read_ledger  # noqa: E402
-from videochat.chat_persister import ChatPersister  # noqa: E402
-from videochat.chat_queue import ChatQueue  # noqa: E402
-from videochat.embedded import SecantusProcess, ValkeyProcess, valkey_binary  # noqa: E402
-from videochat.services import mongo_client, redis_client  # noqa: E402
+from videochat.backends.embedded import SecantusProcess, ValkeyProcess, valkey_binary  # noqa: E402
+from videochat.backends.services import mongo_client, redis_client  # noqa: E402
+from videochat.chat.hub import ChatHub  # noqa: E402
+from videochat.chat.ledger import audit_room, read_ledger  # noqa: E402
+from videochat.chat.persister import ChatPersister  # noqa: E402
+from videochat.chat.queue import ChatQueue  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SENDERS = 20  # distinct participants, round robin (the per-participant rate limit is off)
@@ -208,7 +208,7 @@ def main() -> int:
         elif args.persister == "process":
             env = {**os.environ, "REDIS_URL": valkey.url, "MONGODB_URI": mongo.url,
                    "VIDEOCHAT_DB": "bench_chat", "VIDEOCHAT_LOG_LEVEL": "WARNING"}
-            worker = subprocess.Popen([sys.executable, "-m", "videochat.chat_persister"],
+            worker = subprocess.Popen([sys.executable, "-m", "videochat.chat.persister"],
                                       env=env, cwd=Path(__file__).resolve().parents[1])
         try:
             result = _bench(args, client, db, queue, hub, persister)
@@ -236,7 +236,7 @@ def main() -> int:
         "mongo": "embedded SecantusDB 0.7.0b3",
         "transport": "loopback; queue + hub threads in one process",
         "persister": {"thread": "thread of the same process (as ChatService runs it)",
-                      "process": "separate worker process (python -m videochat.chat_persister)",
+                      "process": "separate worker process (python -m videochat.chat.persister)",
                       "after": "started after the timed run (delivery measured alone)"}[
                           args.persister],
     }

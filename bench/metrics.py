@@ -31,18 +31,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from videochat.diagnostics import (  # noqa: E402
+from videochat.backends.embedded import SecantusProcess  # noqa: E402
+from videochat.backends.services import mongo_client  # noqa: E402
+from videochat.events import CallEvent  # noqa: E402
+from videochat.metrics.diagnostics import (  # noqa: E402
     Selection,
     build_figures,
     compute_kpis,
     query_events,
     query_samples,
 )
-from videochat.embedded import SecantusProcess  # noqa: E402
-from videochat.events import CallEvent  # noqa: E402
-from videochat.metrics_store import MetricsStore  # noqa: E402
-from videochat.services import mongo_client  # noqa: E402
-from videochat.stats import MetricSample  # noqa: E402
+from videochat.metrics.stats import MetricSample  # noqa: E402
+from videochat.metrics.store import MetricsStore  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 T0 = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)

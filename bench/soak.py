@@ -4,7 +4,8 @@ Real app (`streamlit run app.py`, embedded Valkey + SecantusDB) and 2-4 headless
 participants (optionally bots) in one room, all inside a loopback-only network namespace (the
 script re-runs itself inside one). Before anyone joins, one page that does not join wakes the
 app's runtime and the idle baseline is read from the app's own `process_health` documents
-(videochat/health.py: threads, media-loop tasks, live/open RTCPeerConnection objects, legs).
+(videochat/metrics/process_health.py: threads, media-loop tasks, live/open RTCPeerConnection
+objects, legs).
 Then a rolling, bounded timeline of faults is injected through the command line
 (`python -m videochat faults inject`): loss 10-30 %, latency with jitter, a 300 kbps cap,
 blackouts of 2-8 s, killed connections, and a participant who leaves and rejoins. Every 10 s the
@@ -45,7 +46,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import write  # noqa: E402
-from videochat.embedded import EmbeddedServers  # noqa: E402
+from videochat.backends.embedded import EmbeddedServers  # noqa: E402
 from videochat.qa.harness import (  # noqa: E402
     PROJECT_ROOT,
     AppProcess,
@@ -267,8 +268,8 @@ def spread(docs: list[dict[str, Any]], key: str) -> dict[str, Any]:
 
 # -- the run ------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from videochat.bots import BotControl
-    from videochat.services import Services
+    from videochat.backends.services import Services
+    from videochat.bots.host import BotControl
     from videochat.settings import Settings
 
     state = Path(tempfile.mkdtemp(prefix="bench-soak-"))

@@ -1,7 +1,10 @@
-"""Shared fixtures: real embedded Valkey and SecantusDB (no fakes), one pair per test session."""
+"""Shared fixtures: real embedded Valkey and SecantusDB (no fakes), one pair per test session;
+a media loop in its own thread. Plain fakes (clock, epoch) are in tests/fakes.py."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,8 +13,8 @@ import pymongo
 import pytest
 import redis
 
-from videochat.embedded import SecantusProcess, ValkeyProcess
-from videochat.services import mongo_client, redis_client
+from videochat.backends.embedded import SecantusProcess, ValkeyProcess
+from videochat.backends.services import mongo_client, redis_client
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +66,18 @@ def mongo_db(secantus_server: SecantusProcess) -> Iterator[pymongo.database.Data
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Path:
     return tmp_path / "state"
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """The media loop of an app process, running in its own thread."""
+    lp = asyncio.new_event_loop()
+    thread = threading.Thread(target=lp.run_forever, name="test-media-loop", daemon=True)
+    thread.start()
+    yield lp
+    lp.call_soon_threadsafe(lp.stop)
+    thread.join(5)
+    # A loop still holding tasks (a bot host's watchers being cancelled) is left to the
+    # collector: closing it would destroy them mid-cancel.
+    if not lp.is_running() and not asyncio.all_tasks(lp):
+        lp.close()

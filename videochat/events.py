@@ -1,7 +1,7 @@
 """Call events: what happened to a room, a participant or a media leg, and when.
 
 Event kinds are snake_case past tense. Producers (rooms, faults, recovery, the quality ladder)
-hand events to an `EventSink`; `metrics_store.MetricsStore` is the one that persists them.
+hand events to an `EventSink`; `videochat.metrics.store.MetricsStore` is the one that persists them.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
+
+from videochat.clocks import utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +28,6 @@ KNOWN_KINDS = frozenset({
     "quality_changed", "fault_started", "fault_ended", "backend_down", "backend_up",
     "first_frame_received", "media_stalled", "media_switched",
 })
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True)
@@ -51,6 +49,17 @@ class CallEvent:
             "kind": self.kind, "room": self.room, "participant": self.participant,
             "call_id": self.call_id, "leg": self.leg, "at": self.at, "data": dict(self.data),
         }
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> CallEvent:
+        """The event a `to_doc()` document (as read back from MongoDB) holds; MongoDB returns
+        naive datetimes, in UTC."""
+        at = doc["at"]
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        return cls(kind=doc["kind"], room=doc["room"], participant=doc.get("participant"),
+                   call_id=doc.get("call_id"), leg=doc.get("leg"), at=at,
+                   data=dict(doc.get("data") or {}))
 
 
 class EventSink(Protocol):

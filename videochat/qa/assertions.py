@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from videochat.events import CallEvent
-from videochat.scenario import Assertions
+from videochat.qa.scenario import Assertions
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class RunMeasurements:
     """Metric samples taken but absent from MongoDB after the run."""
     quality_level: list[Sample] | None = None
     """For the charts only: the quality ladder's rung per leg, higher is better
-    (`len(LADDER) - 1 - level.rank` for `videochat.quality.LADDER`)."""
+    (`len(LADDER) - 1 - level.rank` for `videochat.call.quality.LADDER`)."""
     events: list[TimelineEvent] = field(default_factory=list)
     """For the charts only."""
 

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from videochat.exceptions import NotFound
-from videochat.scenario import Scenario, ScenarioError, builtin_scenarios, find_scenario
+from videochat.qa.scenario import Scenario, builtin_scenarios, find_scenario
+from videochat.qa.scenario_errors import ScenarioError
 
 logger = logging.getLogger(__name__)
 

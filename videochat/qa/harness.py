@@ -175,7 +175,7 @@ def read_events(netns: NetNamespace | None, state_dir: Path, since: float,
     state folder is `state_dir`: [{kind, at (epoch s), data, participant}], oldest first."""
     code = (
         "import json,sys,datetime as d;"
-        "from videochat.services import Services;from videochat.settings import Settings;"
+        "from videochat.backends.services import Services;from videochat.settings import Settings;"
         "s=Services.from_settings(Settings.load());"
         f"q={{'kind':{{'$in':{kinds!r}}},'at':{{'$gte':d.datetime.fromtimestamp({since},d.UTC)}}}};"
         "print(json.dumps([{'kind':e['kind'],'at':e['at'].timestamp(),'data':e.get('data',{}),"

@@ -23,14 +23,15 @@ import pymongo
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
+from videochat.backends import keys
 from videochat.exceptions import BackendUnavailable, NotFound
 from videochat.qa.assertions import AssertionResult, RunMeasurements, Sample, all_passed
-from videochat.scenario import Scenario
+from videochat.qa.scenario import Scenario
 
 logger = logging.getLogger(__name__)
 
 REPORT_VERSION = 1
-COLLECTION = "qa_runs"
+COLLECTION = keys.QA_RUNS
 
 _CHARTS: tuple[tuple[str, str, str | None], ...] = (
     # series key, title, the assertion whose threshold is drawn on it

@@ -2,7 +2,7 @@
 
 One run, in order: reach the app (the one given, or one started here on the embedded servers
 of its own state folder), open a headless Chromium page per "browser" participant and ask the
-app (through Redis, `videochat.bots`) for each "bot"; wait until every browser shows moving
+app (through Redis, `videochat.bots.host`) for each "bot"; wait until every browser shows moving
 remote video; that instant is t = 0. Then each fault step is sent at its time through the fault
 control plane, chat traffic (if any) runs alongside, and after `duration_s` the measurements are
 read back: events and per-second samples from MongoDB (polled until the metrics flusher has
@@ -33,46 +33,54 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import threading
 import time
-import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from videochat.bots import BotControl
-from videochat.embedded import EmbeddedServers
+from videochat.backends import keys
+from videochat.backends.embedded import EmbeddedServers
+from videochat.bots.host import BotControl
+from videochat.call.quality import LADDER
 from videochat.events import CallEvent
 from videochat.exceptions import VideoChatError
+from videochat.faults.kinds import BACKEND_KINDS
+from videochat.metrics.stats import MetricSample
 from videochat.qa.assertions import (
-    ChatLedger,
     FaultWindow,
     RunMeasurements,
     Sample,
-    TimelineEvent,
     evaluate,
-    fault_episodes,
     fault_windows_from_events,
     quality_times_from_events,
 )
+from videochat.qa.chat_load import ChatLoad
+from videochat.qa.measurements import (
+    bot_fps_series,
+    event_from_doc,
+    expected_events_seen,
+    fps_from_counts,
+    missing_samples,
+    reconnect_times_after_faults,
+    series_from_samples,
+    timeline_events,
+    video_resumed_from_progress,
+)
 from videochat.qa.report import RunResult, RunStore, new_run_id, save_report
-from videochat.quality import LADDER
-from videochat.scenario import BACKEND_KINDS, Scenario
+from videochat.qa.scenario import Scenario
 from videochat.settings import Settings
-from videochat.stats import MetricSample
+
+if TYPE_CHECKING:  # imported when a run connects: `qa list` stays light
+    from videochat.backends.services import Services
 
 logger = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 60.0
 COLLECT_TIMEOUT_S = 20.0
-GAP_S = 0.5
-STOP_LOOKAHEAD_S = 5.0
-RESUME_FRAMES = 3
-EVENTS = "events"
+EVENTS = keys.EVENTS
 BOT_SIZE = (320, 240)
 """QA bots send 320x240: on this 2-core machine a 640x480 bot (4.3 ms to draw and 5.5 ms to
 encode per frame, both on the media loop) competes with the very call being measured."""
@@ -108,206 +116,8 @@ COLLECT_COUNTS_JS = """
   return out;
 }
 """
-TIMELINE_KINDS = frozenset({
-    "participant_joined", "participant_left", "reconnect_started", "reconnect_succeeded",
-    "reconnect_failed", "fault_started", "fault_ended", "quality_changed", "backend_down",
-    "backend_up",
-})
-
-
 class RunError(VideoChatError, RuntimeError):
     """The run itself could not be carried out (not a failed objective)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# pure measurement steps (unit-tested without a browser)
-
-
-def event_from_doc(doc: dict[str, Any]) -> CallEvent:
-    at = doc["at"]
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-    return CallEvent(kind=doc["kind"], room=doc["room"], participant=doc.get("participant"),
-                     call_id=doc.get("call_id"), leg=doc.get("leg"), at=at,
-                     data=dict(doc.get("data") or {}))
-
-
-def _secs(at: datetime, t0: datetime) -> float:
-    return (at - t0).total_seconds()
-
-
-def reconnect_times_after_faults(
-    events: Iterable[CallEvent], windows: Sequence[FaultWindow], t0: datetime,
-) -> tuple[dict[str, list[float | None]], list[str]]:
-    """Per participant, each reconnect counted from max(drop, end of the fault in force at the
-    drop); None for one that failed or never ended. Also one note per episode with its raw
-    drop → success duration."""
-    out: dict[str, list[float | None]] = defaultdict(list)
-    notes: list[str] = []
-    open_: dict[tuple[str, str | None], tuple[int, float]] = {}
-    for e in sorted(events, key=lambda e: e.at):
-        who = e.participant or "?"
-        key = (who, e.leg)
-        t = _secs(e.at, t0)
-        if e.kind == "reconnect_started":
-            out[who].append(None)
-            open_[key] = (len(out[who]) - 1, t)
-        elif e.kind in ("reconnect_succeeded", "reconnect_failed"):
-            idx, dropped = open_.pop(key, (None, None))
-            if idx is None:
-                raw = e.data.get("duration_s")
-                dropped = t - float(raw) if isinstance(raw, int | float) else t
-                out[who].append(None)
-                idx = len(out[who]) - 1
-            assert dropped is not None
-            if e.kind == "reconnect_failed":
-                notes.append(f"reconnect of {who} failed at t={t:.2f} s")
-                continue
-            ready = dropped
-            for w in windows:
-                if w.start_s - 0.5 <= dropped <= w.end_s and w.target in (who, "room"):
-                    ready = max(ready, w.end_s)
-            out[who][idx] = round(max(0.0, t - ready), 3)
-            notes.append(f"reconnect of {who}: dropped t={dropped:.2f} s, media back "
-                         f"t={t:.2f} s (drop to success {t - dropped:.2f} s, "
-                         f"after the path returned {out[who][idx]:.2f} s)")
-    return dict(out), notes
-
-
-def video_resumed_from_progress(
-    progress: dict[str, list[float]], windows: Sequence[FaultWindow], t0_wall: float, *,
-    gap_s: float = GAP_S, lookahead_s: float = STOP_LOOKAHEAD_S,
-    frames: int = RESUME_FRAMES,
-) -> dict[str, float | None]:
-    """Per fault episode: its end → every page whose remote video stopped is moving again.
-    `progress` holds, per page, the wall-clock times of new remote frames."""
-    out: dict[str, float | None] = {}
-    for ep in fault_episodes(windows):
-        start, end = t0_wall + ep.start_s, t0_wall + ep.end_s
-        worst: float | None = 0.0
-        for times in progress.values():
-            ts = sorted(times)
-            # The fault's own stop is the longest gap that begins during it (a loaded machine
-            # also shows short hiccups, before and after).
-            gaps = [i for i in range(1, len(ts)) if ts[i] - ts[i - 1] >= gap_s
-                    and start - gap_s <= ts[i - 1] <= end + lookahead_s]
-            gap_at = max(gaps, key=lambda i: ts[i] - ts[i - 1]) if gaps else None
-            if gap_at is None:
-                if ts and ts[-1] < end:  # stopped during the fault and never moved again
-                    worst = None
-                    break
-                continue
-            after = ts[gap_at:]
-            if len(after) < frames:
-                worst = None
-                break
-            resumed = after[frames - 1]
-            worst = max(worst or 0.0, resumed - end, 0.0)
-        out[ep.label] = None if worst is None else round(worst, 3)
-    return out
-
-
-def series_from_samples(
-    samples: Iterable[MetricSample], t0: datetime,
-) -> tuple[list[Sample], list[Sample], list[Sample]]:
-    """(fps, rtt_ms, quality_level) of video legs; series named "participant direction leg"."""
-    rank = {q.name: len(LADDER) - 1 - i for i, q in enumerate(LADDER)}
-    fps: list[Sample] = []
-    rtt: list[Sample] = []
-    quality: list[Sample] = []
-    samples = list(samples)
-    # A warm spare receive leg is bound to nobody and carries no video by design: a leg that
-    # never showed a frame in the whole run is not one whose frame rate the objectives judge.
-    carried = {s.leg for s in samples if s.kind == "video" and (s.fps or 0) > 0}
-    for s in samples:
-        if s.kind != "video":
-            continue
-        t = round(_secs(s.at, t0), 3)
-        name = f"{s.participant} {s.direction} {s.leg}"
-        if s.fps is not None and s.leg in carried:
-            fps.append(Sample(t, name, float(s.fps)))
-        if s.rtt_ms is not None and s.direction == "subscribe":
-            rtt.append(Sample(t, name, float(s.rtt_ms)))
-        if s.quality in rank:
-            quality.append(Sample(t, name, float(rank[s.quality or ""])))
-    return fps, rtt, quality
-
-
-def missing_samples(samples: Iterable[MetricSample], windows: Sequence[FaultWindow] = (),
-                    t0: datetime | None = None, settle_s: float = 3.0) -> int:
-    """Seconds without a stored sample between each video leg's first and last one, except
-    during media faults (+ `settle_s`): a leg that a blackout took down takes no samples, which
-    is not a loss of metrics. Backend outages are not excused: that is what they test."""
-    excused: list[tuple[float, float]] = []
-    if t0 is not None:
-        base = t0.timestamp()
-        excused = [(base + w.start_s - 1, base + w.end_s + settle_s) for w in windows
-                   if not set(w.kind.split("+")) & BACKEND_KINDS]
-    seconds: dict[str, set[int]] = defaultdict(set)
-    for s in samples:
-        if s.kind == "video":
-            seconds[s.leg].add(int(s.at.timestamp()))
-    lost = 0
-    for secs in seconds.values():
-        for sec in range(min(secs), max(secs) + 1):
-            if sec not in secs and not any(a <= sec <= b for a, b in excused):
-                lost += 1
-    return lost
-
-
-def fps_from_counts(counts: dict[str, dict[float, int]], t0_wall: float, duration_s: float,
-                    series: str, tiles: int = 1) -> list[Sample]:
-    """Frames per second a page showed, per whole second of the run (sample at the second's
-    end), averaged over its `tiles` remote videos. `counts` holds, per iframe, its remote
-    videos' decoded-frame total by wall-clock time (ms); a total that goes down is a new
-    `<video>` counting from 0."""
-    per_second = [0] * int(duration_s)
-    for by_time in counts.values():
-        points = sorted(by_time.items())
-        for (_ta, na), (tb, nb) in zip(points, points[1:], strict=False):
-            rel = tb / 1000.0 - t0_wall
-            k = math.ceil(rel) - 1  # a delta ending at tb covers (ta, tb]: second (k, k + 1]
-            if 0 <= k < len(per_second):
-                per_second[k] += nb - na if nb >= na else nb
-    return [Sample(float(k + 1), series, n / tiles) for k, n in enumerate(per_second)]
-
-
-def bot_fps_series(per_second: dict[int, int], t0_wall: float, duration_s: float,
-                   series: str) -> list[Sample]:
-    """A bot's frames per wall-clock second, for the whole seconds inside the run."""
-    first, last = int(t0_wall) + 1, int(t0_wall + duration_s)
-    return [Sample(round(sec + 1 - t0_wall, 3), series, float(per_second.get(sec, 0)))
-            for sec in range(first, last)]
-
-
-def timeline_events(events: Iterable[CallEvent], t0: datetime) -> list[TimelineEvent]:
-    out = []
-    for e in events:
-        if e.kind not in TIMELINE_KINDS:
-            continue
-        detail = ""
-        if e.kind == "quality_changed":
-            detail = f"{e.data.get('from_level')} → {e.data.get('to_level')}"
-        elif e.kind.startswith("fault_"):
-            detail = str(e.data.get("fault_kind", ""))
-        elif "duration_s" in e.data:
-            detail = f"{e.data['duration_s']} s"
-        out.append(TimelineEvent(round(_secs(e.at, t0), 3), e.kind, e.participant, detail))
-    return out
-
-
-def expected_events_seen(events: Sequence[CallEvent], injected: int) -> bool:
-    """True when the flusher has written what the run needs: a start per injected fault and an
-    outcome for every reconnect that started."""
-    started = sum(1 for e in events if e.kind == "fault_started")
-    opened: dict[tuple[str | None, str | None], int] = defaultdict(int)
-    for e in events:
-        key = (e.participant, e.leg)
-        if e.kind == "reconnect_started":
-            opened[key] += 1
-        elif e.kind in ("reconnect_succeeded", "reconnect_failed"):
-            opened[key] -= 1
-    return started >= injected and all(v <= 0 for v in opened.values())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,7 +167,7 @@ class ScenarioRun:
         self.started_at = datetime.now(UTC)
         self.t0: datetime | None = None
         self.injected: list[tuple[float, str, str]] = []  # (t, fault id, label)
-        self._services: Any = None
+        self._services: Services | None = None
         self._stack = contextlib.ExitStack()
         # Remote-frame times per page, polled during the run: a rebuilt call mounts new
         # iframes, and the old ones' records go with them.
@@ -425,8 +235,8 @@ class ScenarioRun:
     def state_dir(self) -> Path:
         return self.options.state_dir or self.base_settings.state_dir
 
-    def _connect(self) -> Any:
-        from videochat.services import Services
+    def _connect(self) -> Services:
+        from videochat.backends.services import Services
 
         state = self.state_dir()
         if self.base_settings.embedded_redis or self.base_settings.embedded_mongo:
@@ -461,7 +271,7 @@ class ScenarioRun:
         return self._collect(services, who, t0_wall, chat)
 
     def _start_app(self) -> str:
-        from videochat.embedded import free_port, port_open
+        from videochat.backends.embedded import free_port, port_open
         from videochat.qa.harness import AppProcess
 
         state = self.state_dir()
@@ -500,7 +310,7 @@ class ScenarioRun:
             _wait(lambda: first.get_by_role("button", name="Leave").count() > 0,
                   JOIN_TIMEOUT_S, f"{people[0].name} to join")
 
-    def _add_bots(self, services: Any, who: _Participants) -> None:
+    def _add_bots(self, services: Services, who: _Participants) -> None:
         bots = [p for p in self.scenario.participants if p.kind == "bot"]
         if not bots:
             return
@@ -526,8 +336,8 @@ class ScenarioRun:
         if not who.pages:
             time.sleep(2.0)  # bots deliver from their first frame; give the relay a moment
 
-    def _timeline(self, services: Any, t0_wall: float) -> None:
-        from videochat.fault_control import control_from_services
+    def _timeline(self, services: Services, t0_wall: float) -> None:
+        from videochat.faults.control import control_from_services
 
         control = control_from_services(services, by=f"qa:{self.run_id}")
         if self.scenario.timeline:
@@ -543,7 +353,7 @@ class ScenarioRun:
         _sleep_until(t0_wall + self.scenario.duration_s, self._poll_progress)
         self.say(f"t={self.scenario.duration_s:g} s: end of the timeline")
 
-    def _bot_fps(self, services: Any, t0_wall: float) -> list[Sample]:
+    def _bot_fps(self, services: Services, t0_wall: float) -> list[Sample]:
         """Frames per second each bot received through the relay, per publisher; the relay's
         bot-to-bot latency goes to the notes."""
         try:
@@ -576,15 +386,15 @@ class ScenarioRun:
             except Exception as exc:  # noqa: BLE001 - a page mid-reload answers next time
                 logger.debug("progress of %s not read: %s", name, exc)
 
-    def _start_chat(self, services: Any, who: _Participants) -> ChatTraffic:
-        chat = ChatTraffic(services, self.base_settings, self.room, self.scenario,
+    def _start_chat(self, services: Services, who: _Participants) -> ChatLoad:
+        chat = ChatLoad(services, self.base_settings, self.room, self.scenario,
                            [p.name for p in self.scenario.participants])
         chat.start()
         return chat
 
-    def _collect(self, services: Any, who: _Participants, t0_wall: float,
-                 chat: ChatTraffic | None) -> RunMeasurements:
-        from videochat.diagnostics import iter_samples
+    def _collect(self, services: Services, who: _Participants, t0_wall: float,
+                 chat: ChatLoad | None) -> RunMeasurements:
+        from videochat.metrics.diagnostics import iter_samples
 
         assert self.t0 is not None
         t0 = self.t0
@@ -680,151 +490,6 @@ def _sleep_until(wall: float, tick: Callable[[], None] | None = None) -> None:
         time.sleep(max(0.0, min(left, 0.5)))
 
 
-# ---------------------------------------------------------------------------------------------
-# chat traffic
-
-
-class ChatTraffic:
-    """Sends the scenario's chat messages through the app's chat path (ChatQueue: Redis Streams,
-    persisted to MongoDB by the app's persister) from a thread; one ChatHub per receiver reads
-    the room as a participant's page would."""
-
-    def __init__(self, services: Any, settings: Settings, room: str, scenario: Scenario,
-                 names: list[str]) -> None:
-        from videochat.chat_hub import ChatHub
-        from videochat.chat_queue import ChatQueue
-
-        assert scenario.chat is not None
-        self.services = services
-        self.room = room
-        self.rate = scenario.chat.messages_per_second
-        self.senders = list(scenario.chat.senders) or names
-        self.names = names
-        self.sent: dict[str, str] = {}
-        self.refused = 0
-        self.queue = ChatQueue.from_settings(services.redis, services.db, settings)
-        self.hubs = {name: ChatHub(services.redis, services.db) for name in names}
-        for hub in self.hubs.values():
-            hub.messages(room)  # start reading now, as an open page does
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="qa-chat", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
-
-    def _run(self) -> None:
-        n = 0
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            sender = self.senders[n % len(self.senders)]
-            try:
-                msg = self.queue.send(self.room, f"qa-{sender}", sender, f"qa message {n}",
-                                      message_id=uuid.uuid4().hex)
-                self.sent[msg.id] = sender
-            except VideoChatError as exc:  # refused by the app: reported, not a lost message
-                self.refused += 1
-                logger.warning("chat message %d refused: %s", n, exc)
-            n += 1
-            next_at += 1.0 / self.rate
-            self._stop.wait(max(0.0, next_at - time.monotonic()))
-
-    def ledger(self, timeout_s: float = 15.0) -> ChatLedger:
-        from videochat.chat_ledger import COLLECTION
-        from videochat.qa.assertions import chat_ledger
-
-        self.queue.wait_persisted(timeout_s)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            delivered = {name: [m.id for m in hub.messages(self.room) if m.id in self.sent]
-                         for name, hub in self.hubs.items()}
-            stored = [str(d["_id"]) for d in self.services.db[COLLECTION].find(
-                {"room": self.room}, {"_id": 1})]
-            ledger = chat_ledger(self.sent, delivered, stored)
-            if ledger.lost == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        for hub in self.hubs.values():
-            with contextlib.suppress(Exception):
-                hub.close()
-        with contextlib.suppress(Exception):
-            self.queue.close()
-        return ledger
-
-
 def run_scenario(scenario: Scenario, options: RunOptions, *, settings: Settings | None = None,
                  source: str | None = None) -> RunResult:
     return ScenarioRun(scenario, options, settings=settings, source=source).execute()
-
-
-# ---------------------------------------------------------------------------------------------
-# background runs (the /qa page)
-
-
-@dataclass
-class BackgroundRun:
-    """A `qa run` subprocess started for the /qa page; its progress lines go to `log`."""
-
-    scenario: str
-    room: str | None
-    report: Path
-    log: Path
-    proc: Any
-    started_at: float = field(default_factory=time.time)
-
-    @property
-    def returncode(self) -> int | None:
-        code: int | None = self.proc.poll()
-        return code
-
-    @property
-    def running(self) -> bool:
-        return self.returncode is None
-
-    def progress(self, lines: int = 40) -> list[str]:
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return []
-        return [ln for ln in text.splitlines() if ln.startswith(("[", "  ", "error"))][-lines:]
-
-    def report_doc(self) -> dict[str, Any] | None:
-        import json
-
-        try:
-            doc: dict[str, Any] = json.loads(self.report.read_text())
-            return doc
-        except (OSError, ValueError):
-            return None
-
-    def stop(self) -> None:
-        if self.running:
-            self.proc.terminate()
-
-
-def launch_run(scenario: str, *, app_url: str, state_dir: Path, reports_dir: Path,
-               room: str | None = None) -> BackgroundRun:
-    """Start `python -m videochat qa run` against a running app, in the background."""
-    import subprocess
-    import sys
-
-    from videochat.qa.harness import PROJECT_ROOT
-
-    reports_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}-{scenario[:40]}"
-    stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)
-    report, log = reports_dir / f"{stem}.json", reports_dir / f"{stem}.log"
-    cmd = [sys.executable, "-m", "videochat", "qa", "run", scenario, "--report", str(report),
-           "--app-url", app_url, "--state-dir", str(state_dir)]
-    if room:
-        cmd += ["--room", room]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    logger.info("QA run of %s started (pid %d), report %s", scenario, proc.pid, report)
-    return BackgroundRun(scenario, room, report, log, proc)

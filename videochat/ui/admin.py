@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from videochat.access import require_admin
+from videochat.call.access import require_admin
 from videochat.exceptions import AccessDenied
 from videochat.ui.state import get_settings
 

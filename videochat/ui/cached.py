@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from videochat.services import Services
+from videochat.backends.services import Services
 from videochat.settings import Settings
 
 

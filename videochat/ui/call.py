@@ -8,10 +8,10 @@ import time
 import streamlit as st
 from streamlit_webrtc.eventloop import get_global_event_loop
 
-from videochat.bots import add_bot
+from videochat.bots.host import add_bot
 from videochat.exceptions import VideoChatError
-from videochat.legs import MediaLeg
-from videochat.participant import (
+from videochat.media.legs import MediaLeg
+from videochat.media.participant import (
     NAME_RULE,
     ROOM_RULE,
     Participant,

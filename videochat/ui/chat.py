@@ -16,9 +16,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import streamlit as st
 
-from videochat.chat import ChatMessage
-from videochat.chat_hub import ChatHub
-from videochat.chat_queue import ChatQueue
+from videochat.chat.hub import ChatHub
+from videochat.chat.message import ChatMessage
+from videochat.chat.queue import ChatQueue
 from videochat.exceptions import BackendUnavailable, RateLimited, ValidationError
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 Pickers (room, call, participants, time window) run with the page; the KPI row and the charts
 live in one `st.fragment` that re-runs every second while the view is live, so a refresh never
-re-runs the page. All queries and figures come from `videochat.diagnostics`.
+re-runs the page. All queries and figures come from `videochat.metrics.diagnostics`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 import pymongo.errors
 import streamlit as st
 
-from videochat import diagnostics as diag
-from videochat.events import utcnow
+from videochat.clocks import utcnow
 from videochat.exceptions import ValidationError
+from videochat.metrics import diagnostics as diag
 from videochat.ui.state import get_services
 
 logger = logging.getLogger(__name__)

@@ -13,29 +13,23 @@ from typing import Any
 
 import streamlit as st
 
+from videochat.call.presence import Presence
 from videochat.exceptions import VideoChatError
-from videochat.fault_control import ActiveRecord, FaultControl, control_from_services
-from videochat.faults import (
+from videochat.faults.control import ActiveRecord, FaultControl, control_from_services
+from videochat.faults.kinds import (
     BACKEND_KINDS,
+    DIRECTIONS,
     FAULT_KINDS,
-    PRESETS,
-    Fault,
-    expand_preset,
-    parse_fault,
+    KIND_LABELS,
+    NETWORK_KINDS,
 )
-from videochat.presence import Presence
+from videochat.faults.model import PRESETS, Fault, expand_preset, parse_fault
 from videochat.ui.admin import admitted
 from videochat.ui.state import get_services
 
 logger = logging.getLogger(__name__)
 
 WHOLE_ROOM = "(whole room)"
-KIND_LABELS = {
-    "loss": "Packet loss", "latency": "Latency + jitter", "bandwidth": "Bandwidth cap",
-    "blackout": "Blackout (ICE drops)", "kill": "Kill connection now",
-    "freeze_video": "Freeze video", "black_video": "Black video",
-    "redis_outage": "Redis outage", "mongo_outage": "MongoDB outage",
-}
 
 
 def render() -> None:
@@ -96,8 +90,8 @@ def _form(control: FaultControl, presence: Presence) -> None:
     cols = st.columns(2)
     with cols[0]:
         direction = None
-        if kind in ("loss", "latency", "bandwidth", "blackout") or mode == "Preset":
-            direction = st.radio("Direction", ["both", "up", "down"], horizontal=True,
+        if kind in NETWORK_KINDS or mode == "Preset":
+            direction = st.radio("Direction", list(DIRECTIONS), horizontal=True,
                                  key="f_dir",
                                  help="up: what the participant sends; down: what they receive")
     with cols[1]:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import streamlit as st
 
 from videochat.exceptions import InvalidDisplayName
-from videochat.participant import validate_display_name
+from videochat.media.participant import validate_display_name
 from videochat.settings import DEFAULT_PROVIDER, Settings
 from videochat.ui import navigation
 from videochat.ui.state import get_settings

@@ -2,7 +2,7 @@
 
 The browser half runs inside its own small component iframe (getUserMedia and a throw-away
 RTCPeerConnection with the same ICE configuration as the call) and shows its findings there,
-as text only. The server half performs a real TURN allocation (videochat.turn) when TURN is
+as text only. The server half performs a real TURN allocation (videochat.media.turn) when TURN is
 configured, so "TURN reachable" is checked from both ends.
 """
 
@@ -13,7 +13,7 @@ import time
 
 import streamlit as st
 
-from videochat.turn import check_config_blocking
+from videochat.media.turn import check_config_blocking
 from videochat.ui.state import AppRuntime
 
 _JS = """

@@ -18,9 +18,10 @@ from typing import Any
 import streamlit as st
 
 from videochat.exceptions import VideoChatError
+from videochat.qa.background import BackgroundRun, launch_run
 from videochat.qa.report import RunStore, render_html
-from videochat.qa.runner import BackgroundRun, launch_run
-from videochat.scenario import ScenarioError, builtin_scenarios
+from videochat.qa.scenario import builtin_scenarios
+from videochat.qa.scenario_errors import ScenarioError
 from videochat.ui.admin import admitted
 from videochat.ui.state import get_services, get_settings
 
@@ -85,7 +86,7 @@ def _new_run(scenarios: dict[str, Any]) -> None:
 
 def _bots() -> None:
     """A bot in any room of this server: a demo needs only one person."""
-    from videochat.bots import add_bot, host_for, remove_bot
+    from videochat.bots.host import add_bot, host_for, remove_bot
     from videochat.ui.state import get_runtime
 
     if not st.toggle("Bots: synthetic participants (moving test pattern with a timestamp, "

@@ -52,7 +52,7 @@ from streamlit_webrtc.component import WebRtcStreamerState
 from streamlit_webrtc.eventloop import get_global_event_loop, loop_context
 from streamlit_webrtc.relay import _SERVER_GLOBAL_RELAY_ATTR_NAME_
 
-from videochat.participant import Participant, Slot
+from videochat.media.participant import Participant, Slot
 from videochat.settings import Settings
 from videochat.ui.server import offer_url
 

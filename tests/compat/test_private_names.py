@@ -1,0 +1,76 @@
+"""Every private name of aiortc and aioice that videochat/compat/ uses still exists.
+
+Fails loudly when an upgrade moves one (versions are pinned in requirements.txt); the module
+docstrings of videochat/compat/aiortc.py and videochat/compat/aioice.py say why each is used.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import aioice.ice
+import aioice.stun
+from aioice import Connection
+from aiortc import RTCIceTransport, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcrtpreceiver import RemoteStreamTrack
+
+from videochat import compat
+
+
+def test_aioice_internals_we_patch() -> None:
+    # videochat/compat/aioice.py: host addresses, STUN retransmissions
+    assert callable(aioice.ice.get_host_addresses)
+    assert hasattr(aioice.stun.Transaction, "_Transaction__retry")
+    assert aioice.stun.RETRY_MAX == 6 and aioice.stun.RETRY_RTO == 0.5
+    init = inspect.getsource(aioice.stun.Transaction.__init__)
+    assert "self.__timeout_delay" in init and "self.__tries_max" in init
+
+
+def test_aioice_connection_keeps_its_protocols() -> None:
+    # videochat/compat/aioice.py: connection_protocols, the fault injector's blackout seam
+    assert "self._protocols" in inspect.getsource(Connection.__init__)
+    for name in ("datagram_received", "send_data", "send_stun"):
+        assert callable(getattr(aioice.ice.StunProtocol, name)), name
+
+
+def test_aiortc_internals_the_receiver_report_hook_wraps() -> None:
+    # videochat/call/rtcp.py overrides a sender's RTCP handler per instance: the DTLS transport must
+    # look it up on the instance at each packet, and the sender must keep its SSRC in `_ssrc`.
+    from aiortc.rtcdtlstransport import RTCDtlsTransport
+
+    assert inspect.iscoroutinefunction(RTCRtpSender._handle_rtcp_packet)
+    assert "recipient._handle_rtcp_packet(packet)" in inspect.getsource(
+        RTCDtlsTransport._handle_rtcp_data)
+    assert "self._ssrc" in inspect.getsource(RTCRtpSender.__init__)
+    # the sender report a receiver report answers: read for an unsmoothed round-trip time
+    assert "self.__lsr = " in inspect.getsource(RTCRtpSender)
+    assert "self.__lsr_time = time.time()" in inspect.getsource(RTCRtpSender)
+
+
+def test_aiortc_internals_of_the_inbound_streams() -> None:
+    # videochat/compat/aiortc.py: remote_streams, read by the stats sampler
+    src = inspect.getsource(RTCRtpReceiver.__init__)
+    assert "self.__remote_streams" in src and "self.__rtx_ssrc" in src
+
+
+def test_aiortc_internals_of_the_ice_transport_seam() -> None:
+    # videochat/compat/aiortc.py: ice_io, set_ice_io, ice_connection (the fault injector)
+    init = inspect.getsource(RTCIceTransport.__init__)
+    assert "self._recv = self._connection.recv" in init
+    assert "self._send = self._connection.send" in init
+    dtls = inspect.getsource(RTCDtlsTransport)
+    assert "self.transport._send(" in dtls and "self.transport._recv()" in dtls
+
+
+def test_aiortc_internals_the_process_wide_patches_rely_on() -> None:
+    # videochat/compat/aiortc.py: track_peer_connections, end_remote_tracks_on_close
+    assert inspect.iscoroutinefunction(RTCPeerConnection.close)
+    assert "self._queue" in inspect.getsource(RemoteStreamTrack.__init__)
+
+
+def test_install_is_idempotent() -> None:
+    compat.install(ice_addresses=[], stun_retry_cap_s=None)
+    compat.install(ice_addresses=[], stun_retry_cap_s=None)
+    assert compat.aiortc.peer_connections_tracked()
+    assert compat.aioice.restricted_addresses() == ()

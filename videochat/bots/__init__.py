@@ -1,0 +1,1 @@
+"""Bot participants hosted in the app process and their commands."""

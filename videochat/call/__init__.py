@@ -1,0 +1,2 @@
+"""What keeps a call alive: supervisor, recovery, quality ladder, RTCP, presence,
+call log, room access."""

@@ -1,0 +1,469 @@
+"""Video quality: the fallback ladder, the connection-quality badge, and the per-leg ladder policy.
+
+Pure: no I/O; time comes from a monotonic `clock` passed in (or an explicit `at` on that clock).
+Not thread-safe: drive each policy from one thread, normally the media event loop.
+
+Design (why)
+------------
+* **A ladder, not a free-running encoder.** aiortc's VP8 encoder only follows REMB (delay-based)
+  between 250 kbps and 1.5 Mbps and has no per-sender bitrate API, but the relay can emit smaller
+  frames (`frame.reformat`) and drop frames. So each subscriber leg is told a `QualityLevel`
+  (a bounding box, a frame-rate cap and the bitrate that rung needs) and the relay scales
+  (`frame_size_for`) and decimates (`FrameDecimator` / `should_send`) to it. The rungs follow
+  LiveKit's presets: 720p30 (1.5 Mbps, aiortc's ceiling) -> 480p30 (800 kbps) -> 360p24
+  (450 kbps, LiveKit's h360) -> 240p15 (250 kbps, aiortc's floor) -> 180p10 (160 kbps, LiveKit's
+  h180) -> audio-only (video paused, placeholder tile; ~40 kbps of Opus).
+* **Down fast, up slowly, never flap.** `QualityPolicy.observe()` is fed each leg's stats sample
+  (loss fraction, RTT, an *available*-bitrate estimate when one exists, and how much media time
+  the sample covers). Each sample is *bad*, *good* or *neutral*; the band between the down and
+  the up thresholds is neutral and holds the level (hysteresis). The thresholds are GCC's, the
+  congestion control every browser runs: above 10 % loss it cuts its rate, below 2 % it may
+  raise it. RTT: above 500 ms a conversation breaks down (ITU-T G.114 puts the one-way limit at
+  400 ms, and queueing delay grows before loss does); under 250 ms it is comfortable. Evidence
+  is counted in *media time*: consecutive bad samples must cover `down_after_s` = 0.5 s, the
+  shortest interval between two receiver reports (aiortc and Chrome send one every 0.5-1.5 s,
+  RFC 3550's randomised interval). So every bad report is enough, as GCC too reacts to each
+  report, while a shorter blip seen by a fast counter-delta sampler is not. The step then comes
+  with the first report that shows the loss: within ~1.5 s of the onset, or ~2 s if the onset
+  fell late in a report's interval and diluted it below 10 %. Feed the policy each fresh report
+  (or sample at 2-4 Hz), never once a second on a timer: that would add up to a second.
+  - Down: bad for `down_after_s` = 0.5 s, and at least `down_hold_s` = 1 s after the previous
+    change (the new level needs that long to show in the stats); evidence from before a change
+    never counts for the next one. Loss and RTT step one rung at a time and stop at the lowest
+    video rung; only `severe_loss` (40 %: most frames cannot be reassembled) or a bitrate below
+    that rung's need pauses video. A measured
+    bitrate below `down_bitrate_ratio` (0.8) x the rung's need jumps straight to the best rung
+    that fits, since it is a direct measure of what the path carries.
+  - Up: one rung at a time, after `up_after_s` = 7 s of continuously good samples following a
+    down-step, then `up_step_s` = 4 s per further rung while it stays good: from 180p10 to 720p30
+    takes 7 + 3 x 4 = 19 s of good conditions, from audio-only 23 s. Why 7 and not 10: the issue
+    promises the first step up within 10 s of the network clearing, and receiver reports add up
+    to ~1.5 s before the first clean report and ~1.5 s before the one that crosses the mark.
+    An up-step needs `up_bitrate_headroom` (1.25) x the next rung's bitrate when a bitrate is known.
+  - No flapping: if conditions turn bad within `failed_up_window_s` = 10 s of an up-step, that
+    probe failed and the next first up-step waits twice as long (capped at 60 s): exponential
+    backoff of failed bandwidth probes. An up-step that holds for the window resets the wait.
+    So oscillating conditions produce at most a few changes, never one per cycle.
+* **Badge.** `ConnectionQuality` is what a tile shows (excellent / good / poor / lost, as LiveKit):
+  from the same thresholds plus the rung in use, since 240p or less looks poor whatever the loss.
+* **Rebuilt legs start lower.** `start_level()` starts a fresh leg at 480p30 (our cameras are
+  640x480; 720p would need 1.5 Mbps at once) and a rebuilt one at 360p24 at most: the path just
+  failed. `uplink_cap()` caps the browser's camera when its publishing leg is rebuilt: that leg
+  cannot be renegotiated later and feeds every subscriber, so the cap is loose (480p30, or 360p24
+  after trouble), and Chrome's own sender adapts below it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from videochat.call.recovery import Emit, EventContext, wall_at
+from videochat.clocks import Monotonic, WallClock, utcnow
+from videochat.exceptions import ValidationError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QualityLevel:
+    """One rung: a bounding box (long x short side), a frame-rate cap and the bitrate it needs."""
+
+    name: str
+    max_width: int
+    max_height: int
+    max_fps: int
+    target_kbps: int
+    rank: int  # 0 = best
+
+    @property
+    def video(self) -> bool:
+        return self.max_fps > 0
+
+
+LADDER: tuple[QualityLevel, ...] = (
+    QualityLevel("720p30", 1280, 720, 30, 1500, 0),
+    QualityLevel("480p30", 854, 480, 30, 800, 1),
+    QualityLevel("360p24", 640, 360, 24, 450, 2),
+    QualityLevel("240p15", 426, 240, 15, 250, 3),
+    QualityLevel("180p10", 320, 180, 10, 160, 4),
+    QualityLevel("audio-only", 0, 0, 0, 40, 5),
+)
+TOP = LADDER[0]
+LOWEST_VIDEO = LADDER[-2]
+AUDIO_ONLY = LADDER[-1]
+
+
+def level_named(name: str) -> QualityLevel:
+    for level in LADDER:
+        if level.name == name:
+            return level
+    raise ValidationError("quality level", name, f"must be one of {[q.name for q in LADDER]}")
+
+
+def step_down(level: QualityLevel) -> QualityLevel:
+    return LADDER[min(level.rank + 1, len(LADDER) - 1)]
+
+
+def step_up(level: QualityLevel) -> QualityLevel:
+    return LADDER[max(level.rank - 1, 0)]
+
+
+def best_fitting(bitrate_kbps: float) -> QualityLevel:
+    """The best rung whose need is within `bitrate_kbps` (audio-only if none)."""
+    for level in LADDER:
+        if level.target_kbps <= bitrate_kbps:
+            return level
+    return AUDIO_ONLY
+
+
+# ----------------------------------------------------------------------------------- thresholds
+@dataclass(frozen=True)
+class QualityThresholds:
+    """Ladder tuning; the module docstring says why each default is what it is."""
+
+    window_s: float = 1.0  # smoothing of the badge's loss/RTT only
+    severe_window_s: float = 3.0  # pausing video needs severe loss on average over this long
+    max_interval_s: float = 2.0  # a sample after a stall counts for at most this much evidence
+    down_loss: float = 0.10  # GCC cuts its rate above 10 % loss
+    up_loss: float = 0.02  # ...and may raise it below 2 %: between is the hysteresis band
+    severe_loss: float = 0.40  # most frames lost: only then may loss alone pause video
+    down_rtt_ms: float = 500.0  # conversation breaks down; queues grow before loss shows
+    # aiortc derives RTT from receiver reports as they are processed on a busy event loop and
+    # smooths it heavily (measured 150-320 ms on loopback after a fault), so a tight gate would
+    # keep a recovered leg down for good; loss is the steadier signal for climbing back.
+    up_rtt_ms: float = 400.0
+    down_bitrate_ratio: float = 0.8  # encoders overshoot ~20 %: below that the rung cannot fit
+    up_bitrate_headroom: float = 1.25  # the next rung must fit with room, or it congests at once
+    down_after_s: float = 0.5  # one receiver report's worth; not a shorter blip
+    down_hold_s: float = 1.0  # a new rung needs a report interval to show in the stats
+    up_after_s: float = 7.0  # first up-step after trouble: slow, yet 10 s with report lag
+    up_step_s: float = 4.0  # further up-steps while it stays good
+    failed_up_window_s: float = 10.0  # trouble this soon after an up-step: the probe failed
+    up_backoff_factor: float = 2.0  # ...and the next probe waits twice as long
+    max_up_after_s: float = 60.0  # but never more than a minute
+
+    def __post_init__(self) -> None:
+        def rule(ok: bool, what: str, value: object, text: str) -> None:
+            if not ok:
+                raise ValidationError(f"quality threshold {what}", value, text)
+
+        rule(0 <= self.up_loss < self.down_loss <= self.severe_loss <= 1, "loss",
+             (self.up_loss, self.down_loss, self.severe_loss),
+             "need 0 <= up_loss < down_loss <= severe_loss <= 1")
+        rule(0 < self.up_rtt_ms < self.down_rtt_ms, "rtt", (self.up_rtt_ms, self.down_rtt_ms),
+             "need 0 < up_rtt_ms < down_rtt_ms")
+        rule(0 < self.down_bitrate_ratio <= 1 <= self.up_bitrate_headroom, "bitrate",
+             (self.down_bitrate_ratio, self.up_bitrate_headroom),
+             "need 0 < down_bitrate_ratio <= 1 <= up_bitrate_headroom")
+        for name in ("window_s", "max_interval_s", "down_after_s", "down_hold_s", "up_after_s",
+                     "up_step_s", "failed_up_window_s"):
+            rule(getattr(self, name) > 0, name, getattr(self, name), "must be > 0")
+        rule(self.up_backoff_factor >= 1, "up_backoff_factor", self.up_backoff_factor,
+             "must be >= 1")
+        rule(self.max_up_after_s >= self.up_after_s, "max_up_after_s", self.max_up_after_s,
+             "must be >= up_after_s")
+
+
+DEFAULT_THRESHOLDS = QualityThresholds()
+_EPS = 1e-9  # 0.5 + 0.5 must count as a full second
+
+
+# ------------------------------------------------------------------------------------ the badge
+class ConnectionQuality(StrEnum):
+    EXCELLENT = "excellent"
+    GOOD = "good"
+    POOR = "poor"
+    LOST = "lost"
+
+
+def connection_quality(loss_fraction: float | None, rtt_ms: float | None,
+                       level: QualityLevel | None = None, *, flowing: bool = True,
+                       thresholds: QualityThresholds = DEFAULT_THRESHOLDS) -> ConnectionQuality:
+    """The tile's badge. `flowing=False` (the watchdog says no media) is always LOST."""
+    if not flowing:
+        return ConnectionQuality.LOST
+    loss = loss_fraction or 0.0
+    rtt = rtt_ms or 0.0
+    rank = 0 if level is None else level.rank
+    if loss >= thresholds.down_loss or rtt >= thresholds.down_rtt_ms or rank >= 3:
+        return ConnectionQuality.POOR
+    if loss > thresholds.up_loss or rtt > thresholds.up_rtt_ms or rank >= 2:
+        return ConnectionQuality.GOOD
+    return ConnectionQuality.EXCELLENT
+
+
+# ------------------------------------------------------------------------------------ the policy
+@dataclass(frozen=True)
+class QualityChange:
+    at: float
+    from_level: QualityLevel
+    to_level: QualityLevel
+    reason: str
+
+    @property
+    def direction(self) -> str:
+        return "down" if self.to_level.rank > self.from_level.rank else "up"
+
+
+class QualityPolicy:
+    """The ladder for one subscriber leg: `observe()` each stats sample, apply what it returns."""
+
+    def __init__(self, clock: Monotonic, *, start: QualityLevel | None = None,
+                 ceiling: QualityLevel = TOP,
+                 thresholds: QualityThresholds = DEFAULT_THRESHOLDS,
+                 emit: Emit | None = None, context: EventContext | None = None,
+                 wall: WallClock = utcnow) -> None:
+        self._clock, self._wall, self._emit = clock, wall, emit
+        self.t = thresholds
+        self.context = context or EventContext(room="")
+        self.ceiling = ceiling
+        first = start or start_level()
+        self.level = first if first.rank >= ceiling.rank else ceiling
+        self.changed_at = clock()
+        self.changes: list[QualityChange] = []
+        self._window: deque[tuple[float, float | None, float | None]] = deque()
+        self._severe: deque[tuple[float, float | None, float]] = deque()  # (at, loss, weight)
+        self._severe_mean = 0.0
+        self._last_at: float | None = None
+        self._bad_since: float | None = None
+        self._good_since: float | None = None
+        self._last_up_at: float | None = None
+        self._up_after = thresholds.up_after_s
+        self.loss: float | None = None  # window means, for the badge and the diagnostics
+        self.rtt_ms: float | None = None
+
+    @property
+    def up_after_s(self) -> float:
+        """Good time the next first up-step needs (grows after failed probes)."""
+        return self._up_after
+
+    def connection_quality(self, *, flowing: bool = True) -> ConnectionQuality:
+        return connection_quality(self.loss, self.rtt_ms, self.level, flowing=flowing,
+                                  thresholds=self.t)
+
+    def observe(self, loss_fraction: float | None, rtt_ms: float | None = None,
+                bitrate_kbps: float | None = None, at: float | None = None, *,
+                interval_s: float | None = None) -> QualityLevel | None:
+        """Feed one sample; returns the new level when it changes, else None.
+
+        `loss_fraction` in [0, 1] over the sample's interval (an RTCP report's fractionLost, or
+        a delta of counters); `rtt_ms` as measured (None if unknown); `bitrate_kbps` an estimate
+        of what the path can carry (REMB, the browser's availableIncomingBitrate), not what we
+        happen to send, or None. `interval_s` is how much media time the sample covers; by
+        default the time since the previous sample (a first sample only starts the clock).
+        """
+        at = self._clock() if at is None else at
+        last = self._last_at
+        if last is not None and at < last:
+            logger.debug("sample at %.3f is older than %.3f; ignored", at, last)
+            return None
+        self._last_at = at
+        if interval_s is None:
+            interval_s = 0.0 if last is None else at - last
+        interval = min(max(0.0, interval_s), self.t.max_interval_s)
+        loss = _clean(loss_fraction)
+        rtt = None if rtt_ms is None or math.isnan(rtt_ms) else max(0.0, rtt_ms)
+        bitrate = None if bitrate_kbps is None or math.isnan(bitrate_kbps) else bitrate_kbps
+        self._smooth(at, loss, rtt, interval)
+
+        if self._last_up_at is not None and at - self._last_up_at > self.t.failed_up_window_s:
+            self._up_after = self.t.up_after_s  # the last probe held: trust the path again
+            self._last_up_at = None
+
+        # Evidence is counted in media time covered by consecutive samples of one verdict,
+        # never from before the last change (that was the old level's evidence).
+        covered_from = max(at - interval, self.changed_at)
+        verdict, target, reason = self._judge(loss, rtt, bitrate)
+        if verdict == "bad":
+            self._good_since = None
+            if self._bad_since is None:
+                self._bad_since = covered_from
+            if (at - self._bad_since >= self.t.down_after_s - _EPS
+                    and at - self.changed_at >= self.t.down_hold_s - _EPS
+                    and target is not self.level):
+                return self._change(target, at, reason)
+        elif verdict == "good":
+            self._bad_since = None
+            if self._good_since is None:
+                self._good_since = covered_from
+            climbing = self._last_up_at is not None
+            needed = self.t.up_step_s if climbing else self._up_after
+            if at - self._good_since >= needed - _EPS and target is not self.level:
+                return self._change(target, at, reason)
+        else:
+            self._bad_since = self._good_since = None
+        return None
+
+    def _smooth(self, at: float, loss: float | None, rtt: float | None,
+                interval: float = 0.0) -> None:
+        """Means over the last `window_s`, for the badge and the diagnostics only."""
+        self._window.append((at, loss, rtt))
+        while self._window and self._window[0][0] <= at - self.t.window_s:
+            self._window.popleft()
+        losses = [s[1] for s in self._window if s[1] is not None]
+        rtts = [s[2] for s in self._window if s[2] is not None]
+        self.loss = sum(losses) / len(losses) if losses else None
+        self.rtt_ms = sum(rtts) / len(rtts) if rtts else None
+        # Weighted by the media time each sample covers: receivers report right after they
+        # notice a loss (a NACK carries a report), so a plain mean over reports leans towards
+        # the lossy moments (30 % loss read as 40 %+ at 10 fps and paused video).
+        self._severe.append((at, loss, max(interval, 1e-3)))
+        while self._severe and self._severe[0][0] <= at - self.t.severe_window_s:
+            self._severe.popleft()
+        known = [(x, w) for _, x, w in self._severe if x is not None]
+        weight = sum(w for _, w in known)
+        self._severe_mean = sum(x * w for x, w in known) / weight if weight else 0.0
+
+    def _judge(self, loss: float | None, rtt: float | None,
+               bitrate: float | None) -> tuple[str, QualityLevel, str]:
+        t, level = self.t, self.level
+        starved = bitrate is not None and bitrate < level.target_kbps * t.down_bitrate_ratio
+        if bitrate is not None and level.video and starved:
+            target = _not_above(best_fitting(bitrate), step_down(level))
+            return "bad", target, f"bitrate {bitrate:.0f} kbps"
+        lossy = loss is not None and loss >= t.down_loss
+        if lossy or (rtt is not None and rtt >= t.down_rtt_ms):
+            # One receiver report is a small sample at low frame rates: pausing video needs
+            # the recent mean to be severe too, not a single unlucky report.
+            severe = (loss is not None and loss >= t.severe_loss
+                      and self._severe_mean >= t.severe_loss)
+            floor = AUDIO_ONLY if severe else LOWEST_VIDEO
+            target = step_down(level)
+            if target.rank > floor.rank:
+                target = level if level.rank >= floor.rank else floor
+            what = f"loss {loss:.0%}" if lossy and loss is not None else f"rtt {rtt:.0f} ms"
+            return "bad", target, what
+        if loss is not None and loss <= t.up_loss and (rtt is None or rtt <= t.up_rtt_ms):
+            nxt = step_up(level) if level.rank > self.ceiling.rank else level
+            if (nxt is not level and bitrate is not None
+                    and bitrate < nxt.target_kbps * t.up_bitrate_headroom):
+                return "neutral", level, "bitrate too low to step up"
+            return "good", nxt, "conditions good"
+        return "neutral", level, "hold"
+
+    def _change(self, to: QualityLevel, at: float, reason: str) -> QualityLevel:
+        change = QualityChange(at, self.level, to, reason)
+        if change.direction == "down":
+            last_up = self._last_up_at
+            if last_up is not None and at - last_up <= self.t.failed_up_window_s:
+                self._up_after = min(self._up_after * self.t.up_backoff_factor,
+                                     self.t.max_up_after_s)
+            self._last_up_at = None
+        else:
+            self._last_up_at = at
+        self.level, self.changed_at = to, at
+        # The conditions that caused the change still hold: the next step's clock starts now.
+        down = change.direction == "down"
+        self._bad_since, self._good_since = (at, None) if down else (None, at)
+        self.changes.append(change)
+        logger.info("quality %s -> %s (%s)", change.from_level.name, to.name, reason)
+        if self._emit is not None:
+            self._emit(self.context.event(
+                "quality_changed", wall_at(self._clock, self._wall, at),
+                from_level=change.from_level.name, to_level=to.name,
+                direction=change.direction, reason=reason,
+                loss=None if self.loss is None else round(self.loss, 4),
+                rtt_ms=None if self.rtt_ms is None else round(self.rtt_ms, 1)))
+        return to
+
+    def reset(self, level: QualityLevel, at: float | None = None) -> None:
+        """The leg was rebuilt: start over at `level` (see `start_level`), forgetting samples."""
+        self.level = level if level.rank >= self.ceiling.rank else self.ceiling
+        self.changed_at = self._clock() if at is None else at
+        self._window.clear()
+        self._severe.clear()
+        self._severe_mean = 0.0
+        self._bad_since = self._good_since = self._last_up_at = None
+        self.loss = self.rtt_ms = None
+
+
+def _clean(loss: float | None) -> float | None:
+    if loss is None or math.isnan(loss):
+        return None
+    return min(1.0, max(0.0, loss))  # stats deltas can dip below 0 with duplicates or reordering
+
+
+def _not_above(level: QualityLevel, cap: QualityLevel) -> QualityLevel:
+    return level if level.rank >= cap.rank else cap
+
+
+# ----------------------------------------------------------------------------- legs and uplinks
+def start_level(previous: QualityLevel | None = None, *, rebuilding: bool = False) -> QualityLevel:
+    """Where a leg starts: 480p30 fresh; after a rebuild no better than 360p24 nor `previous`."""
+    if not rebuilding:
+        return LADDER[1]
+    level = LADDER[2] if previous is None or previous.rank < 2 else previous
+    return level if level.video else LOWEST_VIDEO
+
+
+def uplink_cap(previous: QualityLevel | None = None) -> QualityLevel:
+    """Camera cap for a (re)built publishing leg: 480p30, or 360p24 if the leg was struggling."""
+    return LADDER[1] if previous is None or previous.rank <= 1 else LADDER[2]
+
+
+def media_constraints(level: QualityLevel) -> dict[str, Any]:
+    """getUserMedia constraints for an uplink capped at `level` (video off for audio-only)."""
+    if not level.video:
+        return {"audio": True, "video": False}
+    return {"audio": True, "video": {
+        "width": {"ideal": level.max_width, "max": level.max_width},
+        "height": {"ideal": level.max_height, "max": level.max_height},
+        "frameRate": {"ideal": level.max_fps, "max": level.max_fps},
+    }}
+
+
+# ------------------------------------------------------------------------ scaling and decimation
+def frame_size_for(level: QualityLevel, src_w: int, src_h: int) -> tuple[int, int]:
+    """Output size for a `src_w` x `src_h` frame: fits the rung's box (matched to the frame's
+    orientation), keeps the aspect ratio, never upscales, even dimensions (VP8/I420 need them)."""
+    if not level.video:
+        raise ValidationError("quality level", level.name, "audio-only has no frame size")
+    if src_w < 2 or src_h < 2:
+        raise ValidationError("frame size", (src_w, src_h), "must be at least 2x2")
+    box_w, box_h = ((level.max_width, level.max_height) if src_w >= src_h
+                    else (level.max_height, level.max_width))
+    scale = min(1.0, box_w / src_w, box_h / src_h)
+    w = max(2, round(src_w * scale) // 2 * 2)
+    h = max(2, round(src_h * scale) // 2 * 2)
+    return w, h
+
+
+def should_send(level: QualityLevel, frame_index: int, source_fps: float) -> bool:
+    """Stateless decimation by frame index: keeps an evenly spread `max_fps` of `source_fps`."""
+    if not level.video:
+        return False
+    if source_fps <= level.max_fps or frame_index <= 0:
+        return True
+    ratio = level.max_fps / source_fps
+    return math.floor(frame_index * ratio + 1e-9) != math.floor((frame_index - 1) * ratio + 1e-9)
+
+
+class FrameDecimator:
+    """Decimation by timestamp (frame.time, or arrival time) for sources with jittery rates."""
+
+    TOLERANCE = 0.25  # of an interval: a frame slightly early still counts for its slot
+
+    def __init__(self, level: QualityLevel) -> None:
+        self.level = level
+        self._next: float | None = None
+
+    def set_level(self, level: QualityLevel) -> None:
+        self.level = level
+
+    def should_send(self, t: float) -> bool:
+        if not self.level.video:
+            self._next = None
+            return False
+        interval = 1.0 / self.level.max_fps
+        nxt = self._next
+        if nxt is not None and t < nxt - interval * self.TOLERANCE:
+            return False
+        # Keep a steady cadence while frames keep up; after a gap (or a rewind) restart from t.
+        base = nxt if nxt is not None and t - nxt < interval else t
+        self._next = base + interval
+        return True

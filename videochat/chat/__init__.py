@@ -1,0 +1,1 @@
+"""Chat: message, outbox queue, hub, persister, ledger, service."""

@@ -1,0 +1,159 @@
+"""Every private name of aiortc 1.16.0 the app relies on, and the two process-wide patches.
+
+Pinned by tests/compat/test_private_names.py: an upgrade that moves one of these fails there
+first. Callers elsewhere use only the functions below, never an aiortc underscore name.
+
+Patches (installed by `videochat.compat.install`):
+
+* `track_peer_connections`: wraps `RTCPeerConnection.__init__` to record every connection in a
+  weak set, for the process-health sampler (scanning `gc.get_objects()` instead pauses the
+  media loop in proportion to the heap).
+* `end_remote_tracks_on_close`: makes `RTCPeerConnection.close()` end the tracks it received.
+  aiortc ends a received track only through its receiver's decoder thread, which starts once
+  the connection is up. A connection closed before that (a browser that left mid-ICE, a
+  stalled connection housekeeping closes) left its tracks "live" with nothing ever to read, and
+  every reader of them, MediaRelay's task or a hub's sink, waited for good (bench/soak.py found
+  10 such relay tasks after 30 minutes). A second end-of-stream for a track that did start is
+  harmless: after the first, recv() raises at once.
+
+Accessors:
+
+* `RTCRtpSender._handle_rtcp_packet` (looked up on the instance by the DTLS transport for each
+  RTCP packet), `_ssrc`, and the last sender report `__lsr` / `__lsr_time`: the receiver-report
+  hook of `videochat/call/rtcp.py`.
+* `RTCRtpReceiver.__remote_streams` / `__rtx_ssrc`: inbound counters per SSRC without RTX, for
+  `videochat/metrics/stats.py`.
+* `RTCIceTransport._send` / `_recv` and `_connection` (the aioice `Connection`): the fault
+  injector's DTLS/SRTP seam, `videochat/faults/injector.py`.
+* `RemoteStreamTrack._queue`: the received frames, ended by `end_remote_tracks_on_close`.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCRtpSender
+
+RtcpHandler = Callable[[Any], Awaitable[None]]
+
+# --- peer connections, counted -----------------------------------------------------------
+
+# Each tracked connection -> when it was created (monotonic), to tell a stalled one apart.
+_live_pcs: weakref.WeakKeyDictionary[RTCPeerConnection, float] = weakref.WeakKeyDictionary()
+_hook_lock = threading.Lock()
+_tracking = False
+_ending_tracks = False
+
+
+def track_peer_connections() -> None:
+    """Record every `RTCPeerConnection` created from now on in a weak set (idempotent)."""
+    global _tracking
+    with _hook_lock:
+        if _tracking:
+            return
+        original = RTCPeerConnection.__init__
+
+        @functools.wraps(original)
+        def __init__(self: RTCPeerConnection, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            _live_pcs[self] = time.monotonic()
+
+        RTCPeerConnection.__init__ = __init__  # type: ignore[method-assign]
+        _tracking = True
+
+
+def peer_connections_tracked() -> bool:
+    return _tracking
+
+
+def tracked_peer_connections() -> list[tuple[RTCPeerConnection, float]]:
+    """(connection, created at on the monotonic clock) for every one still referenced."""
+    for _ in range(10):
+        try:
+            return list(_live_pcs.items())
+        except RuntimeError:  # another thread added one while we copied: try again
+            continue
+    return []
+
+
+def end_remote_tracks_on_close() -> None:
+    """Make `RTCPeerConnection.close()` end the tracks it received (idempotent, process-wide)."""
+    global _ending_tracks
+    with _hook_lock:
+        if _ending_tracks:
+            return
+        original = RTCPeerConnection.close
+
+        @functools.wraps(original)
+        async def close(self: RTCPeerConnection) -> None:
+            await original(self)
+            for transceiver in self.getTransceivers():
+                track = transceiver.receiver.track
+                queue = getattr(track, "_queue", None)  # RemoteStreamTrack's frame queue
+                if track is not None and track.readyState == "live" and queue is not None:
+                    queue.put_nowait(None)  # what the decoder thread sends at its end
+
+        RTCPeerConnection.close = close  # type: ignore[method-assign]
+        _ending_tracks = True
+
+
+# --- RTCP of one sender ------------------------------------------------------------------
+
+def rtcp_handler(sender: RTCRtpSender) -> RtcpHandler:
+    handler: RtcpHandler = sender._handle_rtcp_packet
+    return handler
+
+
+def set_rtcp_handler(sender: RTCRtpSender, handler: RtcpHandler) -> None:
+    """Override one sender's RTCP handler (an instance attribute: other senders keep theirs)."""
+    setattr(sender, "_handle_rtcp_packet", handler)  # noqa: B010 - an instance override
+
+
+def sender_ssrc(sender: RTCRtpSender) -> int:
+    ssrc: int = sender._ssrc
+    return ssrc
+
+
+def last_sender_report(sender: RTCRtpSender) -> tuple[int | None, float | None]:
+    """(middle NTP bits, wall-clock time) of the sender's last RTCP sender report, if any."""
+    return (getattr(sender, "_RTCRtpSender__lsr", None),
+            getattr(sender, "_RTCRtpSender__lsr_time", None))
+
+
+# --- inbound streams of one receiver -----------------------------------------------------
+
+def remote_streams(receiver: Any) -> tuple[dict[int, Any] | None, dict[int, Any]]:
+    """(SSRC -> aiortc's inbound counters, RTX SSRC -> media SSRC) of a receiver.
+
+    The first is None when aiortc no longer keeps them where 1.16 does.
+    """
+    streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", None)
+    rtx_map = getattr(receiver, "_RTCRtpReceiver__rtx_ssrc", {}) or {}
+    return (streams if isinstance(streams, dict) else None), rtx_map
+
+
+# --- the ICE transport's datagram seam ----------------------------------------------------
+
+def is_ice_transport(obj: Any) -> bool:
+    return obj is not None and hasattr(obj, "_send")
+
+
+def ice_io(ice: Any) -> tuple[Callable[[bytes], Awaitable[None]], Callable[[], Awaitable[bytes]]]:
+    """The transport's own (send, receive) of DTLS/SRTP/SRTCP datagrams (not STUN)."""
+    return ice._send, ice._recv
+
+
+def set_ice_io(ice: Any, send: Callable[[bytes], Awaitable[None]],
+               recv: Callable[[], Awaitable[bytes]]) -> None:
+    ice._send = send
+    ice._recv = recv
+
+
+def ice_connection(ice: Any) -> Any | None:
+    """The aioice `Connection` under an `RTCIceTransport` (None before it has one)."""
+    return getattr(ice, "_connection", None)

@@ -1,0 +1,1 @@
+"""Faults: the model, commands through Redis, the consumer, the injector, backend outages."""

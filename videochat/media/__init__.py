@@ -1,0 +1,1 @@
+"""Media: legs, the relay, rooms and participants, ICE/TURN, synthetic bot media."""

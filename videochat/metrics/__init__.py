@@ -1,0 +1,1 @@
+"""Measurements: stats sampler -> events -> metrics store -> diagnostics queries and charts."""
