@@ -1,9 +1,11 @@
-"""The only code that touches private attributes of aiortc and aioice: one module per library.
+"""The only code that touches private attributes of aiortc, aioice, Streamlit and
+streamlit-webrtc: one module per library.
 
-`install()` applies every process-wide patch, once, before the first peer connection exists;
-tests/compat/test_private_names.py pins every private name used here, so an upgrade of a pinned
-version fails loudly in one place. (The Streamlit and streamlit-webrtc internals still live in
-videochat/ui/webrtc.py, videochat/ui/wake.py and videochat/ui/navigation.py.)
+`install()` applies every process-wide aiortc/aioice patch, once, before the first peer
+connection exists (no Streamlit needed: videochat/runtime.py calls it). The Streamlit and
+streamlit-webrtc replacements need the Streamlit runtime and are applied by
+videochat/ui/webrtc.py (`install()`, from the call page). tests/compat/ pins every private name
+used here, so an upgrade of a pinned version fails loudly in one place.
 """
 
 from __future__ import annotations

@@ -26,10 +26,13 @@ Accessors:
 * `RTCIceTransport._send` / `_recv` and `_connection` (the aioice `Connection`): the fault
   injector's DTLS/SRTP seam, `videochat/faults/injector.py`.
 * `RemoteStreamTrack._queue`: the received frames, ended by `end_remote_tracks_on_close`.
+* `MediaRelay._stop` and its proxies' `_buffered`, `_queue`, `_frame`, `_new_frame_event`:
+  `BoundedMediaRelay`, the server-wide relay videochat/ui/webrtc.py installs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
 import time
@@ -37,7 +40,8 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCRtpSender
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender
+from aiortc.contrib.media import MediaRelay
 
 RtcpHandler = Callable[[Any], Awaitable[None]]
 
@@ -157,3 +161,31 @@ def set_ice_io(ice: Any, send: Callable[[bytes], Awaitable[None]],
 def ice_connection(ice: Any) -> Any | None:
     """The aioice `Connection` under an `RTCIceTransport` (None before it has one)."""
     return getattr(ice, "_connection", None)
+
+
+# --- the server-wide media relay -------------------------------------------------------------
+
+class BoundedMediaRelay(MediaRelay):
+    """MediaRelay whose video consumers see only the newest frame (bounded memory/latency)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._loop = loop
+
+    def subscribe(self, track: MediaStreamTrack, buffered: bool = True) -> MediaStreamTrack:
+        return super().subscribe(track, buffered=buffered and track.kind != "video")
+
+    def _stop(self, proxy: Any) -> None:
+        super()._stop(proxy)
+        # aiortc never wakes a stopped proxy: a relay reader subscribed *to* it (streamlit-webrtc
+        # relays its relayed source once more for the sender) would wait forever, holding the
+        # proxy and its last frame — one task per rebuilt leg (bench/soak.py found 121-143 after
+        # a 3-minute soak). End that recv(): it raises, and the reader task finishes.
+        def wake() -> None:
+            if proxy._buffered:
+                proxy._queue.put_nowait(None)
+            else:
+                proxy._frame = None
+                proxy._new_frame_event.set()
+
+        self._loop.call_soon_threadsafe(wake)

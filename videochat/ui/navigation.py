@@ -24,8 +24,8 @@ import time
 from urllib.parse import parse_qsl
 
 import streamlit as st
-from streamlit.runtime.pages_manager import PagesManager
-from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+from videochat.compat import streamlit as compat_streamlit
 
 _PENDING_KEY = "vc_first_link"
 _SEEN_KEY = "vc_session_seen"
@@ -38,14 +38,13 @@ def use_v2_from_start() -> None:
     """Called at server start-up (videochat/ui/server.py), before any tab connects: no run
     ever starts under the legacy navigation. `ensure_v2` still covers a server started without
     that hook."""
-    PagesManager.uses_pages_directory = False
+    compat_streamlit.use_navigation_v2()
 
 
 def ensure_v2() -> None:
-    legacy = bool(PagesManager.uses_pages_directory)
-    PagesManager.uses_pages_directory = False
-    ctx = get_script_run_ctx()
-    query = ctx.query_string if ctx is not None else ""
+    legacy = compat_streamlit.legacy_pages_mode()
+    compat_streamlit.use_navigation_v2()
+    query = compat_streamlit.script_run_query_string()
     if _SEEN_KEY not in st.session_state:  # this session's first run
         st.session_state[_SEEN_KEY] = True
         if query:

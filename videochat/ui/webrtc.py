@@ -1,4 +1,5 @@
-"""Glue to streamlit-webrtc 0.79.0: the only module that touches its internals.
+"""Glue to streamlit-webrtc 0.79.0: what we replace in it, and why. Its private names are reached
+only through videochat/compat/streamlit_webrtc.py (and aiortc's through videochat/compat/aiortc.py).
 
 What we replace, and why (measured figures in docs/ARCHITECTURE.md):
 - **Auto-start.** Rendering a streamer with `desired_playing_state=True` races in the
@@ -41,17 +42,15 @@ from pathlib import Path
 from typing import Any
 
 import streamlit as st
-import streamlit_webrtc.component as _component
-from aiortc import MediaStreamTrack, RTCPeerConnection
-from aiortc.contrib.media import MediaRelay
+from aiortc import RTCPeerConnection
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from streamlit.runtime import Runtime
 from streamlit_webrtc import WebRtcMode, WebRtcStreamerContext, webrtc_streamer
-from streamlit_webrtc.component import WebRtcStreamerState
 from streamlit_webrtc.eventloop import get_global_event_loop, loop_context
-from streamlit_webrtc.relay import _SERVER_GLOBAL_RELAY_ATTR_NAME_
 
+from videochat.compat import streamlit as compat_streamlit
+from videochat.compat import streamlit_webrtc as sw
+from videochat.compat.aiortc import BoundedMediaRelay
 from videochat.media.participant import Participant, Slot
 from videochat.settings import Settings
 from videochat.ui.server import offer_url
@@ -70,49 +69,19 @@ TILE_VIDEO_ATTRS: dict[str, Any] = {
 }
 
 
-class BoundedMediaRelay(MediaRelay):
-    """MediaRelay whose video consumers see only the newest frame (bounded memory/latency)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        super().__init__()
-        self._loop = loop or get_global_event_loop()
-
-    def subscribe(self, track: MediaStreamTrack, buffered: bool = True) -> MediaStreamTrack:
-        return super().subscribe(track, buffered=buffered and track.kind != "video")
-
-    def _stop(self, proxy: Any) -> None:
-        super()._stop(proxy)
-        # aiortc never wakes a stopped proxy: a relay reader subscribed *to* it (streamlit-webrtc
-        # relays its relayed source once more for the sender) would wait forever, holding the
-        # proxy and its last frame — one task per rebuilt leg (bench/soak.py found 121-143 after
-        # a 3-minute soak). End that recv(): it raises, and the reader task finishes.
-        def wake() -> None:
-            if proxy._buffered:
-                proxy._queue.put_nowait(None)
-            else:
-                proxy._frame = None
-                proxy._new_frame_event.set()
-
-        self._loop.call_soon_threadsafe(wake)
-
-
 OUR_PREFIXES = ("pub-", "sub-")
-_original_get_or_create_context = _component._get_or_create_context
 
 
 def _get_or_create_context(key: str) -> Any:
     if key.startswith(OUR_PREFIXES) and key in st.session_state:
-        ctx = st.session_state[key]
-        if hasattr(ctx, "_last_rendered_run_count"):
-            ctx._last_rendered_run_count = None  # skips the orphan check for this run
-    return _original_get_or_create_context(key)
+        sw.skip_orphan_check(st.session_state[key])
+    return sw.original_get_or_create_context(key)
 
 
 def install() -> None:
     """Apply our replacements (idempotent; needs the Streamlit runtime). The offer route is
     declared with the app (videochat/ui/server.py)."""
-    _component._get_or_create_context = _get_or_create_context
-    _component._handle_worker_lifecycle = _handle_worker_lifecycle
+    sw.patch_component(_get_or_create_context, _handle_worker_lifecycle)
     register_component()
     install_bounded_relay()
 
@@ -122,25 +91,21 @@ def register_component() -> None:
     Streamlit registers a declared component only if that import happens inside a script run;
     the app now imports it at start-up, outside any run (videochat/ui/server.py), and an
     unregistered component answers 404: blank tiles."""
-    registry = Runtime.instance().component_registry
-    component = _component._component_func
-    if registry.get_component(component.name) is None:
-        registry.register_component(component)
+    compat_streamlit.register_component(sw.declared_component())
 
 
 def install_bounded_relay() -> None:
-    runtime = Runtime.instance()
-    if isinstance(getattr(runtime, _SERVER_GLOBAL_RELAY_ATTR_NAME_, None), BoundedMediaRelay):
+    if isinstance(sw.server_relay(), BoundedMediaRelay):
         return
-    with loop_context(get_global_event_loop()):
-        setattr(runtime, _SERVER_GLOBAL_RELAY_ATTR_NAME_, BoundedMediaRelay())
+    loop = get_global_event_loop()
+    with loop_context(loop):
+        sw.set_server_relay(BoundedMediaRelay(loop))
     logger.info("installed the bounded media relay")
 
 
 # --- fast signalling ------------------------------------------------------------------------
 
 MAX_SDP_CHARS = 64_000
-_original_handle_worker_lifecycle = _component._handle_worker_lifecycle
 
 
 @dataclass
@@ -162,7 +127,7 @@ def _handle_worker_lifecycle(context: Any, key: str, sdp_offer: Any, *,
         _streamers[key] = _Streamer(weakref.ref(context), make_worker)
         for stale in [k for k, v in _streamers.items() if v.context() is None]:
             del _streamers[stale]
-    _original_handle_worker_lifecycle(context, key, sdp_offer, make_worker=make_worker)
+    sw.original_handle_worker_lifecycle(context, key, sdp_offer, make_worker=make_worker)
 
 
 def _owner(key: str) -> str | None:
@@ -197,16 +162,14 @@ class _StaleOffer(Exception):
 def answer_offer(context: Any, make_worker: Callable[[], Any], sdp: str) -> dict[str, str]:
     """Create the streamer's worker for this offer (or find the one the component path made
     for the same offer) and return its answer. Blocks: call from a worker thread."""
-    with context._worker_creation_lock:
-        worker = context._get_worker()
+    with sw.worker_creation_lock(context):
+        worker = sw.worker_of(context)
         if worker is None:
             worker = make_worker()
             worker.process_offer(sdp, "offer", timeout=10)
-            context._set_worker(worker)
+            sw.set_worker(context, worker)
             if not context.state.playing:
-                # A script run that started before the frontend's "signalling" value arrived
-                # must not take our fresh worker for a stopped streamer's leftover.
-                context._set_state(WebRtcStreamerState(playing=False, signalling=True))
+                sw.mark_signalling(context)
         else:
             remote = getattr(getattr(worker, "pc", None), "remoteDescription", None)
             if remote is None or _ufrag(remote.sdp) != _ufrag(sdp):
@@ -301,15 +264,14 @@ def subscribe(
 
 
 def peer_connection(ctx: WebRtcStreamerContext[Any, Any]) -> RTCPeerConnection | None:
-    worker = ctx._get_worker()
+    worker = sw.worker_of(ctx)
     pc = getattr(worker, "pc", None)
     return pc if isinstance(pc, RTCPeerConnection) else None
 
 
 def stop_worker(ctx: object) -> None:
     """Stop the server side of a streamer now (no-op for other session-state values)."""
-    get_worker = getattr(ctx, "_get_worker", None)
-    worker = get_worker() if callable(get_worker) else None
+    worker = sw.worker_of(ctx)
     if worker is not None:
         worker.stop(timeout=0)
 
