@@ -58,8 +58,14 @@ def _warm_up(build: Callable[[], object]) -> None:
 
 
 def _build_runtime() -> object:
-    # Imported here: the media stack's module graph (aiortc, av, the services) loads in this
-    # thread while the server already answers.
+    # Imported here: the pages' whole module graph (aiortc, av, pandas, plotly, the services)
+    # loads in this thread while the server already answers, so the first visitor's run does
+    # not import it, and before get_runtime() freezes the start-up objects out of the
+    # collector's view (modules imported after the freeze stay in every full collection).
+    import videochat.ui.call
+    import videochat.ui.diagnostics
+    import videochat.ui.faults
+    import videochat.ui.qa  # noqa: F401
     from videochat.ui import webrtc
     from videochat.ui.state import get_runtime
 
