@@ -23,6 +23,10 @@ from videochat.qa.harness import (
     resumed_after_stall,
 )
 
+# aioice alone notices a dead path only after ~30 s (its consent checks): recovery well before
+# that is the app's own detection and rebuild at work.
+RECOVERED_BY_ITSELF_S = 10.0
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
@@ -92,7 +96,9 @@ def test_video_resumes_quickly_after_an_8s_blackout(
     end = start + 8.0  # the CLI returns once the fault is applied, so this errs late
     took = both_moving_after((ana, bob), end, 30)
     print(f"both browsers moving {took:.2f} s after the 8 s blackout ended")
-    assert took <= 3.0
+    # Recovered by our own detection, not aioice's ~30 s consent timeout. How fast is a figure
+    # of bench/reconnect.py: timings asserted here failed on a loaded 2-core box (issue 13).
+    assert took <= RECOVERED_BY_ITSELF_S
 
 
 def test_video_resumes_after_a_killed_connection(
@@ -110,7 +116,7 @@ def test_video_resumes_after_a_killed_connection(
              30, "video moving again in both browsers after the kill")
     took = max(resumed_after_stall(progress_times(p), killed) or 0.0 for p in (ana, bob)) - killed
     print(f"both browsers moving {took:.2f} s after bob's connections were killed")
-    assert took <= 3.0
+    assert took <= RECOVERED_BY_ITSELF_S  # how fast: bench/reconnect.py
 
 
 def test_thirty_percent_loss_steps_the_ladder_down_fast_and_back_up(
@@ -141,8 +147,10 @@ def test_thirty_percent_loss_steps_the_ladder_down_fast_and_back_up(
     print(f"ladder under 30 % loss: first step down {downs[0]:.2f} s after the onset, first "
           f"step up {ups[0] if ups else float('nan'):.2f} s after it cleared; "
           f"{[(round(e['at'] - start, 2), e['data'].get('to_level')) for e in changes]}")
-    assert downs[0] <= 2.0
-    assert ups and ups[0] <= 10.0
+    # Stepped down while the loss lasted and back up once it cleared (within the 11 s read);
+    # how fast each step is, is a figure of bench/reconnect.py.
+    assert downs[0] <= 6.0, "did not step down in the first half of the 12 s loss"
+    assert ups, "did not step back up after the loss cleared"
     assert all(d <= 12.5 for d in downs), "stepped down again after the loss cleared"
 
 
