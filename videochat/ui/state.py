@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-
 import streamlit as st
 from streamlit_webrtc.eventloop import get_global_event_loop
 
@@ -17,13 +15,10 @@ __all__ = ["AppRuntime", "emit", "get_runtime", "get_services", "get_settings"]
 
 @st.cache_resource
 def get_runtime() -> AppRuntime:
-    rt = build_runtime(get_settings(), get_services(), loop=get_global_event_loop(),
-                       wake=wake.wake_sessions, session_alive=wake.session_alive)
-    # Start-up objects (Streamlit, aiortc, our services: ~167k) out of the collector's view:
-    # a full collection over them took 83 ms, a stall every chat message and frame then waits on.
-    gc.collect()
-    gc.freeze()
-    return rt
+    # Built at start-up by videochat/ui/server.py, which then freezes the start-up objects out
+    # of the collector's view; a page run builds it only where that hook did not run.
+    return build_runtime(get_settings(), get_services(), loop=get_global_event_loop(),
+                         wake=wake.wake_sessions, session_alive=wake.session_alive)
 
 
 def emit(event: CallEvent) -> None:
