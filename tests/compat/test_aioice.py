@@ -33,6 +33,10 @@ def sends_within(seconds: float) -> int:
 
 @pytest.fixture
 def restore() -> Iterator[None]:
+    # Before as well as after: a runtime built earlier in the session (tests/test_runtime.py)
+    # leaves its process-wide cap installed.
+    ice.cap_stun_retransmissions(None)
+    ice.restrict_host_addresses([])
     yield
     ice.cap_stun_retransmissions(None)
     ice.restrict_host_addresses([])
