@@ -37,8 +37,9 @@ from videochat.qa.harness import (  # noqa: E402
     AppProcess,
     Browser,
     NetNamespace,
-    remote_videos,
+    advancing,
     self_view,
+    shown_remote,
 )
 
 UNTOUCHED_S = 6.0
@@ -47,15 +48,8 @@ ENV = {"VIDEOCHAT_CAPTURE": "320x240@15", "VIDEOCHAT_RECONNECT_GRACE_S": "10"}
 
 
 def snapshot(page: Any) -> dict[str, Any]:
-    shown = [v for v in remote_videos(page) if v["w"] > 0]
     return {"form": page.get_by_text("Join a call").count() > 0,
-            "remote": max(shown, key=lambda v: v["frames"], default=None),
-            "self": self_view(page)}
-
-
-def advancing(now: dict[str, Any] | None, before: dict[str, Any] | None) -> bool:
-    return bool(now and before and not now["paused"] and now["t"] > before["t"]
-                and now["frames"] > before["frames"])
+            "remote": shown_remote(page), "self": self_view(page)}
 
 
 def started(page: Any, t0: float) -> tuple[dict[str, float], bool]:

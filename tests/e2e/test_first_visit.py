@@ -15,8 +15,9 @@ from videochat.qa.harness import (
     AppProcess,
     Browser,
     NetNamespace,
-    remote_videos,
+    advancing,
     self_view,
+    shown_remote,
     sound_state,
 )
 
@@ -33,17 +34,6 @@ def fresh_app(netns: NetNamespace, tmp_path: Path) -> Iterator[AppProcess]:
     yield proc
     proc.stop()
     print("---- fresh app log (tail) ----\n" + proc.log_tail(40))
-
-
-def playing(video: dict[str, Any] | None, before: dict[str, Any] | None) -> bool:
-    """Frames shown to the person: the element plays and its clock and frames advance."""
-    return bool(video and before and not video["paused"] and video["w"] > 0
-                and video["t"] > before["t"] and video["frames"] > before["frames"])
-
-
-def best_remote(page: Any) -> dict[str, Any] | None:
-    shown = [v for v in remote_videos(page) if v["w"] > 0]
-    return max(shown, key=lambda v: v["frames"], default=None)
 
 
 def test_two_links_opened_at_once_on_a_fresh_app_play_untouched(
@@ -64,10 +54,10 @@ def test_two_links_opened_at_once_on_a_fresh_app_play_untouched(
         # (bench/first_visit.py) times it.
         for name, page in (("ana", ana), ("bob", bob)):
             def both_play(page: Any = page) -> bool:
-                before_remote, before_self = best_remote(page), self_view(page)
+                before_remote, before_self = shown_remote(page), self_view(page)
                 time.sleep(0.5)
-                return (playing(best_remote(page), before_remote)
-                        and playing(self_view(page), before_self))
+                return (advancing(shown_remote(page), before_remote)
+                        and advancing(self_view(page), before_self))
 
             wait_for(both_play, 20, f"{name} to see the other's moving video and their own")
         print(f"both pages show both videos {time.monotonic() - opened:.1f} s after opening")

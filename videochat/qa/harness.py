@@ -366,6 +366,19 @@ def remote_videos(page: Any) -> list[dict[str, Any]]:
     return videos(page, "remote")
 
 
+def shown_remote(page: Any) -> dict[str, Any] | None:
+    """The remote tile that has shown the most frames (None before any shows a picture)."""
+    shown = [v for v in remote_videos(page) if v["w"] > 0]
+    return max(shown, key=lambda v: v["frames"], default=None)
+
+
+def advancing(now: dict[str, Any] | None, before: dict[str, Any] | None) -> bool:
+    """Between two reads of one video: it plays, shows a picture, and its clock and frame
+    count moved on (what a person sees as moving video)."""
+    return bool(now and before and not now["paused"] and now["w"] > 0
+                and now["t"] > before["t"] and now["frames"] > before["frames"])
+
+
 def self_view(page: Any) -> dict[str, Any] | None:
     """One's own camera tile, if the page shows one."""
     own = videos(page, "self")
