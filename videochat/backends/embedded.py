@@ -3,7 +3,19 @@
 Data lives in the state folder and is reused across restarts. A discovery file
 (`<state>/servers.json`) lets every process started from the same folder (the app, the
 command line, QA runs) share one pair of servers; a file lock keeps two processes from
-starting two pairs. The process that started a server stops it when it exits.
+starting two pairs.
+
+Who stops them (issue 17): each entry records the server's pid and port, its `owner` (the
+process that started or adopted it), the processes `users` that use it, and `handed_over_by`.
+- The owner stops its servers when it exits, unless it hands them over (`release(handover_s=…)`,
+  what the app does on a graceful stop, and what any owner does while another process still
+  uses them): a detached watcher (`videochat.backends.handover`) then stops them once nobody
+  has used them for the grace period, unless a new process adopted them first.
+- A start finding a live, answering server whose owner died (SIGKILL, out of memory) or handed
+  it over **adopts** it: same data, same port, and it becomes the owner. It never starts a
+  second copy on the same data: a server that is alive but does not answer is stopped first,
+  one that a fault stopped (SIGSTOP) is resumed, and a dead one is restarted on its data and
+  its old port when that is free.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from videochat.exceptions import EmbeddedServerError
 
@@ -44,14 +57,65 @@ def port_open(port: int, host: str = HOST, timeout: float = 0.2) -> bool:
         return False
 
 
+def _proc_state(pid: int) -> str | None:
+    """The one-letter state from /proc (R, S, T, Z…), None where /proc does not say."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def pid_alive(pid: int) -> bool:
+    """A zombie is dead: a killed owner stays one until its parent reaps it."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    return _proc_state(pid) not in ("Z", "X")
+
+
+def pid_stopped(pid: int) -> bool:
+    """SIGSTOPped (a backend outage fault does that to a server)."""
+    return _proc_state(pid) in ("T", "t")
+
+
+def pid_serves(pid: int, port: int) -> bool:
+    """`pid` is alive and is still a server on `port` (a recycled pid is somebody else)."""
+    if not pid_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace")
+    except OSError:
+        return True  # no /proc to ask: trust the pid
+    return str(port) in cmdline
+
+
+def stop_pid(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM a server we did not spawn (no Popen to wait on), SIGKILL after `timeout`."""
+    for sig, wait_s in ((signal.SIGCONT, 0.0), (signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if not pid_alive(pid):
+                return
+            time.sleep(0.05)
+    if pid_alive(pid):
+        raise EmbeddedServerError(f"pid {pid} did not stop")
+
+
+def port_free(port: int, host: str = HOST) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def valkey_binary() -> Path:
@@ -204,10 +268,11 @@ class Endpoint:
     url: str
     pid: int
     owned: bool
+    adopted: bool = False
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -217,20 +282,53 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+SERVER_CLASSES: dict[str, type[ServerProcess]] = {"redis": ValkeyProcess,
+                                                   "mongo": SecantusProcess}
+Entry = dict[str, Any]
+
+
+def read_discovery(path: Path) -> dict[str, Entry]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+
+
+def write_discovery(path: Path, known: dict[str, Entry]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(known))
+    tmp.replace(path)  # readers never see half a file
+
+
+def live_users(entry: Entry, *, besides: int | None = None) -> list[int]:
+    users = entry.get("users")
+    return [u for u in users if isinstance(u, int) and u != besides and pid_alive(u)] \
+        if isinstance(users, list) else []
+
+
+def entry_orphaned(entry: Entry) -> bool:
+    """Nobody owns this server any more: its owner died, or handed it over. An entry without
+    an owner was written by someone managing the server themselves (a test): never ours."""
+    owner = entry.get("owner")
+    if bool(entry.get("handed_over_by")):
+        return True
+    return isinstance(owner, int) and not pid_alive(owner)
+
+
 class EmbeddedServers:
-    """Find or start the embedded servers for one state folder."""
+    """Find, adopt or start the embedded servers for one state folder."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.discovery = self.state_dir / "servers.json"
-        self._owned: list[ServerProcess] = []
+        self.lock_path = self.state_dir / "servers.lock"
+        self._owned: dict[str, ServerProcess] = {}  # name -> the child we spawned
+        self._adopted: dict[str, int] = {}  # name -> pid: ours to stop, but not our child
+        self._atexit = False
 
-    def _read(self) -> dict[str, dict[str, object]]:
-        try:
-            data = json.loads(self.discovery.read_text())
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
+    def _read(self) -> dict[str, Entry]:
+        return read_discovery(self.discovery)
 
     def running(self) -> bool:
         """Both servers of this folder are listed and their processes alive (an app that has
@@ -240,27 +338,41 @@ class EmbeddedServers:
         return all(isinstance(pid, int) and pid_alive(pid) for pid in pids)
 
     def ensure(self, redis: bool, mongo: bool) -> dict[str, Endpoint]:
-        """Endpoints for the wanted servers, reusing live ones from the discovery file."""
-        wanted: list[tuple[str, type[ServerProcess]]] = []
-        if redis:
-            wanted.append(("redis", ValkeyProcess))
-        if mongo:
-            wanted.append(("mongo", SecantusProcess))
+        """Endpoints for the wanted servers: live ones reused (adopted when their owner is
+        gone), dead ones restarted on their data."""
+        wanted = [n for n, on in (("redis", redis), ("mongo", mongo)) if on]
+        me = os.getpid()
         out: dict[str, Endpoint] = {}
-        with _locked(self.state_dir / "servers.lock"):
+        with locked(self.lock_path):
             known = self._read()
             starting: list[tuple[str, ServerProcess]] = []
-            for name, cls in wanted:
+            for name in wanted:
+                cls = SERVER_CLASSES[name]
                 entry = known.get(name, {})
                 pid, port = entry.get("pid"), entry.get("port")
-                if isinstance(pid, int) and isinstance(port, int) and pid_alive(pid):
+                if isinstance(pid, int) and isinstance(port, int) and pid_serves(pid, port):
                     probe = cls(self.state_dir / name, port)
-                    if probe.ping():
-                        out[name] = Endpoint(name, probe.url, pid, owned=False)
+                    if self._answers(probe, pid):
+                        adopt = entry_orphaned(entry) and entry.get("owner") != me
+                        if adopt:
+                            logger.info("adopting embedded %s (pid %d, port %d) from %s", name,
+                                        pid, port, entry.get("handed_over_by")
+                                        or f"dead owner {entry.get('owner')}")
+                            entry.update(owner=me, handed_over_by=None)
+                            self._adopted[name] = pid
+                        entry["users"] = [*live_users(entry, besides=me), me]
+                        known[name] = entry
+                        out[name] = Endpoint(name, probe.url, pid,
+                                             owned=name in self._adopted, adopted=adopt)
                         continue
-                server = cls(self.state_dir / name)
+                    # Alive on our data but deaf: never start a second copy beside it.
+                    logger.warning("embedded %s (pid %d) does not answer: stopping it", name,
+                                   pid)
+                    stop_pid(pid)
+                reuse = isinstance(port, int) and port >= 1024 and port_free(port)
+                server = cls(self.state_dir / name, port if reuse else None)
                 server.spawn()  # both start at once: SecantusDB alone takes 1-2 s
-                self._owned.append(server)
+                self._owned[name] = server
                 starting.append((name, server))
             for name, server in starting:
                 try:
@@ -269,15 +381,84 @@ class EmbeddedServers:
                     for _, other in starting:  # never leave the other one running unowned
                         other.kill()
                     raise
-                known[name] = {"pid": server.pid, "port": server.port}
+                known[name] = {"pid": server.pid, "port": server.port, "owner": me,
+                               "users": [me], "handed_over_by": None,
+                               "data_dir": str(server.data_dir)}
                 out[name] = Endpoint(name, server.url, server.pid or 0, owned=True)
-            self.discovery.write_text(json.dumps(known))
-        if self._owned:
-            atexit.register(self.stop_owned)
+            write_discovery(self.discovery, known)
+        if not self._atexit:  # owners stop or hand over; users leave the users list
+            self._atexit = True
+            atexit.register(self.release)
         return out
 
-    def stop_owned(self) -> None:
-        for server in self._owned:
-            logger.info("stopping embedded %s (pid %s)", server.kind, server.pid)
-            server.stop()
+    @staticmethod
+    def _answers(probe: ServerProcess, pid: int) -> bool:
+        if pid_stopped(pid):
+            # A backend outage fault stopped it and the process that would resume it is gone
+            # (a restart during the fault): a fault must not outlive the app that applied it.
+            logger.warning("embedded %s (pid %d) was stopped (SIGSTOP): resuming it",
+                           probe.kind, pid)
+            os.kill(pid, signal.SIGCONT)
+        # One that is still starting (its starter died meanwhile) gets its start-up time.
+        deadline = time.monotonic() + probe.startup_timeout_s
+        while True:
+            if probe.ping():
+                return True
+            if time.monotonic() > deadline or not pid_alive(pid):
+                return False
+            time.sleep(0.1)
+
+    def owns(self) -> list[str]:
+        return [*self._owned, *self._adopted]
+
+    def release(self, handover_s: float | None = None) -> None:
+        """This process is done with the servers. The ones it owns are stopped, or handed over
+        to a watcher that stops them after `handover_s` unless a new process adopts them first
+        (a deploy: stop, start). Handed over too while another live process still uses them."""
+        me = os.getpid()
+        handed: list[str] = []
+        with locked(self.lock_path):
+            known = self._read()
+            for name, entry in list(known.items()):
+                users = live_users(entry, besides=me)
+                entry["users"] = users
+                mine = entry.get("owner") == me and not entry.get("handed_over_by")
+                # A non-owner whose owner died cleans up too: no orphan after a clean stop.
+                if not (mine or entry_orphaned(entry) and not entry.get("handed_over_by")):
+                    continue
+                if handover_s is not None or users:
+                    entry["handed_over_by"] = me
+                    handed.append(name)
+                    continue
+                logger.info("stopping embedded %s (pid %s)", name, entry.get("pid"))
+                self._stop(name, entry)
+                del known[name]
+            write_discovery(self.discovery, known)
+        for name, server in self._owned.items():  # reap our children unless handed over
+            if name not in handed:
+                server.stop()
         self._owned.clear()
+        self._adopted.clear()
+        if handed:
+            from videochat.backends.handover import spawn_watcher
+
+            grace = handover_s if handover_s is not None else HANDOVER_S
+            spawn_watcher(self.state_dir, me, grace)
+            logger.info("embedded %s handed over: stopped in %.0f s unless adopted",
+                        ", ".join(handed), grace)
+
+    def _stop(self, name: str, entry: Entry) -> None:
+        server = self._owned.get(name)
+        pid, port = entry.get("pid"), entry.get("port")
+        if server is not None and server.pid == pid:
+            server.stop()
+        elif isinstance(pid, int) and isinstance(port, int) and pid_serves(pid, port):
+            stop_pid(pid)
+
+    def stop_owned(self) -> None:
+        """Stop what this process owns now (tests, the command line)."""
+        self.release(handover_s=None)
+
+
+HANDOVER_S = 30.0
+"""How long handed-over servers wait for a new app to adopt them (a deploy is stop + start)."""
