@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 STALLED_AFTER_S = 60.0  # a server connection that has not connected by then is nobody's
 STUN_RETRY_CAP_S = 0.5  # see videochat/compat/aioice.py: rebuilt legs reconnect sooner
 PRESENCE_REFRESH_S = 10.0
+SHUTDOWN_BUDGET_S = 8.0
+"""Of the 10 s a graceful stop may take (issue 17): the server's own shutdown needs the rest."""
 
 SessionAlive = Callable[[str], bool]
 
@@ -71,6 +73,7 @@ class AppRuntime:
     bots: BotConsumer | None = None
     chat_rooms: dict[str, Callable[[], None]] = field(default_factory=dict)
     housekeeping: Housekeeping | None = None
+    stopping: bool = False
 
     def watch_chat(self, room: str) -> None:
         """Wake every session in `room` when a chat message arrives (once per room)."""
@@ -87,6 +90,73 @@ class AppRuntime:
     def start_housekeeping(self) -> None:
         if self.housekeeping is None:
             self.housekeeping = Housekeeping(self).start()
+
+    def shut_down(self, budget_s: float = SHUTDOWN_BUDGET_S) -> dict[str, bool]:
+        """A graceful stop (SIGTERM, Ctrl-C): flush what is buffered, keep every call open
+        for the participants coming back to the next process, hand the embedded servers over.
+        Each step gets what is left of `budget_s`; returns which steps completed."""
+        self.stopping = True
+        return shut_down_steps(self._shutdown_steps(), budget_s)
+
+    def _shutdown_steps(self) -> list[tuple[str, Callable[[float], object]]]:
+        def presence(_: float) -> None:
+            # Refreshed, not removed: the participants are expected back after the restart.
+            for p in self.registry.participants():
+                self.presence.touch(p.room, p.id, p.name, p.joined_at)
+
+        def chat(left: float) -> None:
+            self.chat.stop(timeout=left)
+
+        def call_log(left: float) -> bool:
+            done = self.call_log.flush(timeout=left)
+            self.call_log.close()
+            return done
+
+        def stop(worker: BackgroundWorker | None) -> Callable[[float], None]:
+            return lambda _: worker.stop() if worker is not None else None
+
+        steps: list[tuple[str, Callable[[float], object]]] = [
+            # No reaping while stopping: nobody left, the server did.
+            ("housekeeping", stop(self.housekeeping)),
+            ("presence", presence),
+            ("sampler", lambda left: self.sampler.stop(timeout=min(left, 1.0))),
+            ("fault consumer", stop(self.fault_consumer)),
+            ("bot consumer", stop(self.bots)),
+            ("chat", chat),
+            ("call log", call_log),
+            ("metrics", lambda left: self.metrics.close(timeout=left)),
+        ]
+        return steps + services_shutdown_steps(self.services)
+
+
+
+def services_shutdown_steps(services: Services) -> list[tuple[str, Callable[[float], object]]]:
+    def embedded(_: float) -> None:
+        if services.embedded is not None:
+            handover = services.settings.handover_s
+            services.embedded.release(handover_s=handover if handover > 0 else None)
+
+    return [("clients", lambda _: services.close()), ("embedded servers", embedded)]
+
+
+def shut_down_steps(steps: list[tuple[str, Callable[[float], object]]],
+                    budget_s: float) -> dict[str, bool]:
+    """Run each step with what is left of the budget (at least a little); a failing or
+    overrunning step is logged and the next one still runs."""
+    deadline = time.monotonic() + budget_s
+    done: dict[str, bool] = {}
+    for name, step in steps:
+        left = max(0.2, deadline - time.monotonic())
+        started = time.monotonic()
+        try:
+            result = step(left)
+            done[name] = result is not False
+        except Exception:  # noqa: BLE001 - the next step (and the exit) must still happen
+            logger.exception("shutdown step %s failed", name)
+            done[name] = False
+        logger.info("shutdown: %s %s in %.2f s", name, "done" if done[name] else "INCOMPLETE",
+                    time.monotonic() - started)
+    return done
 
 
 class Housekeeping(BackgroundWorker):
@@ -167,7 +237,16 @@ def build_runtime(settings: Settings, services: Services, *, loop: asyncio.Abstr
     rt.start_housekeeping()
     # Bot participants (videochat/bots/): hosted here, added by the call page or through Redis.
     rt.bots = start_bot_plane(services.redis, registry, loop, node)
+    _built.append(rt)
     return rt
+
+
+_built: list[AppRuntime] = []
+
+
+def built_runtime() -> AppRuntime | None:
+    """The runtime this process built, if any (the shutdown hook must not build one)."""
+    return _built[-1] if _built else None
 
 
 def _on_join(call_log: CallLog, presence: Presence,

@@ -45,6 +45,10 @@ class HarnessError(VideoChatError, RuntimeError):
     pass
 
 
+RESTART_MODES = ("graceful", "kill")
+GRACEFUL_EXIT_S = 10.0  # issue 17: a graceful stop ends within 10 s
+
+
 def netns_available() -> bool:
     return os.geteuid() == 0 and shutil.which("ip") is not None
 
@@ -107,6 +111,9 @@ class AppProcess:
             "VIDEOCHAT_STATE_DIR": str(self.state_dir),
             "VIDEOCHAT_ICE_ADDRESSES": "127.0.0.1",
             "PYTHONUNBUFFERED": "1",
+            # A test's app stops its servers with it (no 30 s handover left running after
+            # every test); restart() keeps the production handover.
+            "VIDEOCHAT_HANDOVER_S": "0",
         })
         if self.tls:
             env["STREAMLIT_SERVER_SSL_CERT_FILE"] = str(self.tls[0])
@@ -155,6 +162,32 @@ class AppProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
+
+    def restart(self, mode: str, *, timeout: float = 90.0) -> float:
+        """Stop the app as a deploy (`graceful`: SIGTERM) or a crash (`kill`: SIGKILL) does,
+        and start it again from the same folder on the same port; returns how long the old
+        process took to exit. Its embedded servers (own sessions) survive a kill, and a graceful
+        stop when the app was started with a handover (env `VIDEOCHAT_HANDOVER_S`, 0 here by
+        default: then they are stopped and the new process restarts them on their data and
+        ports); the new process adopts the survivors."""
+        if mode not in RESTART_MODES:
+            raise HarnessError(f"restart mode {mode!r}: must be one of {', '.join(RESTART_MODES)}")
+        if self.proc is None or self.proc.poll() is not None:
+            raise HarnessError(f"the app is not running; see {self.log_path}")
+        started = time.monotonic()
+        if mode == "kill":
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        else:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(GRACEFUL_EXIT_S + 5)
+            except subprocess.TimeoutExpired:
+                raise HarnessError(f"the app did not exit within {GRACEFUL_EXIT_S + 5:.0f} s of "
+                                   f"SIGTERM; see {self.log_path}") from None
+        exited = time.monotonic() - started
+        self.start(timeout)
+        return exited
 
     def events(self, since: float, kinds: list[str]) -> list[dict[str, Any]]:
         """The app's call events of `kinds` since `since` (epoch seconds), oldest first, read

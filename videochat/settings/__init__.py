@@ -150,6 +150,14 @@ class Settings:
             "doc": "seconds a dropped participant is shown as reconnecting before 'left'",
         },
     )
+    handover_s: float = field(
+        default=30.0,
+        metadata={
+            "env": "VIDEOCHAT_HANDOVER_S",
+            "doc": "on a graceful stop, seconds the embedded servers wait for the next app to "
+            "adopt them before they stop (0-3600; 0: stop them with the app)",
+        },
+    )
     metrics_retention_days: int = field(
         default=14,
         metadata={"env": "VIDEOCHAT_METRICS_RETENTION_DAYS", "doc": "days samples are kept"},
@@ -507,6 +515,7 @@ _PARSERS: dict[str, Any] = {
     "login_providers": _provider_names,
     "max_participants": _int(2, 16),
     "reconnect_grace_s": _float(0, 600),
+    "handover_s": _float(0, 3600),
     "metrics_retention_days": _int(1, 3650),
     "chat_max_length": _int(1, 100_000),
     "chat_rate_per_s": _int(1, 1000),
