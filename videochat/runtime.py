@@ -73,6 +73,7 @@ class AppRuntime:
     bots: BotConsumer | None = None
     chat_rooms: dict[str, Callable[[], None]] = field(default_factory=dict)
     housekeeping: Housekeeping | None = None
+    health: ProcessHealth | None = None
     stopping: bool = False
 
     def watch_chat(self, room: str) -> None:
@@ -112,16 +113,20 @@ class AppRuntime:
             self.call_log.close()
             return done
 
-        def stop(worker: BackgroundWorker | None) -> Callable[[float], None]:
-            return lambda _: worker.stop() if worker is not None else None
+        def workers(_: float) -> None:
+            # No reaping while stopping: nobody left, the server did. All asked at once: the
+            # consumers each sit in a 1 s stream read.
+            running: list[BackgroundWorker] = [
+                w for w in (self.housekeeping, self.fault_consumer, self.bots, self.health) if w]
+            for worker in running:
+                worker.request_stop()
+            for worker in running:
+                worker.stop()  # the health worker writes its last figures on the way
 
         steps: list[tuple[str, Callable[[float], object]]] = [
-            # No reaping while stopping: nobody left, the server did.
-            ("housekeeping", stop(self.housekeeping)),
+            ("workers", workers),
             ("presence", presence),
             ("sampler", lambda left: self.sampler.stop(timeout=min(left, 1.0))),
-            ("fault consumer", stop(self.fault_consumer)),
-            ("bot consumer", stop(self.bots)),
             ("chat", chat),
             ("call log", call_log),
             ("metrics", lambda left: self.metrics.close(timeout=left)),
@@ -208,8 +213,9 @@ def build_runtime(settings: Settings, services: Services, *, loop: asyncio.Abstr
 
     # Browser -> media legs (registered by the call page) -> rooms and their relay.
     legs = LegRegistry()
-    ProcessHealth(services.db, node=node, loop=loop, legs=legs, stalled_after_s=STALLED_AFTER_S,
-                  retention_days=settings.metrics_retention_days).start()
+    health = ProcessHealth(services.db, node=node, loop=loop, legs=legs,
+                           stalled_after_s=STALLED_AFTER_S,
+                           retention_days=settings.metrics_retention_days).start()
     registry = RoomRegistry(
         max_participants=settings.max_participants,
         wake=wake,
@@ -234,6 +240,7 @@ def build_runtime(settings: Settings, services: Services, *, loop: asyncio.Abstr
     rt = AppRuntime(settings, services, bus, registry, presence, call_log, node, legs, metrics,
                     sampler, faults, fault_consumer, supervisor, chat, access, loop,
                     session_alive)
+    rt.health = health
     rt.start_housekeeping()
     # Bot participants (videochat/bots/): hosted here, added by the call page or through Redis.
     rt.bots = start_bot_plane(services.redis, registry, loop, node)

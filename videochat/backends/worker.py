@@ -55,6 +55,10 @@ class BackgroundWorker:
             self._thread.start()
         return self
 
+    def request_stop(self) -> None:
+        """Ask the thread to end after its round, without waiting (stop several at once)."""
+        self._stop.set()
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
