@@ -224,6 +224,10 @@ def build_runtime(settings: Settings, services: Services, *, loop: asyncio.Abstr
         on_leave=_on_leave(call_log, presence, access, legs),
     )
 
+    # What the previous process left open (a crash or a deploy), closed before the fault
+    # consumer would re-apply its faults.
+    _close_previous_process(services, node, bus)
+
     # Fault command -> fault consumer -> injector -> legs.
     faults, fault_consumer = start_fault_plane(services, loop, bus, node)
     legs.add_listener(faults.leg_listener)
@@ -249,6 +253,20 @@ def build_runtime(settings: Settings, services: Services, *, loop: asyncio.Abstr
 
 
 _built: list[AppRuntime] = []
+
+
+def _close_previous_process(services: Services, node: str, bus: EventBus) -> None:
+    """Faults this node was applying end (reason `server_restart`), QA runs whose runner is
+    gone fail ("app restarted during run"), and the new boot is recorded for live runners."""
+    from videochat.faults.restart import end_interrupted_faults
+    from videochat.qa import run_status
+
+    end_interrupted_faults(services, node, bus.emit)
+    run_status.fail_interrupted(services.db)
+    try:
+        run_status.record_boot(services.redis, node)
+    except Exception:  # noqa: BLE001 - Redis down: runners then cannot tell; the app starts
+        logger.warning("could not record this process's boot", exc_info=True)
 
 
 def built_runtime() -> AppRuntime | None:

@@ -64,3 +64,25 @@ def test_restarts_keep_the_embedded_servers_and_a_graceful_stop_flushes(tmp_path
     assert {e.pid for e in servers.ensure(redis=True, mongo=True).values()} == set(first.values())
     servers.release()
     assert not any(pid_alive(p) for p in first.values())
+
+
+def test_video_back_is_counted_from_the_new_process_answering() -> None:
+    from videochat.qa.assertions import RunMeasurements, evaluate
+    from videochat.qa.measurements import video_back_after_restarts
+    from videochat.qa.scenario import find_scenario
+
+    before = [100.0 + i * 0.05 for i in range(20)]  # frames up to the restart
+    progress = {"alice": before + [110.0, 110.1, 110.2, 110.3],
+                "bob": before + [111.0, 111.5, 112.5]}
+    back = video_back_after_restarts(progress, [("kill at 8 s", 108.0)])
+    assert back == {"kill at 8 s": 4.5}  # the slower browser's third new frame
+    never = video_back_after_restarts({"alice": before}, [("kill at 8 s", 108.0)])
+    assert never == {"kill at 8 s": None}
+
+    objectives = find_scenario("server-restart").assertions
+    (ok,) = evaluate(objectives, RunMeasurements(video_back_s=back))
+    assert ok.passed and ok.measured == 4.5
+    (failed,) = evaluate(objectives, RunMeasurements(video_back_s=never))
+    assert not failed.passed and "video never came back after: kill at 8 s" in failed.detail
+    (unmeasured,) = evaluate(objectives, RunMeasurements())
+    assert not unmeasured.passed and "not measured" in unmeasured.detail

@@ -100,7 +100,7 @@ def test_fault_steps_become_fault_commands() -> None:
 
 def test_fault_commands_are_accepted_by_the_fault_module() -> None:
     faults = pytest.importorskip("videochat.faults.model")
-    steps = [step for s in builtin_scenarios().values() for step in s.timeline]
+    steps = [step for s in builtin_scenarios().values() for step in s.fault_steps]
     steps += list(parse_scenario(every_kind_scenario()).timeline)
     assert {s.kind for s in steps} == set(FAULT_KINDS)
     for step in steps:
@@ -261,3 +261,55 @@ def test_names_and_rooms_satisfy_the_call_rules() -> None:
         participant.validate_room_name(s.room_for_run("20261126T004512-3fa9c1"))
         for p in s.participants:
             participant.validate_display_name(p.name)
+
+
+RESTART = """\
+name = "restart"
+duration_s = 30
+
+[[participants]]
+name = "alice"
+kind = "browser"
+
+[[timeline]]
+at_s = 5
+kind = "app_restart"
+mode = "kill"
+
+[assertions]
+video_back_within_s = 5
+"""
+
+
+def test_app_restart_steps_are_not_faults() -> None:
+    s = parse_scenario(RESTART)
+    (step,) = s.restart_steps
+    assert (step.mode, step.at_s, step.target, step.label) == (
+        "kill", 5.0, "room", "app_restart (kill) at 5 s")
+    assert s.fault_steps == [] and s.fault_windows() == []
+    assert s.assertions.given() == {"video_back_within_s": 5}
+    assert find_scenario("server-restart").restart_steps
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "line", "field", "fragment"),
+    [
+        ('mode = "kill"', 'mode = "reboot"', 11, "timeline[0].mode",
+         "must be 'graceful' or 'kill' (got 'reboot')"),
+        ('mode = "kill"', "", 8, "timeline[0].mode", "is required"),
+        ('mode = "kill"', 'mode = "kill"\nduration_s = 3', 12, "timeline[0].duration_s",
+         "app_restart is instantaneous"),
+        ('mode = "kill"', 'mode = "kill"\ntarget = "alice"', 12, "timeline[0].target",
+         "app_restart affects the whole app"),
+        ('kind = "app_restart"\nmode = "kill"', 'kind = "loss"\npercent = 5\nduration_s = 3',
+         15, "assertions.video_back_within_s", "needs at least one app_restart step"),
+    ],
+)
+def test_bad_app_restart_steps_are_refused_at_their_line(
+    old: str, new: str, line: int, field: str, fragment: str
+) -> None:
+    assert old in RESTART
+    err = refuse(RESTART.replace(old, new, 1))
+    found = [p for p in err.problems if p.field == field]
+    assert found, str(err)
+    assert (found[0].line, fragment in found[0].message) == (line, True), str(err)

@@ -39,6 +39,10 @@ bot_ack_key = _key("vc:bots:ack:{}")  # (cmd_id)
 bot_claim_key = _key("vc:bots:claim:{}")  # (cmd_id)
 
 
+# --- Redis: app processes (videochat/qa/run_status.py) -----------------------------------------
+APP_BOOTS = "vc:app:boots"  # node -> boot id of its current process
+
+
 # --- Redis: chat (videochat/chat/) ------------------------------------------------------------
 CHAT_ROOMS = "vc:chatrooms"
 CHAT_PERSIST_GROUP = "persist"

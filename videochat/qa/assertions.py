@@ -107,6 +107,9 @@ class RunMeasurements:
     (`len(LADDER) - 1 - level.rank` for `videochat.call.quality.LADDER`)."""
     events: list[TimelineEvent] = field(default_factory=list)
     """For the charts only."""
+    video_back_s: dict[str, float | None] | None = None
+    """Per app restart: the new process healthy → every browser's remote video moving again;
+    None when some browser never saw moving video again."""
 
 
 @dataclass(frozen=True)
@@ -244,6 +247,12 @@ def evaluate(
                 name, threshold, None if resumed is None else list(resumed.items()),
                 "not measured: frame delivery was not watched",
                 "no fault was measured for video resuming", "video never resumed after"))
+        elif name == "video_back_within_s":
+            back = m.video_back_s
+            out.append(_durations(
+                name, threshold, None if back is None else list(back.items()),
+                "not measured: frame delivery was not watched across the restarts",
+                "no app restart was performed", "video never came back after"))
         elif name in ("chat_lost_max", "chat_duplicated_max"):
             ledger = m.chat
             lost = name == "chat_lost_max"

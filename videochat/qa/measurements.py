@@ -222,3 +222,23 @@ def expected_events_seen(events: Sequence[CallEvent], injected: int) -> bool:
         elif e.kind in ("reconnect_succeeded", "reconnect_failed"):
             opened[key] -= 1
     return started >= injected and all(v <= 0 for v in opened.values())
+
+
+def video_back_after_restarts(
+    progress: dict[str, list[float]], restarts: Sequence[tuple[str, float]], *,
+    frames: int = RESUME_FRAMES,
+) -> dict[str, float | None]:
+    """Per app restart (label, wall time the new process answered its health check): how long
+    until every page's remote video moved again, at its `frames`-th new frame after that
+    instant. The old process had exited by then, so every such frame is new media."""
+    out: dict[str, float | None] = {}
+    for label, healthy_at in restarts:
+        worst: float | None = 0.0
+        for times in progress.values():
+            after = sorted(t for t in times if t > healthy_at)
+            if len(after) < frames:
+                worst = None
+                break
+            worst = max(worst or 0.0, after[frames - 1] - healthy_at)
+        out[label] = None if worst is None or not progress else round(worst, 3)
+    return out

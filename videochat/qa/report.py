@@ -106,6 +106,7 @@ class RunResult:
                 "video_resumed_s": m.video_resumed_s,
                 "chat": None if m.chat is None else {**asdict(m.chat), "lost": m.chat.lost},
                 "metrics_lost": m.metrics_lost,
+                "video_back_s": m.video_back_s,
             },
             "series": {
                 "fps": _samples(m.fps),

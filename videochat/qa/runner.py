@@ -67,10 +67,11 @@ from videochat.qa.measurements import (
     reconnect_times_after_faults,
     series_from_samples,
     timeline_events,
+    video_back_after_restarts,
     video_resumed_from_progress,
 )
 from videochat.qa.report import RunResult, RunStore, new_run_id, save_report
-from videochat.qa.scenario import Scenario
+from videochat.qa.scenario import AppRestartStep, Scenario
 from videochat.settings import Settings
 
 if TYPE_CHECKING:  # imported when a run connects: `qa list` stays light
@@ -79,6 +80,7 @@ if TYPE_CHECKING:  # imported when a run connects: `qa list` stays light
 logger = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 60.0
+RESTART_BUDGET_S = 120.0  # one app_restart: the old process's exit, the new one's start-up
 COLLECT_TIMEOUT_S = 20.0
 EVENTS = keys.EVENTS
 BOT_SIZE = (320, 240)
@@ -175,6 +177,9 @@ class ScenarioRun:
         self._counts: dict[str, dict[str, dict[float, int]]] = defaultdict(
             lambda: defaultdict(dict))
         self._pages: dict[str, Any] = {}
+        self._app: Any = None  # the AppProcess this run started, if any
+        self._boots: dict[str, str] | None = None  # the app's boot ids (videochat.qa.run_status)
+        self.restarts: list[tuple[str, float]] = []  # (label, wall time the app was healthy)
 
     def say(self, msg: str) -> None:
         logger.info("%s", msg)
@@ -250,12 +255,17 @@ class ScenarioRun:
     # -- the steps -----------------------------------------------------------------------
     def _run(self) -> RunMeasurements:
         s = self.scenario
-        deadline = time.monotonic() + s.duration_s + JOIN_TIMEOUT_S + COLLECT_TIMEOUT_S + 90
+        if s.restart_steps and self.options.app_url:
+            raise RunError("app_restart steps restart the app the runner starts itself: run "
+                           "without --app-url")
+        deadline = (time.monotonic() + s.duration_s + JOIN_TIMEOUT_S + COLLECT_TIMEOUT_S + 90
+                    + RESTART_BUDGET_S * len(s.restart_steps))
         url = self.options.app_url or self._start_app()
         browser = self._browser()
         who = _Participants()
         self._join_browsers(browser, url, who)
         services = self._services or self._connect()
+        self._mark_running(services)
         self._add_bots(services, who)
         self._wait_media(who)
         t0_wall = time.time()
@@ -277,11 +287,77 @@ class ScenarioRun:
         state = self.state_dir()
         # Outside a namespace the usual port may be taken by someone's app.
         port = free_port() if port_open(self.options.port) else self.options.port
-        app = AppProcess(state, port=port, env={"VIDEOCHAT_LOG_LEVEL": "INFO"})
+        env = {"VIDEOCHAT_LOG_LEVEL": "INFO"}
+        if self.scenario.restart_steps:
+            env["VIDEOCHAT_HANDOVER_S"] = "30"  # restarted as in production (a deploy)
+        app = AppProcess(state, port=port, env=env)
         self.say(f"starting the app on {app.url} (state {state})")
         app.start()
         self._stack.callback(app.stop)
+        self._app = app
         return app.url
+
+    def _mark_running(self, services: Services) -> None:
+        """The run is in the history from its start, as running: if the app restarts under it
+        and this process dies too, the next app marks it failed (`run_status`)."""
+        from videochat.qa import run_status
+
+        try:
+            self._boots = run_status.boots(services.redis)
+        except Exception as exc:  # noqa: BLE001 - without them a restart is noticed later
+            logger.warning("the app's boot ids not read: %s", exc)
+        if not self.options.store:
+            return
+        try:
+            RunStore(services.db).save(self._result(RunMeasurements(), "running"))
+            run_status.mark_running(services.db, self.run_id)
+        except Exception as exc:  # noqa: BLE001 - history is a convenience
+            logger.warning("run %s not marked running: %s", self.run_id, exc)
+
+    def _tick(self) -> None:
+        self._check_app()
+        self._poll_progress()
+
+    def _check_app(self) -> None:
+        """A restart of the app this run did not cause ends the run with the reason."""
+        from videochat.qa import run_status
+
+        if self._boots is None or self._services is None:
+            return
+        try:
+            now = run_status.boots(self._services.redis)
+        except Exception:  # noqa: BLE001 - Redis away (an outage step): next tick
+            return
+        again = run_status.restarted(self._boots, now)
+        if again:
+            t = time.time() - self.t0.timestamp() if self.t0 else 0.0
+            raise RunError(f"{run_status.APP_RESTARTED} (t={t:.1f} s; node "
+                           f"{', '.join(again)} started again)")
+
+    def _restart_app(self, step: AppRestartStep, t0_wall: float) -> None:
+        from videochat.qa import run_status
+
+        if self._app is None:
+            raise RunError("app_restart: this run did not start the app")
+        t = time.time() - t0_wall
+        self.say(f"t={t:.1f} s: app_restart ({step.mode})")
+        exited = self._app.restart(step.mode)
+        healthy_at = time.time()
+        self.restarts.append((step.label, healthy_at))
+        self.say(f"t={healthy_at - t0_wall:.1f} s: the old app exited in {exited:.1f} s; the "
+                 "new one answers its health check")
+        services = self._services
+        if services is not None and self._boots is not None:
+            before = self._boots
+
+            def booted() -> bool:
+                with contextlib.suppress(Exception):
+                    return bool(run_status.restarted(before, run_status.boots(services.redis)))
+                return False
+
+            # This restart is ours: its new boot id becomes the one to watch.
+            _wait(booted, RESTART_BUDGET_S, "the restarted app to start its runtime")
+            self._boots = run_status.boots(services.redis)
 
     def _browser(self) -> Any:
         from videochat.qa.harness import Browser
@@ -340,17 +416,20 @@ class ScenarioRun:
         from videochat.faults.control import control_from_services
 
         control = control_from_services(services, by=f"qa:{self.run_id}")
-        if self.scenario.timeline:
+        if self.scenario.fault_steps:
             self._stack.callback(lambda: _quietly(control.clear, self.room))
-            if any(step.kind in BACKEND_KINDS for step in self.scenario.timeline):
+            if any(step.kind in BACKEND_KINDS for step in self.scenario.fault_steps):
                 self._stack.callback(lambda: _quietly(control.clear, None))
         for step in sorted(self.scenario.timeline, key=lambda st: st.at_s):
-            _sleep_until(t0_wall + step.at_s, self._poll_progress)
+            _sleep_until(t0_wall + step.at_s, self._tick)
+            if isinstance(step, AppRestartStep):
+                self._restart_app(step, t0_wall)
+                continue
             fid = control.inject(step.to_command(self.room))
             t = time.time() - t0_wall
             self.injected.append((t, fid, f"{step.kind} on {step.target}"))
             self.say(f"t={t:.1f} s: {step.kind} on {step.target} ({fid})")
-        _sleep_until(t0_wall + self.scenario.duration_s, self._poll_progress)
+        _sleep_until(t0_wall + self.scenario.duration_s, self._tick)
         self.say(f"t={self.scenario.duration_s:g} s: end of the timeline")
 
     def _bot_fps(self, services: Services, t0_wall: float) -> list[Sample]:
@@ -426,7 +505,7 @@ class ScenarioRun:
                               "by the app; planned windows used for the rest")
             seen = {w.start_s for w in windows}
             for (t, _fid, _label), step in zip(
-                    self.injected, sorted(self.scenario.timeline, key=lambda st: st.at_s),
+                    self.injected, sorted(self.scenario.fault_steps, key=lambda st: st.at_s),
                     strict=False):
                 if not any(abs(t - s) < 1.0 for s in seen):
                     windows.append(FaultWindow(step.kind, step.target, t, t + step.duration_s))
@@ -458,6 +537,8 @@ class ScenarioRun:
                              if who.pages else None),
             metrics_lost=missing_samples(samples, windows, t0) if samples else None,
             events=timeline_events(in_run, t0),
+            video_back_s=(video_back_after_restarts(progress, self.restarts)
+                          if who.pages and self.restarts else None),
         )
         if who.bots:
             m.fps = [*(m.fps or []), *self._bot_fps(services, t0_wall)]

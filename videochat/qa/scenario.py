@@ -26,6 +26,8 @@ A scenario is a TOML file in `scenarios/` (see `scenarios/blackout-8s.toml`)::
 Fault kinds and their parameters: loss (percent, direction), latency (ms, jitter_ms, direction),
 bandwidth (kbps, direction), blackout (direction), kill (no duration), freeze_video, black_video,
 redis_outage and mongo_outage (target "room" only). Direction is "up", "down" or "both".
+Beside the faults, `app_restart` (mode "graceful" or "kill", no duration, target "room"): the
+runner restarts the app it started (see `AppRestartStep`).
 
 A bad file is refused with one `ScenarioError` listing every problem as
 "scenarios/x.toml line 12, timeline[1].percent: must be between 0 and 100 (got 150)".
@@ -217,11 +219,35 @@ class MongoOutageStep(_TimedStep):
     duration_s: Annotated[PositiveSeconds, _between(0, OUTAGE_MAX_S)]
 
 
+RESTART_MODES = ("graceful", "kill")
+
+
+def _instant(v: float) -> float:
+    if v != 0:
+        raise ValueError("app_restart is instantaneous: leave duration_s out")
+    return v
+
+
+class AppRestartStep(_Step):
+    """Not a fault of the network but of the server itself (issue 17): the runner stops the app
+    it started and starts it again from the same folder, `graceful` (SIGTERM, a deploy) or
+    `kill` (SIGKILL, a crash). Only with an app the runner started (no `--app-url`)."""
+
+    kind: Literal["app_restart"]
+    mode: Literal["graceful", "kill"]
+    duration_s: Annotated[float, AfterValidator(_instant)] = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"app_restart ({self.mode}) at {self.at_s:g} s"
+
+
 FaultStep = Annotated[
     LossStep | LatencyStep | BandwidthStep | BlackoutStep | KillStep | FreezeVideoStep
-    | BlackVideoStep | RedisOutageStep | MongoOutageStep,
+    | BlackVideoStep | RedisOutageStep | MongoOutageStep | AppRestartStep,
     Field(discriminator="kind"),
 ]
+APP_RESTART = "app_restart"
 
 
 class Assertions(_Model):
@@ -236,6 +262,9 @@ class Assertions(_Model):
     max_rtt_ms: NonNegative | None = None
     video_resumed_after_fault_max_s: NonNegative | None = None
     metrics_lost_max: NonNegativeInt | None = None
+    video_back_within_s: NonNegative | None = None
+    """After each app_restart: the new process answering its health check → every browser's
+    remote video moving again (its third new frame)."""
 
     def given(self) -> dict[str, float]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
@@ -267,9 +296,18 @@ class Scenario(_Model):
                 return p
         raise NotFound(f"scenario {self.name!r} has no participant {name!r}")
 
+    @property
+    def fault_steps(self) -> list[FaultStep]:
+        """The timeline without its app restarts (which the runner performs itself)."""
+        return [s for s in self.timeline if s.kind != APP_RESTART]
+
+    @property
+    def restart_steps(self) -> list[AppRestartStep]:
+        return [s for s in self.timeline if isinstance(s, AppRestartStep)]
+
     def fault_windows(self) -> list[tuple[float, float]]:
         """Planned (start, end) of each fault, seconds from the run's start."""
-        return [(s.at_s, s.end_s) for s in self.timeline]
+        return [(s.at_s, s.end_s) for s in self.fault_steps]
 
     def summary(self) -> str:
         """One line for `qa list`: the name first."""
@@ -297,7 +335,8 @@ def _semantic_problems(s: Scenario) -> list[tuple[Loc, str]]:
                 f"must be {ROOM_TARGET!r} or a participant ({', '.join(dict.fromkeys(names))}) "
                 f"(got {step.target!r})",
             ))
-        if step.kind in BACKEND_KINDS and step.target != ROOM_TARGET:
+        if (step.kind in BACKEND_KINDS or step.kind == APP_RESTART) \
+                and step.target != ROOM_TARGET:
             out.append((
                 ("timeline", i, "target"),
                 f"{step.kind} affects the whole app: target must be {ROOM_TARGET!r}",
@@ -320,6 +359,9 @@ def _semantic_problems(s: Scenario) -> list[tuple[Loc, str]]:
                 out.append((("assertions", key), "needs chat traffic: add a [chat] table"))
     if not a.given():
         out.append((("assertions",), "state at least one objective: a run needs a verdict"))
+    if a.video_back_within_s is not None and not s.restart_steps:
+        out.append((("assertions", "video_back_within_s"),
+                    "needs at least one app_restart step in [[timeline]]"))
     if not s.timeline:
         for key in ("reconnect_time_max_s", "quality_step_down_max_s",
                     "back_to_full_quality_max_s", "video_resumed_after_fault_max_s"):
@@ -347,7 +389,7 @@ def _extra_hint(loc: Loc, raw: dict[str, Any]) -> str:
 _STEP_BY_KIND: dict[str, type[_Step]] = {
     get_args(cls.model_fields["kind"].annotation)[0]: cls
     for cls in (LossStep, LatencyStep, BandwidthStep, BlackoutStep, KillStep, FreezeVideoStep,
-                BlackVideoStep, RedisOutageStep, MongoOutageStep)
+                BlackVideoStep, RedisOutageStep, MongoOutageStep, AppRestartStep)
 }
 
 

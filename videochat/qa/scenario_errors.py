@@ -169,11 +169,14 @@ def field_name(loc: Loc) -> str:
     return out
 
 
+STEP_KINDS = (*FAULT_KINDS, "app_restart")  # a scenario step: a fault, or the app's restart
+
+
 def clean_loc(loc: Loc) -> Loc:
     """Drop pydantic's discriminator tags ("timeline", 1, "loss", "percent") -> without "loss"."""
     out: list[str | int] = []
     for i, part in enumerate(loc):
-        if part in FAULT_KINDS and i > 0 and isinstance(loc[i - 1], int):
+        if part in STEP_KINDS and i > 0 and isinstance(loc[i - 1], int):
             continue
         out.append(part)
     return tuple(out)
@@ -188,13 +191,14 @@ def problem_message(err: Any) -> str:
     if kind == "extra_forbidden":
         return "is not a known field"
     if kind == "union_tag_invalid":
-        return f"unknown fault kind {err['ctx']['tag']!r} (known: {', '.join(FAULT_KINDS)})"
+        return (f"unknown fault kind {err['ctx']['tag']!r} (known: {', '.join(FAULT_KINDS)}; "
+                "and app_restart)")
     if kind in ("too_short", "too_long"):
         bound = "at least" if kind == "too_short" else "at most"
         n = err["ctx"]["min_length" if kind == "too_short" else "max_length"]
         return f"must have {bound} {n} item{'s' if n != 1 else ''} (got {len(given)})"
     if kind == "union_tag_not_found":
-        return f"needs a kind ({', '.join(FAULT_KINDS)})"
+        return f"needs a kind ({', '.join(FAULT_KINDS)}, or app_restart)"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     elif msg.startswith("Input should be "):

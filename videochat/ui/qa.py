@@ -183,7 +183,8 @@ def _history() -> None:
         st.caption("No run stored yet.")
         return
     rows = [{"run": r["run_id"], "scenario": r["scenario"]["name"],
-             "verdict": "pass" if r.get("passed") else "FAIL", "room": r.get("room"),
+             "verdict": ("running" if r.get("status") == "running"
+                         else "pass" if r.get("passed") else "FAIL"), "room": r.get("room"),
              "started": r["timings"]["started_at"][:19].replace("T", " "),
              "failed objectives": ", ".join(a["name"] for a in r.get("assertions", [])
                                             if not a["passed"]) or r.get("error") or ""}
