@@ -4,13 +4,16 @@ gracefully, and the next process adopts the same embedded servers (issue 17)."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from videochat.backends.embedded import EmbeddedServers, free_port, pid_alive
-from videochat.qa.harness import AppProcess, HarnessError
+from videochat.qa.harness import CHROMIUM, PROJECT_ROOT, AppProcess, HarnessError, netns_available
 
 
 def _servers(state: Path) -> dict[str, dict[str, object]]:
@@ -86,3 +89,71 @@ def test_video_back_is_counted_from_the_new_process_answering() -> None:
     assert not failed.passed and "video never came back after: kill at 8 s" in failed.detail
     (unmeasured,) = evaluate(objectives, RunMeasurements())
     assert not unmeasured.passed and "not measured" in unmeasured.detail
+
+
+MECHANICS = """\
+name = "restart-mechanics"
+description = "two restarts of the app under a bot call"
+duration_s = 10
+
+[[participants]]
+name = "bot1"
+kind = "bot"
+
+[[participants]]
+name = "bot2"
+kind = "bot"
+
+[[timeline]]
+at_s = 1
+kind = "app_restart"
+mode = "kill"
+
+[[timeline]]
+at_s = 5
+kind = "app_restart"
+mode = "graceful"
+
+[assertions]
+video_back_within_s = 5
+"""
+
+
+def _run_cli(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "videochat", *args], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_a_run_against_a_given_app_refuses_app_restart(tmp_path: Path) -> None:
+    scenario = tmp_path / "restart.toml"
+    scenario.write_text(MECHANICS)
+    report = tmp_path / "r.json"
+    out = _run_cli("qa", "run", str(scenario), "--app-url", "http://127.0.0.1:9",
+                   "--no-store", "--report", str(report), timeout=60)
+    assert out.returncode == 1
+    assert "run without --app-url" in json.loads(report.read_text())["error"]
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_runner_restarts_its_app_and_the_run_goes_on(tmp_path: Path) -> None:
+    if not (CHROMIUM.exists() and netns_available()):
+        if os.environ.get("CI"):
+            pytest.fail("browser stack missing (chromium, root, iproute2)")
+        pytest.skip("browser stack missing (chromium, root, iproute2)")
+    scenario = tmp_path / "restart.toml"
+    scenario.write_text(MECHANICS)
+    report = tmp_path / "r.json"
+    out = _run_cli("qa", "run", str(scenario), "--report", str(report),
+                   "--app-state", str(tmp_path / "state"), "--port", "8618", timeout=240)
+    print(out.stdout[-3000:], out.stderr[-3000:], sep="\n")
+    doc = json.loads(report.read_text())
+    # Both restarts performed, neither taken for an unexpected one: no run error.
+    assert doc["error"] is None, doc["error"]
+    assert "app_restart (kill)" in out.stdout and "app_restart (graceful)" in out.stdout
+    assert out.stdout.count("the new one answers its health check") == 2
+    # Bots do not watch frames: the objective is reported as not measured, not passed.
+    (back,) = doc["assertions"]
+    assert back["name"] == "video_back_within_s" and not back["passed"]
+    log = (tmp_path / "state" / "app.log").read_text()
+    assert log.count("adopting embedded redis") == 2  # after the kill and after the handover

@@ -44,3 +44,22 @@ def test_a_runner_tells_a_new_boot_of_a_known_node(redis_conn: redis.Redis) -> N
     assert run_status.restarted(before, run_status.boots(redis_conn)) == []
     run_status.record_boot(redis_conn, "host:1")
     assert run_status.restarted(before, run_status.boots(redis_conn)) == ["host:1"]
+
+
+def test_a_restart_the_run_did_not_cause_fails_it_with_the_reason(
+        redis_conn: redis.Redis, tmp_path: Any) -> None:
+    from types import SimpleNamespace
+
+    import pytest
+
+    from videochat.qa.runner import RunError, RunOptions, ScenarioRun
+    from videochat.qa.scenario import find_scenario
+
+    run = ScenarioRun(find_scenario("blackout-8s"), RunOptions(state_dir=tmp_path, store=False))
+    run_status.record_boot(redis_conn, "host:1")
+    run._services = SimpleNamespace(redis=redis_conn)  # type: ignore[assignment]
+    run._boots = run_status.boots(redis_conn)
+    run._check_app()  # nothing happened
+    run_status.record_boot(redis_conn, "host:1")  # somebody restarted the app
+    with pytest.raises(RunError, match=r"app restarted during run \(t=.* node host:1"):
+        run._check_app()
