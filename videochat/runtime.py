@@ -94,17 +94,13 @@ class AppRuntime:
 
     def shut_down(self, budget_s: float = SHUTDOWN_BUDGET_S) -> dict[str, bool]:
         """A graceful stop (SIGTERM, Ctrl-C): flush what is buffered, keep every call open
-        for the participants coming back to the next process, hand the embedded servers over.
+        for the participants coming back to the next process (nobody is reaped, presence is
+        left as housekeeping last wrote it), hand the embedded servers over.
         Each step gets what is left of `budget_s`; returns which steps completed."""
         self.stopping = True
         return shut_down_steps(self._shutdown_steps(), budget_s)
 
     def _shutdown_steps(self) -> list[tuple[str, Callable[[float], object]]]:
-        def presence(_: float) -> None:
-            # Refreshed, not removed: the participants are expected back after the restart.
-            for p in self.registry.participants():
-                self.presence.touch(p.room, p.id, p.name, p.joined_at)
-
         def chat(left: float) -> None:
             self.chat.stop(timeout=left)
 
@@ -125,7 +121,6 @@ class AppRuntime:
 
         steps: list[tuple[str, Callable[[float], object]]] = [
             ("workers", workers),
-            ("presence", presence),
             ("sampler", lambda left: self.sampler.stop(timeout=min(left, 1.0))),
             ("chat", chat),
             ("call log", call_log),
@@ -244,10 +239,10 @@ def build_runtime(settings: Settings, services: Services, *, loop: asyncio.Abstr
     rt = AppRuntime(settings, services, bus, registry, presence, call_log, node, legs, metrics,
                     sampler, faults, fault_consumer, supervisor, chat, access, loop,
                     session_alive)
-    rt.health = health
     rt.start_housekeeping()
     # Bot participants (videochat/bots/): hosted here, added by the call page or through Redis.
     rt.bots = start_bot_plane(services.redis, registry, loop, node)
+    rt.health = health
     _built.append(rt)
     return rt
 

@@ -111,9 +111,6 @@ class AppProcess:
             "VIDEOCHAT_STATE_DIR": str(self.state_dir),
             "VIDEOCHAT_ICE_ADDRESSES": "127.0.0.1",
             "PYTHONUNBUFFERED": "1",
-            # A test's app stops its servers with it (no 30 s handover left running after
-            # every test); restart() keeps the production handover.
-            "VIDEOCHAT_HANDOVER_S": "0",
         })
         if self.tls:
             env["STREAMLIT_SERVER_SSL_CERT_FILE"] = str(self.tls[0])
@@ -153,23 +150,13 @@ class AppProcess:
             time.sleep(0.3)
         raise HarnessError(f"app not healthy after {timeout:.0f} s; see {self.log_path}")
 
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
-
     def restart(self, mode: str, *, timeout: float = 90.0) -> float:
         """Stop the app as a deploy (`graceful`: SIGTERM) or a crash (`kill`: SIGKILL) does,
         and start it again from the same folder on the same port; returns how long the old
-        process took to exit. Its embedded servers (own sessions) survive a kill, and a graceful
-        stop when the app was started with a handover (env `VIDEOCHAT_HANDOVER_S`, 0 here by
-        default: then they are stopped and the new process restarts them on their data and
-        ports); the new process adopts the survivors."""
+        process took to exit. Its embedded servers (own sessions) survive either way (a
+        graceful stop hands them over for `VIDEOCHAT_HANDOVER_S`; with 0 they are stopped and
+        the new process starts them again on their data and ports); the new process adopts
+        them."""
         if mode not in RESTART_MODES:
             raise HarnessError(f"restart mode {mode!r}: must be one of {', '.join(RESTART_MODES)}")
         if self.proc is None or self.proc.poll() is not None:
@@ -188,6 +175,16 @@ class AppProcess:
         exited = time.monotonic() - started
         self.start(timeout)
         return exited
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
 
     def events(self, since: float, kinds: list[str]) -> list[dict[str, Any]]:
         """The app's call events of `kinds` since `since` (epoch seconds), oldest first, read

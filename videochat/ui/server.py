@@ -52,12 +52,9 @@ def routes() -> list[Route]:
     return [Route(offer_url(), _offer, methods=["POST"])]
 
 
-_built: dict[str, object] = {}
-
-
-def _warm_up(name: str, build: Callable[[], object]) -> None:
+def _warm_up(build: Callable[[], object]) -> None:
     try:
-        _built[name] = build()
+        build()
     except Exception:  # noqa: BLE001 - the first page run builds it again and shows the error
         logger.exception("building the app runtime at start-up failed")
 
@@ -66,23 +63,13 @@ def _shut_down() -> None:
     """Graceful stop (issue 17): uvicorn has closed the tabs' sockets (code 1012, "service
     restart": the browsers reconnect to the next process); flush and hand over within the
     budget. Only what was built: a stop must never start anything."""
-    from videochat.backends.services import Services
-    from videochat.runtime import (
-        SHUTDOWN_BUDGET_S,
-        built_runtime,
-        services_shutdown_steps,
-        shut_down_steps,
-    )
+    from videochat.runtime import SHUTDOWN_BUDGET_S, built_runtime
 
-    started = time.monotonic()
     rt = built_runtime()
-    services = _built.get("warm-up-backends")
-    if rt is not None:
-        done = rt.shut_down(SHUTDOWN_BUDGET_S)
-    elif isinstance(services, Services):
-        done = shut_down_steps(services_shutdown_steps(services), SHUTDOWN_BUDGET_S)
-    else:
-        done = {}
+    if rt is None:
+        return  # stopped before its runtime was built: servers it started stop at exit
+    started = time.monotonic()
+    done = rt.shut_down(SHUTDOWN_BUDGET_S)
     logger.info("graceful stop done in %.2f s%s", time.monotonic() - started,
                 "" if all(done.values()) else
                 f" (incomplete: {', '.join(k for k, v in done.items() if not v)})")
@@ -122,7 +109,7 @@ async def lifespan(app: Any) -> AsyncIterator[None]:
     # servers start at once, beside the imports; the runtime's build, and any page run that
     # needs it meanwhile, wait on the same cached objects.
     for name, build in (("warm-up-backends", get_services), ("warm-up", _build_runtime)):
-        threading.Thread(target=_warm_up, args=(name, build), name=name, daemon=True).start()
+        threading.Thread(target=_warm_up, args=(build,), name=name, daemon=True).start()
     yield
     # Off the server's loop: the media loop some steps wait on may be this very loop.
     await asyncio.to_thread(_shut_down)
