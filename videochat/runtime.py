@@ -43,10 +43,10 @@ logger = logging.getLogger(__name__)
 STALLED_AFTER_S = 60.0  # a server connection that has not connected by then is nobody's
 STUN_RETRY_CAP_S = 0.5  # see videochat/compat/aioice.py: rebuilt legs reconnect sooner
 PRESENCE_REFRESH_S = 10.0
-SHUTDOWN_BUDGET_S = 8.0
-"""Of the 10 s a graceful stop may take (issue 17): the server's own shutdown needs the rest."""
 
 SessionAlive = Callable[[str], bool]
+SHUTDOWN_BUDGET_S = 8.0
+"""Of the 10 s a graceful stop may take (issue 17): the server's own shutdown needs the rest."""
 
 
 @dataclass

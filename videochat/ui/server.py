@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -63,6 +62,8 @@ def _shut_down() -> None:
     """Graceful stop (issue 17): uvicorn has closed the tabs' sockets (code 1012, "service
     restart": the browsers reconnect to the next process); flush and hand over within the
     budget. Only what was built: a stop must never start anything."""
+    import time
+
     from videochat.runtime import SHUTDOWN_BUDGET_S, built_runtime
 
     rt = built_runtime()
