@@ -98,6 +98,7 @@
     if (token) q.set('rejoin', token);
     note('reload');
     state.reloading = true;
+    S.setItem('vc-reloaded-at', String(Date.now()));  // for the benchmark's phases
     W.location.replace(W.location.pathname + '?' + q.toString());
   }
 
@@ -114,7 +115,7 @@
       const r = await bootCheck(1000);
       const boot = cfg().boot;
       if (r && r.boot && boot && r.boot !== boot) { reload(); return; }
-      if (r && r.boot === boot) {
+      if (r && r.boot === boot && !r.stopping) {
         const ws = state.current;
         const open = ws && ws.readyState === 1 && ws.__vcOpenedAt;
         if (open && Date.now() - ws.__vcOpenedAt >= OPEN_FOR_MS) {
@@ -139,7 +140,7 @@
       const r = await bootCheck(1500);
       state.misses = r ? 0 : state.misses + 1;
       if (r && r.boot && cfg().boot && r.boot !== cfg().boot) { reload(); return; }
-      if (state.misses >= 2) outage('server not answering');
+      if (state.misses >= 2 || (r && r.stopping)) outage('server not answering');
     }
   }
   idleWatch();

@@ -40,6 +40,7 @@ CHAT_PATH = "_vc/chat"
 BOOT_ID = uuid.uuid4().hex
 
 _runtime: object | None = None  # the AppRuntime once the start-up hook has built it
+_stopping = False  # set when the process begins to stop: tabs must not reconnect to it
 
 
 def _url(path: str) -> str:
@@ -59,13 +60,20 @@ def chat_url() -> str:
     return _url(CHAT_PATH)
 
 
+def mark_stopping() -> None:
+    """The process is going away (graceful stop): /_vc/boot says so, and a tab's restart
+    watch waits for the next process instead of reconnecting to this one."""
+    global _stopping
+    _stopping = True
+
+
 def runtime() -> object | None:
     """The process's AppRuntime if already built (routes must not wait for it)."""
     return _runtime
 
 
 async def _boot(request: Request) -> Response:
-    return JSONResponse({"boot": BOOT_ID, "ready": _runtime is not None},
+    return JSONResponse({"boot": BOOT_ID, "ready": _runtime is not None, "stopping": _stopping},
                         headers={"Cache-Control": "no-store"})
 
 
@@ -136,3 +144,4 @@ async def lifespan(app: Any) -> AsyncIterator[None]:
     for name, build in (("warm-up-backends", get_services), ("warm-up", _build_runtime)):
         threading.Thread(target=_warm_up, args=(build,), name=name, daemon=True).start()
     yield
+    mark_stopping()
