@@ -306,3 +306,14 @@ def test_page_live_two_person_call(page: Any, mongo_db: Db) -> None:
     at.run()
     after = sum(len(t["x"]) for t in _charts(at)["Bitrate"]["data"])
     assert after > before
+
+
+def test_server_restart_gap_is_drawn_as_a_band() -> None:
+    gap_from = T0 + timedelta(seconds=30)
+    gap_to = T0 + timedelta(seconds=34.5)
+    events = [{"kind": "server_restart", "at": gap_to, "room": "r1", "participant": None,
+               "data": {"gap_from": gap_from.timestamp(), "gap_to": gap_to.timestamp(),
+                        "gap_s": 4.5}}]
+    drawn = bands(events, T0 + timedelta(minutes=5))
+    assert [(b["kind"], b["start"], b["end"]) for b in drawn] == [
+        ("server_restart", gap_from, gap_to)]

@@ -52,7 +52,7 @@ BAND_PAIRS = {"fault_started": ("fault_ended",),
 MARKER_KINDS = frozenset({
     "quality_changed", "participant_joined", "participant_left", "participant_reconnecting",
     "reconnect_succeeded", "reconnect_failed", "connection_state_changed", "media_stalled",
-    "backend_down", "backend_up", "call_started", "call_ended",
+    "backend_down", "backend_up", "call_started", "call_ended", "server_restart",
 })
 MAX_MARKERS = 300
 
@@ -349,12 +349,19 @@ def query_events(db: Db, sel: Selection, *, limit: int = 5_000) -> list[dict[str
 
 
 def bands(events: Sequence[dict[str, Any]], end: datetime) -> list[dict[str, Any]]:
-    """Fault and reconnect intervals; one left open is drawn up to `end`."""
+    """Fault and reconnect intervals, and the gaps of server restarts (one event holds both
+    ends); one left open is drawn up to `end`."""
     open_: dict[tuple[str, Any], dict[str, Any]] = {}
     out = []
     closers = {c: start for start, cs in BAND_PAIRS.items() for c in cs}
     for e in events:
         data = e.get("data") or {}
+        if e["kind"] == "server_restart" and "gap_from" in data and "gap_to" in data:
+            out.append({"kind": "server_restart",
+                        "start": datetime.fromtimestamp(float(data["gap_from"]), UTC),
+                        "end": datetime.fromtimestamp(float(data["gap_to"]), UTC),
+                        "participant": None, "label": _label(e), "outcome": "server_restart"})
+            continue
         key_id = data.get("fault_id") or data.get("id") or e.get("participant") or e.get("leg")
         if e["kind"] in BAND_PAIRS:
             open_.setdefault((e["kind"], key_id), e)
@@ -434,7 +441,8 @@ CHARTS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "resolution": ("Resolution (height)", ("h",), "pixels"),
 }
 FIELD_LABEL = {"bi": "in", "bo": "out"}
-BAND_COLOURS = {"fault": "rgba(214, 39, 40, 0.15)", "reconnect": "rgba(255, 127, 14, 0.18)"}
+BAND_COLOURS = {"fault": "rgba(214, 39, 40, 0.15)", "reconnect": "rgba(255, 127, 14, 0.18)",
+                "server_restart": "rgba(31, 119, 180, 0.18)"}
 
 
 def build_figure(name: str, series: Series, events: Sequence[dict[str, Any]],

@@ -11,11 +11,22 @@
 //     through an <audio> element of the top page; where the browser refuses sound, an
 //     "Enable sound" button shows and the first gesture anywhere on the page retries;
 //  4. self view: one's own camera, mirrored and muted, in one's own tile, and the camera and
-//     microphone switches applied to the published tracks.
+//     microphone switches applied to the published tracks;
+//  5. restart watch (restart_watch.js, issue 17): installed once into the top page, handed this
+//     run's boot id and rejoin token, and asked to post any chat typed while the server was away.
 (function () {
   const CFG = __VC_CONFIG__;
   const P = window.parent;
   const doc = P.document;
+  P.__vcRestartCfg = CFG.restart;
+  if (CFG.restart && CFG.restart.rejoin) P.sessionStorage.setItem('vc-rejoin', CFG.restart.rejoin);
+  if (!P.__vcWatch && CFG.watch) {
+    // A script element of the top page: it must outlive this frame, replaced on reruns.
+    const s = doc.createElement('script');
+    s.textContent = CFG.watch;
+    doc.head.appendChild(s);
+  }
+  if (P.__vcFlushOutbox) P.__vcFlushOutbox();
   // Shared across companion instances on this page, so no streamer is pressed twice.
   const seen = P.__vcStarts || (P.__vcStarts = new WeakMap());
   P.__vcFastLog = P.__vcFastLog || [];
@@ -108,6 +119,10 @@
         if (d && d.type === 'offer' && !pc.__vcOffered) {
           pc.__vcOffered = true;
           fastOffer(pc, frame);
+          // A failed connection may be the server itself going away: let the watch check.
+          pc.addEventListener('iceconnectionstatechange', function () {
+            if (pc.iceConnectionState === 'failed' && P.__vcCheckServer) P.__vcCheckServer();
+          });
         }
       }).catch(function () {});
       return done;

@@ -53,7 +53,7 @@ from videochat.compat import streamlit_webrtc as sw
 from videochat.compat.aiortc import BoundedMediaRelay
 from videochat.media.participant import Participant, Slot
 from videochat.settings import Settings
-from videochat.ui.server import offer_url
+from videochat.ui.server import BOOT_ID, boot_url, chat_url, offer_url
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +138,12 @@ def _owner(key: str) -> str | None:
 
 def token_for(participant_id: str) -> str:
     return _tokens.setdefault(participant_id[:12], secrets.token_urlsafe(24))
+
+
+def token_matches(participant_prefix: str, token: str) -> bool:
+    """Whether `token` is the one this process gave that participant's page."""
+    expected = _tokens.get(participant_prefix)
+    return expected is not None and hmac.compare_digest(expected, token)
 
 
 def forget_streamers(participant_id: str) -> None:
@@ -277,15 +283,21 @@ def stop_worker(ctx: object) -> None:
 
 
 _COMPANION_JS = (Path(__file__).with_name("companion.js")).read_text(encoding="utf-8")
+_RESTART_WATCH_JS = (Path(__file__).with_name("restart_watch.js")).read_text(encoding="utf-8")
 
 
-def autostart_companion(participant: Participant) -> None:
+def autostart_companion(participant: Participant, rejoin: str = "") -> None:
     """Press each streamer's Start as soon as it appears (restarting a stopped call), signal
     its offer over the fast path, play remote media without a gesture, show the self view and
-    apply the camera and microphone switches."""
+    apply the camera and microphone switches; install the restart watch in the page."""
     config = {"offerUrl": offer_url(), "token": token_for(participant.id),
-              "camera": participant.camera_on, "mic": participant.mic_on}
-    script = _COMPANION_JS.replace("__VC_CONFIG__", json.dumps(config))
+              "camera": participant.camera_on, "mic": participant.mic_on,
+              "restart": {"boot": BOOT_ID, "bootUrl": boot_url(), "chatUrl": chat_url(),
+                          "rejoin": rejoin, "room": participant.room, "pid": participant.id[:12],
+                          "token": token_for(participant.id)},
+              "watch": _RESTART_WATCH_JS}
+    # "</" escaped: the config (with the watch's source) sits inside a <script> element.
+    script = _COMPANION_JS.replace("__VC_CONFIG__", json.dumps(config).replace("</", "<\\/"))
     st.iframe(f"<script>{script}</script>", height=1, alt="call companion")
 
 
