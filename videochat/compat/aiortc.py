@@ -26,6 +26,12 @@ Accessors:
 * `RTCIceTransport._send` / `_recv` and `_connection` (the aioice `Connection`): the fault
   injector's DTLS/SRTP seam, `videochat/faults/injector.py`.
 * `RemoteStreamTrack._queue`: the received frames, ended by `end_remote_tracks_on_close`.
+* Forwarding (`videochat/media/relay.py`): `RTCRtpReceiver.__decoder_queue` (its `put` is where
+  the jitter buffer hands over each reassembled frame: tapped for the encoded bytes, and the
+  decoder fed only while someone needs decoded frames), `RTCRtpReceiver._send_rtcp_pli` (a PLI
+  to the publisher; aiortc calls it itself after an unrepairable loss), `RTCRtpSender.
+  _send_keyframe` (a subscriber's PLI/FIR, ignored by aiortc for packed frames) and
+  `RelayStreamTrack._source` (from streamlit-webrtc's relayed input track to its receiver).
 * `MediaRelay._stop` and its proxies' `_buffered`, `_queue`, `_frame`, `_new_frame_event`:
   `BoundedMediaRelay`, the server-wide relay videochat/ui/webrtc.py installs.
 """
@@ -40,8 +46,8 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender
-from aiortc.contrib.media import MediaRelay
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc.contrib.media import MediaRelay, RelayStreamTrack
 
 RtcpHandler = Callable[[Any], Awaitable[None]]
 
@@ -189,3 +195,88 @@ class BoundedMediaRelay(MediaRelay):
                 proxy._new_frame_event.set()
 
         self._loop.call_soon_threadsafe(wake)
+
+
+# --- encoded frames of a receiver, and keyframe requests (forwarding) ------------------------
+# (codec name, bitstream, RTP timestamp) -> whether aiortc's decoder should get the frame too.
+EncodedTap = Callable[[str, bytes, int], bool]
+
+
+def receiver_of(track: MediaStreamTrack | None) -> Any | None:
+    """The `RTCRtpReceiver` whose remote track `track` is (or relays: MediaRelay proxies are
+    followed to their source), among the connections `track_peer_connections` records."""
+    for _ in range(8):  # streamlit-webrtc relays a relayed track: follow a few proxies
+        if not isinstance(track, RelayStreamTrack):
+            break
+        track = track._source
+    if track is None:
+        return None
+    for pc, _created in tracked_peer_connections():
+        for receiver in pc.getReceivers():
+            if receiver.track is track:
+                return receiver
+    return None
+
+
+def tap_encoded_frames(receiver: Any, tap: EncodedTap) -> Callable[[], None]:
+    """Hand every frame the receiver's jitter buffer completes to `tap` before its decoder.
+
+    The jitter buffer's output goes through `put` on the receiver's private decoder queue, on
+    the event loop (`RTCRtpReceiver._handle_rtp_packet`); the decoder thread only `get`s from
+    that queue, so overriding `put` on the instance works whether or not the thread has started.
+    The stop signal (None) always goes through. Returns the undo."""
+    queue = receiver._RTCRtpReceiver__decoder_queue
+    original = type(queue).put.__get__(queue)
+
+    def put(item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if item is not None:
+            codec, frame = item
+            if not tap(codec.name, frame.data, frame.timestamp):
+                return
+        original(item, block, timeout)
+
+    queue.put = put
+
+    def untap() -> None:
+        if queue.__dict__.get("put") is put:
+            del queue.put
+
+    return untap
+
+
+def on_picture_loss(receiver: Any, callback: Callable[[], None]) -> None:
+    """Call `callback` whenever aiortc itself asks the publisher for a keyframe: its jitter
+    buffer dropped frames it could not repair, or its decoder failed. Frames forwarded after
+    that refer to pictures the subscribers never got."""
+    original = receiver._send_rtcp_pli
+
+    async def send_pli(media_ssrc: int) -> None:
+        callback()
+        await original(media_ssrc)
+
+    receiver._send_rtcp_pli = send_pli
+
+
+def request_keyframe(receiver: Any) -> bool:
+    """Send the publisher a PLI for its media SSRC (not RTX); False while none is known yet."""
+    _streams, rtx_map = remote_streams(receiver)
+    sources = sorted((s for s in receiver.getSynchronizationSources()
+                      if s.source not in rtx_map), key=lambda s: s.timestamp)
+    if not sources:
+        return False
+    # The class's method, not the instance's wrapper: our own request is not a loss.
+    asyncio.ensure_future(RTCRtpReceiver._send_rtcp_pli(receiver, sources[-1].source))
+    return True
+
+
+def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
+    """Call `callback` when the subscriber asks this sender for a keyframe (PLI or FIR).
+    aiortc only sets a flag its encoder reads: frames packed as they are ignore it, so the
+    request must travel on to the publisher."""
+    original = sender._send_keyframe
+
+    def send_keyframe() -> None:
+        original()
+        callback()
+
+    setattr(sender, "_send_keyframe", send_keyframe)  # noqa: B010 - an instance override
