@@ -89,5 +89,10 @@ def test_aiortc_internals_forwarding_relies_on() -> None:
     assert inspect.iscoroutinefunction(RTCRtpReceiver._send_rtcp_pli)
     assert "self._send_keyframe()" in inspect.getsource(RTCRtpSender._handle_rtcp_packet)
     assert "self._source" in inspect.getsource(RelayStreamTrack.__init__)
+    # BoundedMediaRelay replaces a buffered proxy's queue, which MediaRelay fills
+    from aiortc.contrib.media import MediaRelay
+
+    assert "self._queue = asyncio.Queue()" in inspect.getsource(RelayStreamTrack.__init__)
+    assert "proxy._queue.put_nowait(frame)" in inspect.getsource(MediaRelay)
     # aiortc's sender packs an av.Packet instead of encoding it: what forwarding sends
     assert "self.__encoder.pack(data)" in inspect.getsource(RTCRtpSender._next_encoded_frame)

@@ -32,7 +32,7 @@ Accessors:
   to the publisher; aiortc calls it itself after an unrepairable loss), `RTCRtpSender.
   _send_keyframe` (a subscriber's PLI/FIR, ignored by aiortc for packed frames) and
   `RelayStreamTrack._source` (from streamlit-webrtc's relayed input track to its receiver).
-* `MediaRelay._stop` and its proxies' `_buffered`, `_queue`, `_frame`, `_new_frame_event`:
+* `MediaRelay._stop` and its proxies' `_queue` (replaced by a `NewestFrameQueue` for video):
   `BoundedMediaRelay`, the server-wide relay videochat/ui/webrtc.py installs.
 """
 
@@ -46,6 +46,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import av
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
 from aiortc.contrib.media import MediaRelay, RelayStreamTrack
 
@@ -171,15 +172,71 @@ def ice_connection(ice: Any) -> Any | None:
 
 # --- the server-wide media relay -------------------------------------------------------------
 
+class NewestFrameQueue(asyncio.Queue[Any]):
+    """A relay proxy's queue for video: the newest decoded frame only (a slow encoder skips
+    frames instead of building latency), but encoded packets in order, up to `limit`: dropping
+    one would break the chain of references, so an overflow drops to the next keyframe
+    (`av.Packet.is_keyframe`) and calls `on_gap` (to ask the publisher for one)."""
+
+    def __init__(self, limit: int = 8, on_gap: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self.limit = limit
+        self.on_gap = on_gap
+        self.dropped = 0
+        self._skipping = False
+
+    def _drain(self) -> None:
+        while not self.empty():
+            if self.get_nowait() is None:  # never swallow the end of the stream
+                super().put_nowait(None)
+                return
+            self.dropped += 1
+
+    def put_nowait(self, item: Any) -> None:
+        if item is None or not isinstance(item, av.Packet):
+            if item is not None:
+                self._drain()
+            self._skipping = False
+            super().put_nowait(item)
+            return
+        if self._skipping and not item.is_keyframe:
+            self.dropped += 1
+            return
+        self._skipping = False
+        if self.qsize() >= self.limit:
+            self._drain()
+            if not item.is_keyframe:
+                self.dropped += 1
+                self._skipping = True
+                if self.on_gap is not None:
+                    self.on_gap()
+                return
+        super().put_nowait(item)
+
+
+def _keyframe_requester(track: MediaStreamTrack) -> Callable[[], None] | None:
+    """The `keyframe_requested` of the track a chain of relay proxies ends at, if it has one."""
+    for _ in range(8):
+        if not isinstance(track, RelayStreamTrack) or track._source is None:
+            break
+        track = track._source
+    request = getattr(track, "keyframe_requested", None)
+    return request if callable(request) else None
+
+
 class BoundedMediaRelay(MediaRelay):
-    """MediaRelay whose video consumers see only the newest frame (bounded memory/latency)."""
+    """MediaRelay whose video consumers see only the newest decoded frame (bounded memory and
+    latency) and every forwarded packet, in order (`NewestFrameQueue`)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
         self._loop = loop
 
     def subscribe(self, track: MediaStreamTrack, buffered: bool = True) -> MediaStreamTrack:
-        return super().subscribe(track, buffered=buffered and track.kind != "video")
+        proxy = super().subscribe(track, buffered=True)
+        if track.kind == "video":
+            proxy._queue = NewestFrameQueue(on_gap=_keyframe_requester(track))  # type: ignore[attr-defined]
+        return proxy
 
     def _stop(self, proxy: Any) -> None:
         super()._stop(proxy)
@@ -188,11 +245,7 @@ class BoundedMediaRelay(MediaRelay):
         # proxy and its last frame — one task per rebuilt leg (bench/soak.py found 121-143 after
         # a 3-minute soak). End that recv(): it raises, and the reader task finishes.
         def wake() -> None:
-            if proxy._buffered:
-                proxy._queue.put_nowait(None)
-            else:
-                proxy._frame = None
-                proxy._new_frame_event.set()
+            proxy._queue.put_nowait(None)  # every proxy of ours is buffered
 
         self._loop.call_soon_threadsafe(wake)
 

@@ -85,6 +85,7 @@ class EncodedFrame:
         packet.pts = pts
         packet.time_base = fractions.Fraction(1, clock_rate)
         key = kind == "audio" or vp8_keyframe_size(data) is not None
+        packet.is_keyframe = key  # relay queues drop to the next keyframe, never mid-chain
         w, h = size or (0, 0)
         return cls(kind, codec, packet, key, w, h)
 
@@ -93,4 +94,5 @@ class EncodedFrame:
         packet = av.Packet(bytes(self.packet))
         packet.pts = pts
         packet.time_base = self.packet.time_base
+        packet.is_keyframe = self.keyframe
         return EncodedFrame(self.kind, self.codec, packet, self.keyframe, self.width, self.height)
