@@ -383,6 +383,11 @@ class CallSupervisor:
         view = self._views.get(leg_id)
         return view.policy.level.name if view is not None else None
 
+    def delivery_of(self, leg_id: str) -> str | None:
+        """How a subscriber leg's video goes out now: forwarded, transcoded or paused."""
+        view = self._views.get(leg_id)
+        return view.slot.video.delivery if view is not None else None
+
     def connection_quality(self, leg_id: str) -> ConnectionQuality | None:
         view = self._views.get(leg_id)
         return view.policy.connection_quality() if view is not None else None
