@@ -65,6 +65,7 @@ class EncodedFrame:
     keyframe: bool
     width: int = 0  # the stream's size when known (keyframes carry it), 0 otherwise
     height: int = 0
+    arrived_at: float = 0.0  # monotonic time the server received it (relay latency)
 
     def __post_init__(self) -> None:
         if self.kind not in ("video", "audio"):
@@ -80,14 +81,14 @@ class EncodedFrame:
 
     @classmethod
     def make(cls, kind: str, codec: str, data: bytes, pts: int, clock_rate: int,
-             size: tuple[int, int] | None) -> EncodedFrame:
+             size: tuple[int, int] | None, arrived_at: float = 0.0) -> EncodedFrame:
         packet = av.Packet(data)
         packet.pts = pts
         packet.time_base = fractions.Fraction(1, clock_rate)
         key = kind == "audio" or vp8_keyframe_size(data) is not None
         packet.is_keyframe = key  # relay queues drop to the next keyframe, never mid-chain
         w, h = size or (0, 0)
-        return cls(kind, codec, packet, key, w, h)
+        return cls(kind, codec, packet, key, w, h, arrived_at)
 
     def restamped(self, pts: int) -> EncodedFrame:
         """A copy at another pts (a subscriber's stream must never go back in time)."""
@@ -95,4 +96,5 @@ class EncodedFrame:
         packet.pts = pts
         packet.time_base = self.packet.time_base
         packet.is_keyframe = self.keyframe
-        return EncodedFrame(self.kind, self.codec, packet, self.keyframe, self.width, self.height)
+        return EncodedFrame(self.kind, self.codec, packet, self.keyframe, self.width, self.height,
+                            self.arrived_at)

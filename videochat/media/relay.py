@@ -239,7 +239,7 @@ class TrackHub:
                 self._pli_sent_at = None  # the request, if any, is answered
             pts = max(int((now - self._t0) * VIDEO_CLOCK), self._last_video_pts + 1)
             self._last_video_pts = pts
-            frame = EncodedFrame.make("video", codec, data, pts, VIDEO_CLOCK, self.size)
+            frame = EncodedFrame.make("video", codec, data, pts, VIDEO_CLOCK, self.size, now)
             if self._last_encoded_at is not None:
                 dt = now - self._last_encoded_at
                 if 0 < dt < 1.0:
@@ -247,7 +247,7 @@ class TrackHub:
                     self.fps = rate if self.fps is None else self.fps * 0.9 + rate * 0.1
         else:
             pts = self._encoded_audio_pts(now, opus_samples(data))
-            frame = EncodedFrame.make("audio", codec, data, pts, AUDIO_CLOCK, None)
+            frame = EncodedFrame.make("audio", codec, data, pts, AUDIO_CLOCK, None, now)
         self._last_encoded_at = now
         self._arrived(frame, now)
         need_key = False
@@ -435,6 +435,8 @@ class RelayTrack(MediaStreamTrack):
         self._bound_at: float | None = time.monotonic()
         # seconds from each bind (or switch to forwarded) to the first frame out
         self.first_frame_delays: collections.deque[float] = collections.deque(maxlen=64)
+        # seconds from a forwarded frame's arrival at the server to its sender taking it
+        self.relay_delays: collections.deque[float] = collections.deque(maxlen=512)
 
     @property
     def hub(self) -> TrackHub | None:
@@ -517,6 +519,7 @@ class RelayTrack(MediaStreamTrack):
                     frame = frame.restamped(self._last_pts + 1)
                 out: Any = frame.packet
                 self.forwarded_out += 1
+                self.relay_delays.append(time.monotonic() - frame.arrived_at)
             else:
                 if self.transform is not None and isinstance(frame, av.VideoFrame):
                     transformed = self.transform(frame)
