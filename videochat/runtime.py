@@ -250,7 +250,8 @@ def build_runtime(settings: Settings, services: Services, *, loop: asyncio.Abstr
                                 rebuild=_rebuilder(registry), counter_of=sampler.counter,
                                 grace_s=settings.reconnect_grace_s)
     sampler.add_sink(supervisor.on_sample)
-    legs.add_listener(sampler.leg_listener(quality_of=supervisor.quality_of))
+    legs.add_listener(sampler.leg_listener(quality_of=supervisor.quality_of,
+                                           delivery_of=supervisor.delivery_of))
 
     chat = ChatService.start(services.redis, services.db, settings)
     rt = AppRuntime(settings, services, bus, registry, presence, call_log, node, legs, metrics,

@@ -74,3 +74,25 @@ def test_install_is_idempotent() -> None:
     compat.install(ice_addresses=[], stun_retry_cap_s=None)
     assert compat.aiortc.peer_connections_tracked()
     assert compat.aioice.restricted_addresses() == ()
+
+
+def test_aiortc_internals_forwarding_relies_on() -> None:
+    # videochat/compat/aiortc.py: tap_encoded_frames, on_picture_loss, request_keyframe,
+    # on_keyframe_request, receiver_of (videochat/media/relay.py forwards encoded frames)
+    from aiortc.contrib.media import RelayStreamTrack
+
+    init = inspect.getsource(RTCRtpReceiver.__init__)
+    assert "self.__decoder_queue: queue.Queue = queue.Queue()" in init
+    handle = inspect.getsource(RTCRtpReceiver._handle_rtp_packet)
+    assert "self.__decoder_queue.put((codec, encoded_frame))" in handle
+    assert "await self._send_rtcp_pli(packet.ssrc)" in handle
+    assert inspect.iscoroutinefunction(RTCRtpReceiver._send_rtcp_pli)
+    assert "self._send_keyframe()" in inspect.getsource(RTCRtpSender._handle_rtcp_packet)
+    assert "self._source" in inspect.getsource(RelayStreamTrack.__init__)
+    # BoundedMediaRelay replaces a buffered proxy's queue, which MediaRelay fills
+    from aiortc.contrib.media import MediaRelay
+
+    assert "self._queue = asyncio.Queue()" in inspect.getsource(RelayStreamTrack.__init__)
+    assert "proxy._queue.put_nowait(frame)" in inspect.getsource(MediaRelay)
+    # aiortc's sender packs an av.Packet instead of encoding it: what forwarding sends
+    assert "self.__encoder.pack(data)" in inspect.getsource(RTCRtpSender._next_encoded_frame)

@@ -49,6 +49,8 @@ def _sample(i: int, who: str, leg: str, direction: str, room: str = "r1") -> Met
         bitrate_out_kbps=300.0, rtt_ms=None if direction == "publish" else 20.0 + (i % 3) * 10,
         loss_fraction=0.02, loss_cumulative=i // 10, jitter_ms=3.0, fps=20.0,
         width=640, height=480 if i < 120 else 240, quality="high" if i < 120 else "low",
+        # subscribers get the publisher's own stream until the rung drops below it
+        delivery=None if direction == "publish" else "forwarded" if i < 120 else "transcoded",
     )
 
 
@@ -220,7 +222,10 @@ def test_badge_text_and_iter_samples(filled: Db) -> None:
     assert len(got) == 4 * 30
     assert got[0] == _sample(30, "alice", "alice-pub", "publish")
     assert badge_text(None) == "no data"
-    assert badge_text(_sample(1, "a", "l", "subscribe")) == "high · 30 ms · 2% loss"
+    sub = next(s for s in got if s.leg == "alice-sub-bob")
+    assert sub == _sample(30, "alice", "alice-sub-bob", "subscribe")  # delivery kept
+    assert badge_text(_sample(1, "a", "l", "subscribe")) == "forwarded · 30 ms · 2% loss"
+    assert badge_text(_sample(130, "a", "l", "subscribe")) == "low · 30 ms · 2% loss"
     assert badge_text(_sample(1, "a", "l", "publish")) == "high · 20 fps · 2% loss"
 
 

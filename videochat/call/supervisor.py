@@ -29,8 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import av
-
 from videochat.call.quality import (
     ConnectionQuality,
     FrameDecimator,
@@ -40,10 +38,12 @@ from videochat.call.quality import (
 )
 from videochat.call.recovery import Action, EventContext, LegSupervisor, ReconnectState
 from videochat.call.rtcp import watch_receiver_reports
+from videochat.compat.aiortc import on_keyframe_request
 from videochat.events import CallEvent
 from videochat.faults.injector import FaultManager, VideoEffectFilter
 from videochat.media.legs import LegRegistry, MediaLeg
 from videochat.media.participant import Participant, Slot
+from videochat.media.relay import Delivery, is_video
 from videochat.media.room import RoomRegistry
 from videochat.metrics.stats import FrameCounter, MetricSample
 
@@ -55,6 +55,7 @@ ATTEMPT_TIMEOUT_S = 30.0  # about how long ICE keeps checking before it declares
 OUTAGE_ATTEMPT_TIMEOUT_S = 4.0  # ...but after "media stopped", replace a rebuild before its
 # unanswered checks pass Chromium's ~5 s (it then pings seconds apart: see recovery.py)
 AUDIO_REPORT_FRESH_S = 12.0  # browsers report on audio every ~5 s
+FPS_TOLERANCE = 0.85  # a 30 fps rung forwards a camera measured at up to ~35 fps
 Emit = Callable[[CallEvent], None]
 Rebuild = Callable[[Participant], None]
 
@@ -75,6 +76,30 @@ class SubscriberView:
         # (when, loss, span) of the last audio report
         self._audio_loss: tuple[float, float, float | None] | None = None
         self._rtt_from_reports = False
+
+    def forwardable(self) -> bool:
+        """The rung is the publisher's own quality (its size fits the rung's box, its frame
+        rate the rung's cap) and no fault effect applies: the publisher's encoded frames can
+        go to this subscriber as they are, with no decode and no encode."""
+        hub = self.slot.video.hub
+        if hub is None or not hub.can_forward:
+            return False
+        if self.effect is not None and self.effect.active():
+            return False
+        level = self.policy.level
+        if not level.video:
+            return False
+        if hub.size is not None and frame_size_for(level, *hub.size) != hub.size:
+            return False
+        # A rung capped below the publisher's rate needs decimating, i.e. transcoding.
+        return hub.fps is None or level.max_fps >= hub.fps * FPS_TOLERANCE
+
+    def delivery(self) -> Delivery:
+        """How this subscriber gets the publisher's video now (RelayTrack.route)."""
+        effect = self.effect is not None and self.effect.active()
+        if not self.policy.level.video and not effect:
+            return "paused"
+        return "forwarded" if self.forwardable() else "transcoded"
 
     def set_publisher(self, name: str) -> None:
         if self.effect is not None:
@@ -217,12 +242,14 @@ class CallSupervisor:
             def _state() -> None:
                 if subscriber and pc.connectionState == "connected":
                     watch_receiver_reports(pc, on_report)  # the senders exist by now
+                    self._relay_keyframe_requests(me, leg)
                 self._leg_state(leg, pc.connectionState)
 
             if subscriber:
                 self._attach_view(me, leg)
                 if pc.connectionState == "connected":  # registered after it connected
                     watch_receiver_reports(pc, on_report)
+                    self._relay_keyframe_requests(me, leg)
         elif watch is not None and leg.closed:
             self._leg_state(leg, "closed")
 
@@ -245,6 +272,17 @@ class CallSupervisor:
                 self._tick_safely()
 
     @staticmethod
+    def _relay_keyframe_requests(me: Participant, leg: MediaLeg) -> None:
+        """A subscriber's PLI reaches the publisher of whatever its slot relays."""
+        slot = me.slot_at(leg.slot_index)
+        if slot is None:
+            return
+        for sender in leg.pc.getSenders():
+            track = sender.track
+            if track is not None and track.kind == "video":
+                on_keyframe_request(sender, slot.video.keyframe_requested)
+
+    @staticmethod
     def _unbound_slot(me: Participant, leg: MediaLeg) -> bool:
         if leg.direction != "subscribe":
             return False
@@ -259,7 +297,7 @@ class CallSupervisor:
         pid = me.id
 
         def on_frame(frame: Any) -> None:
-            if isinstance(frame, av.VideoFrame):
+            if is_video(frame):
                 self._frame(pid)
 
         hub.on_frame.append(on_frame)
@@ -281,7 +319,8 @@ class CallSupervisor:
         counter_of, leg_id = self.counter_of, leg.leg_id
 
         def on_frame(frame: Any) -> None:
-            if isinstance(frame, av.VideoFrame):
+            # Forwarded frames count too, with the size their stream's keyframes carry.
+            if is_video(frame) and frame.width > 0:
                 counter_of(leg_id).on_frame(frame.width, frame.height)
 
         source.on_frame.append(on_frame)
@@ -321,6 +360,7 @@ class CallSupervisor:
                                   context=ctx)
             self._views[leg.leg_id] = view
             slot.video.transform = view.transform
+            slot.video.route = view.delivery
 
     def on_sample(self, sample: MetricSample) -> None:
         """Sampler sink (on the loop): subscriber samples drive that leg's ladder.
@@ -342,6 +382,11 @@ class CallSupervisor:
     def quality_of(self, leg_id: str) -> str | None:
         view = self._views.get(leg_id)
         return view.policy.level.name if view is not None else None
+
+    def delivery_of(self, leg_id: str) -> str | None:
+        """How a subscriber leg's video goes out now: forwarded, transcoded or paused."""
+        view = self._views.get(leg_id)
+        return view.slot.video.delivery if view is not None else None
 
     def connection_quality(self, leg_id: str) -> ConnectionQuality | None:
         view = self._views.get(leg_id)

@@ -45,7 +45,7 @@ MAXED = ("rttx", "lc", "w", "h")
 COLUMNS = {
     "bi": "bitrate_in_kbps", "bo": "bitrate_out_kbps", "rtt": "rtt_ms", "rttx": "rtt_max_ms",
     "lf": "loss_fraction", "lc": "loss_cumulative", "j": "jitter_ms", "fps": "fps",
-    "w": "width", "h": "height", "q": "quality", "n": "samples",
+    "w": "width", "h": "height", "q": "quality", "d": "delivery", "n": "samples",
 }
 BAND_PAIRS = {"fault_started": ("fault_ended",),
               "reconnect_started": ("reconnect_succeeded", "reconnect_failed")}
@@ -232,7 +232,7 @@ def _match(sel: Selection) -> MongoDoc:
     return match
 
 
-RAW_FIELDS = (*METRICS, "lc", "w", "h", "q")
+RAW_FIELDS = (*METRICS, "lc", "w", "h", "q", "d")
 
 
 def _raw_bins(doc: MongoDoc) -> list[dict[str, Any]]:
@@ -277,6 +277,7 @@ def query_samples(db: Db, sel: Selection, *, max_points: int = DEFAULT_MAX_POINT
                     "t": {"$dateTrunc": {"date": "$at", "unit": "minute",
                                          "binSize": width // 60}}},
             "meta": {"$first": "$meta"}, "n": {"$sum": "$m.n"}, "q": {"$last": "$m.q"},
+            "d": {"$last": "$m.d"},
         }
         group.update({f: {"$avg": f"$m.{f}"} for f in METRICS})
         group.update({f: {"$max": f"$m.{f}"} for f in MAXED})
@@ -295,7 +296,7 @@ def _row(meta: MongoDoc, t: datetime, values: MongoDoc) -> dict[str, Any]:
         "participant": meta.get("participant"), "leg": meta.get("leg"),
         "direction": meta.get("direction"), "kind": meta.get("kind"),
     }
-    for f in (*METRICS, *MAXED, "q", "n"):
+    for f in (*METRICS, *MAXED, "q", "d", "n"):
         row[f] = values.get(f)
     return row
 
@@ -314,17 +315,19 @@ def iter_samples(db: Db, room: str, start: datetime, end: datetime, *,
             at = at0 + timedelta(seconds=slot)
             if not held or not start <= at < end:
                 continue
-            values = {name: doc[short][slot] for name, short in FIELDS.items()}
+            values = {name: (doc.get(short) or [None] * 60)[slot]
+                      for name, short in FIELDS.items()}
             yield MetricSample(at=at, room=meta["room"], call_id=meta.get("call_id"),
                                participant=meta["participant"], leg=meta["leg"],
                                direction=meta["direction"], kind=meta["kind"], **values)
 
 
 def badge_text(sample: MetricSample | None) -> str:
-    """The call page's small live badge: quality level and RTT (or frame rate)."""
+    """The call page's small live badge: "forwarded" or the quality level, and RTT (or
+    frame rate)."""
     if sample is None:
         return "no data"
-    parts = [sample.quality or "?"]
+    parts = ["forwarded" if sample.delivery == "forwarded" else sample.quality or "?"]
     if sample.rtt_ms is not None:
         parts.append(f"{sample.rtt_ms:.0f} ms")
     elif sample.fps is not None:
@@ -465,7 +468,10 @@ def build_figure(name: str, series: Series, events: Sequence[dict[str, Any]],
             }
             if name == "resolution":
                 trace["line"] = {"shape": "hv"}
-                trace["text"] = [f"{r.get('w')}×{r.get('h')}" for r in rows]
+                # Forwarded legs carry the publisher's own stream: say so, not a rung.
+                trace["text"] = [f"{r.get('w')}×{r.get('h')} · "
+                                 f"{'forwarded' if r.get('d') == 'forwarded' else r.get('q') or ''}"
+                                 for r in rows]
             if f == "bo":
                 trace["line"] = {"dash": "dot"}
             data.append(trace)

@@ -76,7 +76,7 @@ ROLLUP_SLOTS = SLOTS // ROLLUP_S
 FIELDS: dict[str, str] = {
     "bitrate_in_kbps": "bi", "bitrate_out_kbps": "bo", "rtt_ms": "rtt", "loss_fraction": "lf",
     "loss_cumulative": "lc", "jitter_ms": "j", "fps": "fps", "width": "w", "height": "h",
-    "quality": "q",
+    "quality": "q", "delivery": "d",
 }
 AVERAGED = ("bi", "bo", "rtt", "lf", "j", "fps")
 MAXED = ("lc", "w", "h")
@@ -157,8 +157,9 @@ def _rollups(cols: dict[str, list[Any]], present: list[int]) -> MongoDoc:
             cell[f] = max(vals) if vals else None
         rtts = [v for v in cols["rtt"][lo:hi] if v is not None]
         cell["rttx"] = max(rtts) if rtts else None
-        qs = [v for v in cols["q"][lo:hi] if v is not None]
-        cell["q"] = qs[-1] if qs else None
+        for f in ("q", "d"):  # labels: the last one of the bin
+            labels = [v for v in cols[f][lo:hi] if v is not None]
+            cell[f] = labels[-1] if labels else None
         base.append(cell)
 
     def merge(cells: list[dict[str, Any]]) -> dict[str, Any]:
@@ -170,8 +171,9 @@ def _rollups(cols: dict[str, list[Any]], present: list[int]) -> MongoDoc:
         for f in (*MAXED, "rttx"):
             vals = [c[f] for c in cells if c[f] is not None]
             out[f] = max(vals) if vals else None
-        qs = [c["q"] for c in cells if c["q"] is not None]
-        out["q"] = qs[-1] if qs else None
+        for f in ("q", "d"):
+            labels = [c.get(f) for c in cells if c.get(f) is not None]
+            out[f] = labels[-1] if labels else None
         return out
 
     doc: MongoDoc = {}

@@ -260,7 +260,10 @@ def _tile_title(rt: AppRuntime, me: Participant, slot: Slot) -> str:
     sample = rt.sampler.latest(me.room).get(leg_id)
     if quality is not None:
         parts.append(f"{QUALITY_ICON.get(quality.value, '')} {quality.value}")
-    if level is not None:
+    delivery = rt.supervisor.delivery_of(leg_id)
+    if delivery == "forwarded":
+        parts.append("forwarded")  # the publisher's own stream, not re-encoded
+    elif level is not None:
         parts.append(level)
     if sample is not None and sample.rtt_ms is not None:
         parts.append(f"RTT {sample.rtt_ms:.0f} ms")
