@@ -96,3 +96,22 @@ def test_aiortc_internals_forwarding_relies_on() -> None:
     assert "proxy._queue.put_nowait(frame)" in inspect.getsource(MediaRelay)
     # aiortc's sender packs an av.Packet instead of encoding it: what forwarding sends
     assert "self.__encoder.pack(data)" in inspect.getsource(RTCRtpSender._next_encoded_frame)
+
+
+def test_aiortc_internals_the_rung_encoders_rely_on() -> None:
+    # videochat/compat/encoders.py: the sender's encoder slot, filled on the first frame unless
+    # set; REMB handed to `encoder.target_bitrate`; libvpx's buffer size from the private
+    # target; a rebuild on a >10 % change; the negotiated codec in the transceiver's `_codecs`.
+    from aiortc.codecs.vpx import Vp8Encoder
+    from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+
+    sender = inspect.getsource(RTCRtpSender)
+    assert "self.__encoder: Optional[Encoder] = None" in sender
+    assert "if self.__encoder is None:\n            self.__encoder = get_encoder(codec)" in sender
+    assert "self.__encoder.target_bitrate = bitrate" in sender
+    encoder = inspect.getsource(Vp8Encoder)
+    assert '"bufsize": str(self.__target_bitrate)' in encoder
+    assert "self.codec.bit_rate = self.target_bitrate" in encoder
+    assert "self.picture_id" in encoder
+    assert "self._codecs: list[RTCRtpCodecParameters] = []" in inspect.getsource(
+        RTCRtpTransceiver.__init__)
