@@ -33,6 +33,7 @@ from videochat.faults.injector import FaultManager
 from videochat.media.legs import LegRegistry
 from videochat.media.participant import Participant
 from videochat.media.room import Room, RoomRegistry, Waker
+from videochat.metrics.browser import BrowserStats
 from videochat.metrics.process_health import ProcessHealth, stalled_peer_connections
 from videochat.metrics.stats import Sampler
 from videochat.metrics.store import MetricsStore
@@ -71,6 +72,7 @@ class AppRuntime:
     bots: BotConsumer | None = None
     chat_rooms: dict[str, Callable[[], None]] = field(default_factory=dict)
     housekeeping: Housekeeping | None = None
+    browser_stats: BrowserStats | None = None  # the pages' own getStats() reports
 
     def watch_chat(self, room: str) -> None:
         """Wake every session in `room` when a chat message arrives (once per room)."""
@@ -164,6 +166,8 @@ def build_runtime(settings: Settings, services: Services, *, loop: asyncio.Abstr
     rt = AppRuntime(settings, services, bus, registry, presence, call_log, node, legs, metrics,
                     sampler, faults, fault_consumer, supervisor, chat, access, loop,
                     session_alive)
+    # Each page's own getStats() -> the same store, as legs "<leg>@browser".
+    rt.browser_stats = BrowserStats(metrics.record, busy=metrics.busy)
     rt.start_housekeeping()
     # Bot participants (videochat/bots/): hosted here, added by the call page or through Redis.
     rt.bots = start_bot_plane(services.redis, registry, loop, node)

@@ -28,8 +28,8 @@ from pymongo.database import Database
 
 from videochat.clocks import utcnow
 from videochat.exceptions import ValidationError
-from videochat.metrics.stats import MetricSample
-from videochat.metrics.store import EVENTS, FIELDS, ROLLUPS, SAMPLES
+from videochat.metrics.stats import MetricSample, Source
+from videochat.metrics.store import EVENTS, ROLLUPS, SAMPLES, fields_of
 
 logger = logging.getLogger(__name__)
 
@@ -314,10 +314,13 @@ def iter_samples(db: Db, room: str, start: datetime, end: datetime, *,
             at = at0 + timedelta(seconds=slot)
             if not held or not start <= at < end:
                 continue
-            values = {name: doc[short][slot] for name, short in FIELDS.items()}
+            source: Source = "browser" if meta.get("source") == "browser" else "server"
+            values = {name: (doc.get(short) or [None] * 60)[slot]
+                      for name, short in fields_of(source).items()}
             yield MetricSample(at=at, room=meta["room"], call_id=meta.get("call_id"),
                                participant=meta["participant"], leg=meta["leg"],
-                               direction=meta["direction"], kind=meta["kind"], **values)
+                               direction=meta["direction"], kind=meta["kind"], source=source,
+                               **values)
 
 
 def badge_text(sample: MetricSample | None) -> str:
