@@ -274,7 +274,7 @@ def test_page_past_room_shows_kpis_and_charts(page: Any, filled: Db) -> None:
     assert {"Bitrate", "Round-trip time", "Packet loss", "Frames per second"} <= set(charts)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Reconnects"] == "1" and metrics["Max RTT"] == "40 ms"
-    assert len(at.get("download_button")) == 2  # CSV and JSON
+    assert len(at.get("download_button")) == 3  # CSV, JSON and the HTML report
 
 
 def test_page_unknown_room_gives_empty_state(page: Any, filled: Db) -> None:

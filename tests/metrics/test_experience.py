@@ -50,7 +50,13 @@ def fill(db: Db, people: list[str], *, browsers: set[str], stop_at: dict[str, in
                     bitrate_out_kbps=5.0 if direction == "publish" else (1 if spare else 550.0),
                     rtt_ms=None if direction == "publish" else 40.0, loss_fraction=0.0,
                     jitter_ms=5.0, fps=0.0 if spare or i < 3 else 20.0))
-                if who not in browsers or spare or i >= stop_at.get(who, SECONDS):
+                if who not in browsers or i >= stop_at.get(who, SECONDS):
+                    continue
+                if spare:  # the warm spare's page: no frames, and all of no audio concealed
+                    store.record(MetricSample(
+                        at=at, room=room, call_id="c", participant=who, leg=f"{leg}@browser",
+                        direction=direction, kind="video", source="browser",  # type: ignore[arg-type]
+                        fps=0.0, freeze_count=0, freeze_s=0.0, concealed_pct=100.0))
                     continue
                 # One 0.6 s freeze ends at 20 s, a 1.2 s one at 30 s (cumulative counters).
                 fc = (i >= 20) + (i >= 30)
@@ -122,6 +128,8 @@ def test_two_person_call_end_to_end(mongo_db: Db) -> None:
     assert "ana sends · server · leg ana:pub" in hovers
     assert "bob receives · page · leg bob:sub0@browser" in hovers
     assert figs["freezes"].layout.annotations == ()
+    # The warm spare (bound to nobody) is left out of the charts and the figures.
+    assert not any("sub1" in t.hovertemplate for t in figs["concealed"].data)
     assert {t.name for t in figs["jitter_buffer"].data} == {"ana receives", "bob receives"}
     band = next(sh for sh in bitrate.layout.shapes if sh.type == "rect")
     assert band.label.text == "loss 20% on bob"
@@ -171,3 +179,21 @@ def test_small_multiples_beyond_two_participants(mongo_db: Db) -> None:
     assert axes == {"y", "y2", "y3"}  # one row per participant
     assert [fps.layout[f"yaxis{n}"].title.text for n in ("", "2", "3")] == ["ana", "bob", "cy"]
     assert len([t for t in fps.data if t.showlegend]) == 6  # 3 people x sends/receives
+
+
+def test_html_report_of_any_call(mongo_db: Db) -> None:
+    from videochat.exceptions import NotFound
+    from videochat.qa.report import call_report
+
+    fill(mongo_db, ["ana", "bob"], browsers={"ana"}, room="rep")
+    report = call_report(mongo_db, "rep", "c")
+    page = report.html()
+    assert page.startswith("<!DOCTYPE html>") and page.count("plotly.js v") == 1
+    assert "Video frozen (browser, cumulative)" in page and "Events" in page
+    assert "<tr><td>ana</td><td>2</td><td>1.80</td><td>1.20</td><td>80.0</td>" in page
+    assert "<tr><td>bob</td><td>no browser data</td>" in page
+    assert "loss 20% on bob" in page
+    summary = report.summary()
+    assert summary["experiences"][0]["freeze_count"] == 2
+    with pytest.raises(NotFound):
+        call_report(mongo_db, "no-such-room")

@@ -28,7 +28,7 @@ from pymongo.database import Database
 
 from videochat.clocks import utcnow
 from videochat.exceptions import ValidationError
-from videochat.metrics.experience import Experience, call_score, experiences
+from videochat.metrics.experience import Experience, call_score, experiences, idle_legs
 from videochat.metrics.stats import MetricSample, Source
 from videochat.metrics.store import EVENTS, ROLLUPS, SAMPLES, fields_of
 
@@ -623,7 +623,10 @@ def _trace_columns(series: Series) -> dict[Any, Any]:
     out: dict[Any, Any] = {}
     drawn = {f for _, _, fields in CHARTS.values() for f in fields.values()}
     gap_ms = 2 * series.bin_s * 1000
+    idle = idle_legs(series.rows)
     for key, rows in sorted(series.traces().items()):
+        if key in idle:
+            continue  # the warm spare: a flat line of nothing (its leg is in the CSV/JSON)
         ms = [int(r["t"].timestamp() * 1000) for r in rows]
         x_ms: list[int] = []
         vals: dict[str, list[Any]] = {f: [] for f in drawn}

@@ -123,12 +123,33 @@ def _mean(pairs: Iterable[tuple[float | None, float]]) -> float | None:
     return total / weight if weight else None
 
 
+def idle_legs(rows: Iterable[Mapping[str, Any]]) -> set[tuple[str, str]]:
+    """(participant, leg) of receiving legs that never showed a frame while the same
+    participant had another that did (of the same source): the warm spare, bound to nobody.
+    Its page conceals 100 % of an audio stream that does not exist; it is left out."""
+    moving: dict[tuple[str, str], bool] = {}
+    for r in rows:
+        if r.get("direction") != "subscribe":
+            continue
+        key = (r["participant"], r["leg"])
+        moving[key] = moving.get(key, False) or (r.get("fps") or 0) > 0
+    out = set()
+    for (who, leg), moved in moving.items():
+        browser = leg.endswith(BROWSER_SUFFIX)
+        if not moved and any(m for (w, lg), m in moving.items()
+                             if w == who and lg.endswith(BROWSER_SUFFIX) == browser):
+            out.add((who, leg))
+    return out
+
+
 def experiences(rows: Sequence[Mapping[str, Any]], participants: Iterable[str],
                 start: datetime | None = None, *, bin_s: int = 1) -> list[Experience]:
     """Per participant, from diagnostics rows (short field names, `leg`, `direction`, `t`)."""
     legs: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    idle = idle_legs(rows)
     for r in rows:
-        legs[(r["participant"], r["leg"])].append(r)
+        if (r["participant"], r["leg"]) not in idle:
+            legs[(r["participant"], r["leg"])].append(r)
     out = []
     for who in participants:
         mine = {leg: rs for (p, leg), rs in legs.items() if p == who}
@@ -181,4 +202,4 @@ def call_score(people: Sequence[Experience]) -> float | None:
     return round(sum(scores) / len(scores), 2) if scores else None
 
 
-__all__ = ["Experience", "call_score", "experiences", "freezes", "mos_like"]
+__all__ = ["Experience", "call_score", "experiences", "freezes", "idle_legs", "mos_like"]

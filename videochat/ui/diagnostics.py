@@ -17,6 +17,7 @@ import streamlit as st
 from videochat.clocks import utcnow
 from videochat.exceptions import ValidationError
 from videochat.metrics import diagnostics as diag
+from videochat.qa.report import render_call_html
 from videochat.ui.state import get_services
 
 logger = logging.getLogger(__name__)
@@ -204,8 +205,19 @@ def _downloads(view: dict[str, Any]) -> None:
         sel, series, events = got
         return diag.to_json(sel, series, events, diag.compute_kpis(series, events, sel.end))
 
+    def html_data() -> str:
+        got = gather()
+        if got is None:
+            return "<p>No samples for this call.</p>"
+        sel, series, events = got
+        return render_call_html(sel, series, events, diag.compute_kpis(series, events, sel.end))
+
     stem = f"diagnostics-{view['room']}"
     cols = st.columns(4)
+    cols[2].download_button("Download HTML report", html_data, file_name=f"{stem}.html",
+                            mime="text/html", key="diag_html", on_click="ignore",
+                            help="Charts, events and KPIs of this selection in one "
+                                 "self-contained file")
     cols[0].download_button("Download CSV", csv_data, file_name=f"{stem}.csv", mime="text/csv",
                             key="diag_csv", on_click="ignore")
     cols[1].download_button("Download JSON", json_data, file_name=f"{stem}.json",
