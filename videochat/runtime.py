@@ -35,6 +35,7 @@ from videochat.faults.injector import FaultManager
 from videochat.media.legs import LegRegistry
 from videochat.media.participant import Participant
 from videochat.media.room import Room, RoomRegistry, Waker
+from videochat.metrics.browser import BrowserStats
 from videochat.metrics.process_health import ProcessHealth, stalled_peer_connections
 from videochat.metrics.stats import Sampler
 from videochat.metrics.store import MetricsStore
@@ -81,6 +82,7 @@ class AppRuntime:
     housekeeping: Housekeeping | None = None
     health: ProcessHealth | None = None
     stopping: bool = False
+    browser_stats: BrowserStats | None = None  # the pages' own getStats() reports
 
     def watch_chat(self, room: str) -> None:
         """Wake every session in `room` when a chat message arrives (once per room)."""
@@ -260,6 +262,8 @@ def build_runtime(settings: Settings, services: Services, *, loop: asyncio.Abstr
     rt.health = health
     rt.seats = Seats(registry, presence, access,
                      RejoinTokens.from_secret_or_folder(settings.rejoin_secret, settings.state_dir))
+    # Each page's own getStats() -> the same store, as legs "<leg>@browser".
+    rt.browser_stats = BrowserStats(metrics.record, busy=metrics.busy)
     rt.start_housekeeping()
     # Bot participants (videochat/bots/): hosted here, added by the call page or through Redis.
     rt.bots = start_bot_plane(services.redis, registry, loop, node)

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 Direction = Literal["publish", "subscribe"]
 Kind = Literal["video", "audio"]
+Source = Literal["server", "browser"]
 StatsDict = dict[str, dict[str, Any]]
 
 CLOCK_RATES: dict[str, int] = {"video": 90_000, "audio": 48_000}
@@ -75,8 +76,20 @@ class MetricSample:
     # frames: fps, size and bitrate are those of its stream), "transcoded" (re-encoded at
     # `quality`) or "paused"; None for publish and audio legs.
     delivery: str | None = None
+    # What measured it: the server's aiortc leg, or the participant's page (getStats() in the
+    # browser, videochat/metrics/browser.py). The fields below exist only in browser samples.
+    source: Source = "server"
+    freeze_count: int | None = None  # cumulative, Chromium's inbound-rtp freezeCount
+    freeze_s: float | None = None  # cumulative totalFreezesDuration
+    jitter_buffer_ms: float | None = None  # over the interval: d jitterBufferDelay / d emitted
+    concealed_pct: float | None = None  # audio samples concealed over the interval, percent
+    decode_ms: float | None = None  # mean decode time per frame over the interval
+    frames_dropped: int | None = None  # cumulative
+    available_out_kbps: float | None = None  # the browser's uplink estimate (candidate pair)
 
     def __post_init__(self) -> None:
+        if self.source not in ("server", "browser"):
+            raise ValidationError("source", self.source, "must be server or browser")
         if self.at.tzinfo is None:
             raise ValidationError("sample time", self.at, "must be timezone-aware (UTC)")
         if self.direction not in ("publish", "subscribe"):
