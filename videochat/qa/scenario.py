@@ -236,6 +236,10 @@ class Assertions(_Model):
     max_rtt_ms: NonNegative | None = None
     video_resumed_after_fault_max_s: NonNegative | None = None
     metrics_lost_max: NonNegativeInt | None = None
+    # During faults, as people saw it (definitions in docs/TESTING.md and qa/assertions.py).
+    min_fps_during_faults: NonNegative | None = None
+    max_freeze_s: NonNegative | None = None
+    max_reconnects: NonNegativeInt | None = None
 
     def given(self) -> dict[str, float]:
         return {k: v for k, v in self.model_dump().items() if v is not None}
