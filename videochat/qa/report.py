@@ -37,6 +37,8 @@ COLLECTION = keys.QA_RUNS
 _CHARTS: tuple[tuple[str, str, str | None], ...] = (
     # series key, title, the assertion whose threshold is drawn on it
     ("fps", "Frames per second (per leg)", "min_fps"),
+    ("received_fps", "Received frames per second (what each page decoded)",
+     "min_fps_during_faults"),
     ("rtt_ms", "Round-trip time, ms (per leg)", "max_rtt_ms"),
     ("quality_level", "Quality level (per leg; higher is better)", None),
 )
@@ -108,11 +110,15 @@ class RunResult:
                 "chat": None if m.chat is None else {**asdict(m.chat), "lost": m.chat.lost},
                 "metrics_lost": m.metrics_lost,
                 "video_back_s": m.video_back_s,
+                "browser_freezes": None if m.freezes is None else {
+                    who: {"freezes": c, "frozen_s": f, "longest_s": lg}
+                    for who, (c, f, lg) in m.freezes.items()},
             },
             "series": {
                 "fps": _samples(m.fps),
                 "rtt_ms": _samples(m.rtt_ms),
                 "quality_level": _samples(m.quality_level),
+                "received_fps": _samples(m.received_fps),
             },
             "events": [asdict(e) for e in m.events],
             "notes": list(self.notes),
