@@ -30,6 +30,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription  # noqa: E402
 from aiortc.mediastreams import MediaStreamTrack  # noqa: E402
 
 from videochat.compat import aioice as ice  # noqa: E402
+from videochat.compat import aiortc as compat  # noqa: E402
 from videochat.media.participant import Participant  # noqa: E402
 from videochat.media.relay import HubInput  # noqa: E402
 
@@ -39,7 +40,9 @@ logger = logging.getLogger(__name__)
 class RelayServer:
     """Rooms of participants and their peer connections, driven by one control connection."""
 
-    def __init__(self) -> None:
+    def __init__(self, transcode: bool = False) -> None:
+        # transcode: every subscriber decoded and encoded again, as before forwarding existed
+        self.transcode = transcode
         self.participants: dict[str, Participant] = {}
         self.pcs: list[RTCPeerConnection] = []
         self.publish_pcs: list[RTCPeerConnection] = []
@@ -75,7 +78,13 @@ class RelayServer:
             owner = self.participants[req["pid"]]
             return await self.subscribe(owner, str(req["publisher"]), req["sdp"], req["type"])
         if op == "stats":
-            return self.stats()
+            out = self.stats()
+            if req.get("reset"):  # the next read covers only what follows
+                for p in self.participants.values():
+                    for s in p.slots:
+                        s.video.relay_delays.clear()
+                        s.video.first_frame_delays.clear()
+            return out
         if op == "quit":
             self.done.set()
             return {"ok": True}
@@ -116,7 +125,10 @@ class RelayServer:
         pc = RTCPeerConnection()
         self.pcs.append(pc)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=kind))
-        pc.addTrack(slot.video)
+        if self.transcode:
+            slot.video.route = slot.audio.route = lambda: "transcoded"
+        sender = pc.addTrack(slot.video)
+        compat.on_keyframe_request(sender, slot.video.keyframe_requested)
         pc.addTrack(slot.audio)
         await pc.setLocalDescription(await pc.createAnswer())
         return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
@@ -132,7 +144,14 @@ class RelayServer:
                     "audio_out": s.audio.frames_out,
                     # frames the relay skipped for this subscriber because its encoder lagged
                     "video_skipped": s.video._sub.dropped,
+                    "video_forwarded": s.video.forwarded_out,
+                    "audio_forwarded": s.audio.forwarded_out,
+                    "delivery": s.video.delivery,
+                    "relay_ms": [round(d * 1000, 3) for d in s.video.relay_delays],
+                    "first_frame_s": [round(d, 3) for d in s.video.first_frame_delays],
                 } for s in p.slots],
+                "video_decoded": p.video_hub.decoded_in, "audio_decoded": p.audio_hub.decoded_in,
+                "keyframe_requests": p.video_hub.keyframe_requests,
             })
         states = [pc.connectionState for pc in self.pcs]
         # aiortc's decoded-frame queue of each publish leg (unbounded): where a saturated
@@ -157,7 +176,8 @@ class RelayServer:
 
 async def serve() -> None:
     ice.restrict_host_addresses(["127.0.0.1"])
-    relay = RelayServer()
+    compat.track_peer_connections()  # as videochat.compat.install() does in the app
+    relay = RelayServer(transcode="--transcode" in sys.argv)
     server = await asyncio.start_server(relay.handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     print(json.dumps({"port": port, "pid": os.getpid()}), flush=True)

@@ -1,11 +1,15 @@
-"""Capacity benchmark: how many participants one server core relays at >= 15 fps and <= 1 % loss.
+"""Capacity benchmark: how many participants the server relays at >= 15 fps, <= 1 % loss and
+p95 latency <= 200 ms, and what one call costs it.
 
-Two processes on loopback, each pinned to its own core (os.sched_setaffinity):
+Two processes on loopback, by default sharing the whole box as the app would (``--pin`` puts
+each on its own core, os.sched_setaffinity, as the first version of this benchmark did):
 
 * the *server* (bench/_capacity_server.py, CPU 0) hosts our relay as the app's media loop does:
-  per participant a publish connection into a video and an audio `TrackHub` (one VP8 + one Opus
-  decode per publisher) and one connection per slot with two `RelayTrack`s (one VP8 + one Opus
-  encode per subscriber), all aiortc `RTCPeerConnection`s on one asyncio loop, ICE on 127.0.0.1;
+  per participant a publish connection into a video and an audio `TrackHub` and one connection
+  per slot with two `RelayTrack`s, all aiortc `RTCPeerConnection`s on one asyncio loop, ICE on
+  127.0.0.1. Subscribers on the publisher's quality are forwarded (no decode, no encode);
+  ``--transcode`` decodes every publisher and encodes for every subscriber, as the relay did
+  before forwarding, for a before/after in the same run;
 * the *client* (this process, CPU 1) plays the participants (bench/_capacity_media.py): one
   SENDONLY leg each, publishing a `BotVideoTrack` at the settings' capture size (default
   640x480@20) and a tone, and one RECVONLY leg per other participant in its room, which decodes
@@ -13,17 +17,20 @@ Two processes on loopback, each pinned to its own core (os.sched_setaffinity):
   end-to-end latency. The client encodes the bot media once and sends the same packets on
   every publish leg, so it does not run out of CPU before the server does.
 
-Steps add one room (2 people by default) at a time; each step waits for media on every new
-leg, warms up, then holds. A step passes when every receive leg's fps >= 15 and the frame loss
-is <= 1 %; the run stops at the first failing step or at --max-participants. The capacity is
-the last passing step. Because aiortc queues without bound before our relay, a saturated server
-first shows as latency climbing to seconds with fps and loss still passing, so the capacity is
-also given with p95 latency <= 1 s and <= 1 % damaged frames (the headline), and the 2-core
-figure is extrapolated from that step. No Streamlit, Redis or MongoDB is involved (backend: none).
+Steps add `--rooms-per-step` rooms (2 people each by default) at a time; each step waits for
+media on every new leg, warms up, then holds. A step passes when every receive leg's fps >= 15,
+the frame loss is <= 1 % and the p95 end-to-end latency read from the bots' burnt-in stamps is
+<= 200 ms; the run stops at the first failing step or at --max-participants. The capacity is the
+last passing step. Latency is given twice: end to end from the bots' stamps (client encode,
+server, client decode, all on this box) and, for forwarded frames, the server's own relay
+latency (arrival of an encoded frame -> its subscriber's sender takes it). No Streamlit, Redis or
+MongoDB is involved (backend: none).
 
-    python bench/capacity.py [--room-size 2] [--max-participants 24] [--hold 12] [--warmup 4]
+    python bench/capacity.py [--room-size 2] [--max-participants 40] [--rooms-per-step 4]
+    python bench/capacity.py --calls 2,3 [--profile 8]   # CPU of one call, before and after
 
-Writes bench/results/capacity.json and prints one summary line.
+Writes bench/results/capacity-rooms{N}[-transcode].json (or capacity-calls.json) and prints one
+summary line.
 """
 
 from __future__ import annotations
@@ -68,11 +75,13 @@ class CapacityConfig:
     connect_timeout_s: float = 30.0
     min_fps: float = 15.0
     max_loss_pct: float = 1.0
-    healthy_latency_p95_ms: float = 1000.0
-    """Not a stop rule: aiortc queues decoded input frames without bound, so a saturated
-    server first shows as latency growing by seconds while fps and loss still pass. The
-    capacity is also reported with this bound on p95 latency (and damaged frames <= the loss
-    bound), and extrapolated from that step."""
+    max_latency_p95_ms: float = 200.0
+    """A stop rule: p95 end-to-end latency from the bots' stamps."""
+    rooms_per_step: int = 1
+    transcode: bool = False
+    """Every subscriber transcoded, as before forwarding (the 'before' of a before/after)."""
+    profile_s: float = 0.0
+    """py-spy the server for this long during the last step's hold (0: no profile)."""
     confirm: int = 1
     """How many times a failing step is measured again before it counts as failed."""
     server_cpus: tuple[int, ...] | None = None
@@ -90,7 +99,7 @@ def capture_default() -> tuple[int, int, int]:
 
 
 class ServerProcess:
-    def __init__(self, cpus: tuple[int, ...] | None) -> None:
+    def __init__(self, cpus: tuple[int, ...] | None, transcode: bool = False) -> None:
         self.log = tempfile.NamedTemporaryFile(prefix="capacity-server-", suffix=".log",
                                                delete=False)
         pre: Callable[[], None] | None = None
@@ -102,7 +111,8 @@ class ServerProcess:
 
         self.tail = ""
         self.proc = subprocess.Popen(
-            [sys.executable, str(SERVER_SCRIPT)], stdout=subprocess.PIPE, stderr=self.log,
+            [sys.executable, str(SERVER_SCRIPT), *(["--transcode"] if transcode else [])],
+            stdout=subprocess.PIPE, stderr=self.log,
             preexec_fn=pre, cwd=str(ROOT),
         )
 
@@ -166,16 +176,18 @@ async def measure(people: list[Any], video: Any, server: Any, control: Any, hold
     me = psutil.Process()
     legs = [leg for p in people for leg in p.legs]
     before = {id(leg): leg.snapshot() for leg in legs}
-    stats0 = await control.call("stats")
+    stats0 = await control.call("stats", reset=True)
     s0, l0, c0 = _cpu_s(server), _thread_cpu_s(server, server.pid), _cpu_s(me)
     busy0 = _busy_per_cpu()
     enc0, t0 = video.frames, time.monotonic()
+    profiler = start_profile(server.pid, cfg.profile_s) if cfg.profile_s > 0 else None
     await asyncio.sleep(hold_s)
     dt = time.monotonic() - t0
     s1, l1, c1 = _cpu_s(server), _thread_cpu_s(server, server.pid), _cpu_s(me)
     busy = [round(100.0 * (b - a) / dt, 1) for a, b in zip(busy0, _busy_per_cpu(), strict=True)]
     enc1 = video.frames
     stats1 = await control.call("stats")
+    profile = await finish_profile(profiler) if profiler is not None else None
 
     fps, lat = [], []
     seen = missing = unreadable = 0
@@ -198,6 +210,10 @@ async def measure(people: list[Any], video: Any, server: Any, control: Any, hold
     from bench._common import pct
 
     drops = sum(t.dropped for p in people for t in p.tracks)
+    slots = [s for p in stats1["participants"] for s in p["slots"] if s["publisher"]]
+    relay_ms = [d for s in slots for d in s["relay_ms"]]
+    first_s = [d for s in slots for d in s["first_frame_s"]]
+    deliveries = [s["delivery"] for s in slots]
     client_cpu = 100.0 * (c1 - c0) / dt
     row: dict[str, Any] = {
         "participants": len(people), "receive_legs": len(legs),
@@ -214,6 +230,14 @@ async def measure(people: list[Any], video: Any, server: Any, control: Any, hold
         # (a packet lost on the way) or badly quantised, i.e. visibly damaged
         "damaged_pct": round(100.0 * unreadable / seen, 3) if seen else 0.0,
         "latency_ms": {"p50": pct(lat, 0.5), "p95": pct(lat, 0.95), "n": len(lat)},
+        # the server alone: a forwarded frame's arrival -> its subscriber's sender took it
+        "relay_latency_ms": {"p50": pct(relay_ms, 0.5), "p95": pct(relay_ms, 0.95),
+                             "max": max(relay_ms, default=None), "n": len(relay_ms)},
+        "forwarded_legs": deliveries.count("forwarded"),
+        "transcoded_legs": deliveries.count("transcoded"),
+        "server_video_decoded": sum(p["video_decoded"] for p in stats1["participants"])
+        - sum(p["video_decoded"] for p in stats0["participants"]),
+        "keyframe_requests": sum(p["keyframe_requests"] for p in stats1["participants"]),
         "relay_skipped_frames": skipped(stats1) - skipped(stats0),
         "client_send_drops": drops,
         "server_pcs": stats1["pcs"], "server_pcs_connected": stats1["connected"],
@@ -229,11 +253,97 @@ async def measure(people: list[Any], video: Any, server: Any, control: Any, hold
         reasons.append(f"min fps {row['fps_min']:.1f} < {cfg.min_fps:g}")
     if loss > cfg.max_loss_pct:
         reasons.append(f"frame loss {loss:.2f} % > {cfg.max_loss_pct:g} %")
+    p95 = row["latency_ms"]["p95"]
+    if p95 is not None and p95 > cfg.max_latency_p95_ms:
+        reasons.append(f"latency p95 {p95:.0f} ms > {cfg.max_latency_p95_ms:g} ms")
+    if first_s:
+        row["first_frame_after_bind_s"] = {"p50": pct(first_s, 0.5), "max": max(first_s),
+                                           "n": len(first_s)}
+    if profile is not None:
+        row["profile"] = profile
     row["pass"] = not reasons
     row["reason"] = "; ".join(reasons)
     # A failing step is only the server's limit if the client still had headroom.
     row["client_bound"] = client_cpu > 90.0 or row["source_fps"] < 0.95 * cfg.fps
     return row
+
+
+# -------------------------------------------------------------------------------------------
+# profiling the server (py-spy, from requirements-dev.txt)
+
+PROFILE_RATE_HZ = 100
+# Where the server's time goes, by the function a sample was in (self time) or under
+# (inclusive): named groups for the summary line.
+PROFILE_GROUPS = {
+    "vp8_encode": ("encode (aiortc/codecs/vpx.py",),
+    "opus_encode": ("encode (aiortc/codecs/opus.py",),
+    "decode": ("decoder_worker (aiortc/rtcrtpreceiver.py",),
+    "audio_level": ("compute_audio_level_dbov",),
+    "scale_reformat": ("reformat (",),
+    "srtp": ("srtp", "pylibsrtp"),
+    "relay": ("videochat/media/relay.py",),
+}
+
+
+def start_profile(pid: int, seconds: float) -> tuple[subprocess.Popen[bytes], Path, float] | None:
+    """py-spy record of the server for `seconds` (collapsed stacks, threads, no idle)."""
+    import shutil
+
+    exe = shutil.which("py-spy")
+    if exe is None:
+        return None
+    out = Path(tempfile.mkstemp(prefix="capacity-profile-", suffix=".txt")[1])
+    proc = subprocess.Popen(
+        [exe, "record", "-p", str(pid), "-d", str(max(1, round(seconds))), "-r",
+         str(PROFILE_RATE_HZ), "-f", "raw", "-o", str(out), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return proc, out, seconds
+
+
+async def finish_profile(handle: tuple[subprocess.Popen[bytes], Path, float]
+                         ) -> dict[str, Any]:
+    proc, out, seconds = handle
+    try:
+        _o, err = await asyncio.to_thread(proc.communicate, timeout=seconds + 30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return {"error": "py-spy did not finish"}
+    try:
+        text = out.read_text()
+    except OSError:
+        text = ""
+    finally:
+        with contextlib.suppress(OSError):
+            out.unlink()
+    if not text:
+        return {"error": f"py-spy recorded nothing: {err.decode(errors='replace')[-300:]}"}
+    return summarise_profile(text, max(1, round(seconds)))
+
+
+def summarise_profile(collapsed: str, seconds: float, top: int = 12) -> dict[str, Any]:
+    """% of one core per function (self time) and per named group (inclusive), from py-spy's
+    collapsed stacks: each sample of a busy thread is 1/rate s of one core."""
+    per_sample = 100.0 / (seconds * PROFILE_RATE_HZ)
+    leaves: dict[str, int] = {}
+    groups = dict.fromkeys(PROFILE_GROUPS, 0)
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack or not count_s.isdigit():
+            continue
+        count = int(count_s)
+        total += count
+        frames = stack.split(";")
+        leaves[frames[-1]] = leaves.get(frames[-1], 0) + count
+        for name, needles in PROFILE_GROUPS.items():
+            if any(n in f for f in frames for n in needles):
+                groups[name] += count
+    ranked = sorted(leaves.items(), key=lambda kv: -kv[1])[:top]
+    return {
+        "busy_pct_of_one_core": round(total * per_sample, 1),
+        "groups_pct_of_one_core": {k: round(v * per_sample, 1) for k, v in groups.items()},
+        "top_self_pct_of_one_core": [[f, round(c * per_sample, 1)] for f, c in ranked],
+    }
 
 
 # -------------------------------------------------------------------------------------------
@@ -280,7 +390,7 @@ async def run_capacity(cfg: CapacityConfig,
     from videochat.compat import aioice as ice
 
     ice.restrict_host_addresses(["127.0.0.1"])
-    server = ServerProcess(cfg.server_cpus)
+    server = ServerProcess(cfg.server_cpus, cfg.transcode)
     video = SharedEncoder("video", cfg.width, cfg.height, cfg.fps)
     audio = SharedEncoder("audio")
     people: list[Any] = []
@@ -295,9 +405,13 @@ async def run_capacity(cfg: CapacityConfig,
         audio.start()
         k = 0
         while len(people) + cfg.room_size <= cfg.max_participants:
-            k += 1
             t0 = time.monotonic()
-            new = await add_room(k, cfg, control, video, audio, people)
+            new = []
+            for _ in range(cfg.rooms_per_step):
+                if len(people) + cfg.room_size > cfg.max_participants:
+                    break
+                k += 1
+                new += await add_room(k, cfg, control, video, audio, people)
             flowing = await wait_flowing(new, cfg.connect_timeout_s)
             connect_s = time.monotonic() - t0
             if not flowing:
@@ -314,7 +428,7 @@ async def run_capacity(cfg: CapacityConfig,
                     again = await measure(people, video, sproc, control, cfg.hold_s, cfg)
                     again["first_attempt"] = row
                     row = again
-            row["step"] = k
+            row["step"] = len(steps) + 1
             row["connect_s"] = round(connect_s, 2)
             steps.append(row)
             if progress:
@@ -336,7 +450,7 @@ async def run_capacity(cfg: CapacityConfig,
     passing = [s for s in steps if s.get("pass")]
     result: dict[str, Any] = {
         "config": asdict(cfg), "steps": steps, "error": error,
-        "capacity_participants_one_server_core": passing[-1]["participants"] if passing else 0,
+        "capacity_participants": passing[-1]["participants"] if passing else 0,
         "stopped_by": (steps[-1]["reason"] if steps and not steps[-1]["pass"]
                        else error or "max_participants"),
         "failing_step_client_bound": bool(steps and not steps[-1]["pass"]
@@ -345,12 +459,8 @@ async def run_capacity(cfg: CapacityConfig,
     result["server_exit_code"] = server.proc.returncode
     if error:
         result["server_log_tail"] = server.log_tail()
-    healthy = [s for s in passing
-               if (s["latency_ms"]["p95"] or math.inf) <= cfg.healthy_latency_p95_ms
-               and s["damaged_pct"] <= cfg.max_loss_pct]
-    result["capacity_participants_one_server_core_latency_bounded"] = (
-        healthy[-1]["participants"] if healthy else 0)
-    result["two_core_extrapolation"] = extrapolate(healthy, cfg.room_size)
+    if cfg.server_cpus and len(cfg.server_cpus) == 1:
+        result["two_core_extrapolation"] = extrapolate(passing, cfg.room_size)
     return result
 
 
@@ -381,66 +491,121 @@ def extrapolate(passing: list[dict[str, Any]], room_size: int) -> dict[str, Any]
     }
 
 
+def _show(row: dict[str, Any]) -> None:
+    lat = row.get("latency_ms", {})
+    relay = row.get("relay_latency_ms", {})
+    loop_pct = row.get("server_loop_thread_pct", "-")
+    verdict = "PASS" if row["pass"] else "FAIL " + row["reason"]
+    print(f"step {row['step']}: {row['participants']} participants  "
+          f"server {row.get('server_cpu_pct', '-')} % (loop {loop_pct} %)  "
+          f"rss {row.get('server_rss_mb', '-')} MB  client {row.get('client_cpu_pct', '-')} %  "
+          f"fps min/med {row.get('fps_min', '-')}/{row.get('fps_median', '-')}  "
+          f"loss {row.get('loss_pct', '-')} %  damaged {row.get('damaged_pct', '-')} %  "
+          f"latency p50/p95 {lat.get('p50') or 0:.0f}/{lat.get('p95') or 0:.0f} ms  "
+          f"relay p50/p95 {relay.get('p50') or 0:.2f}/{relay.get('p95') or 0:.2f} ms  "
+          f"fwd/trans {row.get('forwarded_legs')}/{row.get('transcoded_legs')}  "
+          f"cores busy {row.get('cpu_busy_pct')}  load {row.get('load_avg_1m')}  {verdict}",
+          flush=True)
+
+
+def _profile_text(row: dict[str, Any]) -> str:
+    prof = row.get("profile") or {}
+    groups = prof.get("groups_pct_of_one_core") or {}
+    shown = ", ".join(f"{k} {v}" for k, v in groups.items() if v >= 0.5)
+    return f"profile busy {prof.get('busy_pct_of_one_core', '-')} % [{shown}]" if prof else ""
+
+
+def run_calls(base: CapacityConfig, sizes: list[int]) -> int:
+    """CPU of one call of each size, transcoded (before) and forwarded (after), same run."""
+    from bench._common import write
+
+    out: dict[str, Any] = {"config": asdict(base), "calls": []}
+    parts = []
+    for n in sizes:
+        figures = {}
+        for transcode in (True, False):
+            cfg = CapacityConfig(**{**asdict(base), "room_size": n, "max_participants": n,
+                                    "rooms_per_step": 1, "confirm": 0,
+                                    "transcode": transcode})
+            result = asyncio.run(run_capacity(cfg, _show))
+            step = result["steps"][-1] if result["steps"] else {}
+            mode = "transcoded" if transcode else "forwarded"
+            figures[mode] = step
+            out["calls"].append({"participants": n, "mode": mode, "step": step,
+                                 "error": result["error"]})
+            if _profile_text(step):
+                print(f"  {n} people {mode}: {_profile_text(step)}", flush=True)
+        before = figures["transcoded"].get("server_cpu_pct")
+        after = figures["forwarded"].get("server_cpu_pct")
+        relay = figures["forwarded"].get("relay_latency_ms", {})
+        parts.append(f"{n} people {before} % -> {after} % of a core "
+                     f"({(after or 0) / n:.1f} % per participant; relay p50 "
+                     f"{relay.get('p50') or 0:.2f} ms)")
+    out["backend"] = "none: relay + aiortc only (no Redis/MongoDB, no Streamlit)"
+    path = write("capacity-calls", out)
+    print(f"one call's server CPU ({base.width}x{base.height}@{base.fps}, transcoded -> "
+          f"forwarded): " + "; ".join(parts) + f"; load avg {os.getloadavg()[0]:.1f} -> {path}")
+    return 0
+
+
 def main() -> int:
     cores = os.cpu_count() or 1
     w, h, fps = capture_default()
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--room-size", type=int, default=2)
-    ap.add_argument("--max-participants", type=int, default=24)
+    ap.add_argument("--max-participants", type=int, default=40)
+    ap.add_argument("--rooms-per-step", type=int, default=1)
     ap.add_argument("--hold", type=float, default=12.0, help="seconds measured per step")
     ap.add_argument("--warmup", type=float, default=4.0, help="seconds after media flows")
     ap.add_argument("--confirm", type=int, default=1,
                     help="re-measure a failing step this many times before stopping")
-    ap.add_argument("--no-pin", action="store_true", help="do not pin server/client to cores")
+    ap.add_argument("--pin", action="store_true",
+                    help="pin the server to core 0 and the client to core 1")
+    ap.add_argument("--transcode", action="store_true",
+                    help="transcode every subscriber (the relay before forwarding)")
+    ap.add_argument("--calls", default="",
+                    help="e.g. 2,3: CPU of one call per size, transcoded then forwarded")
+    ap.add_argument("--profile", type=float, default=0.0,
+                    help="py-spy the server for this many seconds of each measured hold")
     args = ap.parse_args()
-    pin = cores >= 2 and not args.no_pin
+    pin = cores >= 2 and args.pin
     cfg = CapacityConfig(width=w, height=h, fps=fps, room_size=args.room_size,
                          max_participants=args.max_participants, hold_s=args.hold,
                          warmup_s=args.warmup, confirm=args.confirm,
+                         rooms_per_step=args.rooms_per_step, transcode=args.transcode,
+                         profile_s=args.profile,
                          server_cpus=(0,) if pin else None, client_cpus=(1,) if pin else None)
     if cfg.client_cpus:
         pin_process(set(cfg.client_cpus))
+    if args.calls:
+        return run_calls(cfg, [int(n) for n in args.calls.split(",")])
     load_before = os.getloadavg()
-
-    def show(row: dict[str, Any]) -> None:
-        lat = row.get("latency_ms", {})
-        loop_pct = row.get("server_loop_thread_pct", "-")
-        verdict = "PASS" if row["pass"] else "FAIL " + row["reason"]
-        print(f"step {row['step']}: {row['participants']} participants  "
-              f"server {row.get('server_cpu_pct', '-')} % (loop {loop_pct} %)  "
-              f"rss {row.get('server_rss_mb', '-')} MB  client {row.get('client_cpu_pct', '-')} %  "
-              f"fps min/med {row.get('fps_min', '-')}/{row.get('fps_median', '-')}  "
-              f"loss {row.get('loss_pct', '-')} %  damaged {row.get('damaged_pct', '-')} %  "
-              f"latency p50/p95 "
-              f"{lat.get('p50') or 0:.0f}/{lat.get('p95') or 0:.0f} ms  "
-              f"backlog in/dec {row.get('server_input_backlog_frames')}/"
-              f"{row.get('server_decoder_backlog_frames')}  "
-              f"cores busy {row.get('cpu_busy_pct')}  load {row.get('load_avg_1m')}  {verdict}",
-              flush=True)
-
-    result = asyncio.run(run_capacity(cfg, show))
+    result = asyncio.run(run_capacity(cfg, _show))
     result["backend"] = "none: relay + aiortc only (no Redis/MongoDB, no Streamlit)"
     result["pinned"] = {"server_cpus": cfg.server_cpus, "client_cpus": cfg.client_cpus}
     result["load_avg_before"] = load_before
     from bench._common import write
 
-    path = write("capacity", result)
-    cap = result["capacity_participants_one_server_core"]
-    ext = result["two_core_extrapolation"]
-    capl = result["capacity_participants_one_server_core_latency_bounded"]
+    name = f"capacity-rooms{cfg.room_size}" + ("-transcode" if cfg.transcode else "")
+    path = write(name, result)
+    cap = result["capacity_participants"]
     last: dict[str, Any] = next((s for s in reversed(result["steps"]) if s.get("pass")), {})
     lat = last.get("latency_ms", {})
-    print(f"capacity ({w}x{h}@{fps}, rooms of {cfg.room_size}, no DB backend): one server core "
-          f"holds {capl} participants with latency p95 <= {cfg.healthy_latency_p95_ms:.0f} ms "
-          f"and <= {cfg.max_loss_pct:g} % damaged frames, "
-          f"{cap} by fps >= {cfg.min_fps:g} and loss <= {cfg.max_loss_pct:g} % alone (at {cap}: "
-          f"min fps {last.get('fps_min', 0)}, loss "
-          f"{last.get('loss_pct', 0)} %, latency p50/p95 {lat.get('p50') or 0:.0f}/"
-          f"{lat.get('p95') or 0:.0f} ms, server CPU {last.get('server_cpu_pct', 0)} %); "
-          f"2-core box ~{ext['participants']} by extrapolation from {capl} "
-          f"({ext.get('limit', '-')}); stopped by: {result['stopped_by']}; "
-          f"load avg {os.getloadavg()[0]:.1f} -> {path}")
+    relay = last.get("relay_latency_ms", {})
+    first = last.get("first_frame_after_bind_s", {})
+    where = "server on core 0, bots on core 1" if pin else "server and bots sharing the 2-core box"
+    print(f"capacity ({w}x{h}@{fps}, rooms of {cfg.room_size}, "
+          f"{'transcoded' if cfg.transcode else 'forwarded'}, {where}, no DB backend): "
+          f"{cap} participants pass fps >= {cfg.min_fps:g}, loss <= {cfg.max_loss_pct:g} % "
+          f"and p95 latency <= {cfg.max_latency_p95_ms:g} ms (at {cap}: min fps "
+          f"{last.get('fps_min', 0)}, loss {last.get('loss_pct', 0)} %, latency p50/p95 "
+          f"{lat.get('p50') or 0:.0f}/{lat.get('p95') or 0:.0f} ms, relay p50/p95 "
+          f"{relay.get('p50') or 0:.2f}/{relay.get('p95') or 0:.2f} ms, first frame after "
+          f"bind p50/max {first.get('p50') or 0:.2f}/{first.get('max') or 0:.2f} s, server "
+          f"CPU {last.get('server_cpu_pct', 0)} %, client CPU {last.get('client_cpu_pct', 0)} %"
+          f"{', ' + _profile_text(last) if _profile_text(last) else ''}); "
+          f"stopped by: {result['stopped_by']}; load avg {os.getloadavg()[0]:.1f} -> {path}")
     return 0 if result["error"] is None else 1
 
 

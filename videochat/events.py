@@ -26,7 +26,7 @@ KNOWN_KINDS = frozenset({
     "leg_connected", "leg_closed", "connection_state_changed",
     "reconnect_started", "reconnect_attempted", "reconnect_succeeded", "reconnect_failed",
     "quality_changed", "fault_started", "fault_ended", "backend_down", "backend_up",
-    "first_frame_received", "media_stalled", "media_switched",
+    "first_frame_received", "media_stalled", "media_switched", "server_restart",
 })
 
 

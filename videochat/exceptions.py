@@ -10,6 +10,7 @@
     ├── RateLimited              too many chat messages or commands in a window
     ├── NotFound                 an unknown room, participant, scenario or run
     ├── AccessDenied             admin token missing or wrong
+    │   └── RejoinRefused        a rejoin token that is forged, stale or for a seat now gone
     ├── BackendUnavailable       Redis or MongoDB cannot be reached (after retries)
     └── EmbeddedServerError      an embedded Valkey / SecantusDB child failed to start
 """
@@ -69,6 +70,10 @@ class NotFound(VideoChatError, LookupError):
 
 class AccessDenied(VideoChatError, PermissionError):
     pass
+
+
+class RejoinRefused(AccessDenied):
+    """A tab's rejoin token does not give it back a seat; the message says why."""
 
 
 class BackendUnavailable(VideoChatError, ConnectionError):

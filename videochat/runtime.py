@@ -25,6 +25,8 @@ from videochat.bots.host import BotConsumer, start_bot_plane
 from videochat.call.access import RoomAccess
 from videochat.call.call_log import CallLog
 from videochat.call.presence import Presence
+from videochat.call.rejoin import RejoinTokens
+from videochat.call.seats import Seats
 from videochat.call.supervisor import CallSupervisor
 from videochat.chat.service import ChatService
 from videochat.events import EventBus
@@ -33,6 +35,7 @@ from videochat.faults.injector import FaultManager
 from videochat.media.legs import LegRegistry
 from videochat.media.participant import Participant
 from videochat.media.room import Room, RoomRegistry, Waker
+from videochat.metrics.browser import BrowserStats
 from videochat.metrics.process_health import ProcessHealth, stalled_peer_connections
 from videochat.metrics.stats import Sampler
 from videochat.metrics.store import MetricsStore
@@ -42,11 +45,14 @@ logger = logging.getLogger(__name__)
 
 STALLED_AFTER_S = 60.0  # a server connection that has not connected by then is nobody's
 STUN_RETRY_CAP_S = 0.5  # see videochat/compat/aioice.py: rebuilt legs reconnect sooner
-PRESENCE_REFRESH_S = 10.0
-
-SessionAlive = Callable[[str], bool]
+# Presence says which seats are live for a restarted process (videochat/call/seats.py) and
+# when the old one was last alive (the start of the gap drawn in Diagnostics): refresh often.
+PRESENCE_REFRESH_S = 2.0
+STALLED_CHECK_S = 10.0
 SHUTDOWN_BUDGET_S = 8.0
 """Of the 10 s a graceful stop may take (issue 17): the server's own shutdown needs the rest."""
+
+SessionAlive = Callable[[str], bool]
 
 
 @dataclass
@@ -70,11 +76,13 @@ class AppRuntime:
     access: RoomAccess
     loop: asyncio.AbstractEventLoop
     session_alive: SessionAlive
+    seats: Seats | None = None
     bots: BotConsumer | None = None
     chat_rooms: dict[str, Callable[[], None]] = field(default_factory=dict)
     housekeeping: Housekeeping | None = None
     health: ProcessHealth | None = None
     stopping: bool = False
+    browser_stats: BrowserStats | None = None  # the pages' own getStats() reports
 
     def watch_chat(self, room: str) -> None:
         """Wake every session in `room` when a chat message arrives (once per room)."""
@@ -160,8 +168,8 @@ def shut_down_steps(steps: list[tuple[str, Callable[[float], object]]],
 
 
 class Housekeeping(BackgroundWorker):
-    """Once a second: reap closed tabs after the grace period; every 10 s, close connections
-    nobody registered and refresh presence. Must survive backend outages."""
+    """Once a second: reap closed tabs after the grace period; every 2 s refresh presence;
+    every 10 s close connections nobody registered. Must survive backend outages."""
 
     def __init__(self, rt: AppRuntime) -> None:
         super().__init__(thread_name="rooms-housekeeping", label="rooms housekeeping",
@@ -169,17 +177,23 @@ class Housekeeping(BackgroundWorker):
                          error_pause_s=1.0)
         self.rt = rt
         self._last_touch = 0.0
+        self._last_stalled_check = 0.0
 
     def run_round(self) -> None:
         rt = self.rt
         # A closed tab ends its Streamlit session; the grace keeps a websocket blip (laptop
         # sleep, server restart) from counting as leaving.
         rt.registry.reap(rt.session_alive, rt.settings.reconnect_grace_s)
+        if time.monotonic() - self._last_stalled_check > STALLED_CHECK_S:
+            self._last_stalled_check = time.monotonic()
+            self._close_stalled_connections()
         if time.monotonic() - self._last_touch > PRESENCE_REFRESH_S:
             self._last_touch = time.monotonic()
-            self._close_stalled_connections()
             for p in rt.registry.participants():
-                rt.presence.touch(p.room, p.id, p.name, p.joined_at)
+                room = rt.registry.room_of(p)
+                rt.presence.touch(p.room, p.id, p.name, p.joined_at,
+                                  room.call_id if room else None,
+                                  room.started_at if room else None)
 
     def _close_stalled_connections(self) -> None:
         # A server-side connection whose browser went away before ICE connected stays
@@ -233,16 +247,21 @@ def build_runtime(settings: Settings, services: Services, *, loop: asyncio.Abstr
                                 rebuild=_rebuilder(registry), counter_of=sampler.counter,
                                 grace_s=settings.reconnect_grace_s)
     sampler.add_sink(supervisor.on_sample)
-    legs.add_listener(sampler.leg_listener(quality_of=supervisor.quality_of))
+    legs.add_listener(sampler.leg_listener(quality_of=supervisor.quality_of,
+                                           delivery_of=supervisor.delivery_of))
 
     chat = ChatService.start(services.redis, services.db, settings)
     rt = AppRuntime(settings, services, bus, registry, presence, call_log, node, legs, metrics,
                     sampler, faults, fault_consumer, supervisor, chat, access, loop,
                     session_alive)
+    rt.health = health
+    rt.seats = Seats(registry, presence, access,
+                     RejoinTokens.from_secret_or_folder(settings.rejoin_secret, settings.state_dir))
+    # Each page's own getStats() -> the same store, as legs "<leg>@browser".
+    rt.browser_stats = BrowserStats(metrics.record, busy=metrics.busy)
     rt.start_housekeeping()
     # Bot participants (videochat/bots/): hosted here, added by the call page or through Redis.
     rt.bots = start_bot_plane(services.redis, registry, loop, node)
-    rt.health = health
     _built.append(rt)
     return rt
 
@@ -275,7 +294,7 @@ def _on_join(call_log: CallLog, presence: Presence,
         call_log.participant_joined(room=room.name, call_id=room.call_id, participant_id=p.id,
                                     name=p.name, joined_at=p.joined_at, node=node)
         try:
-            presence.join(room.name, p.id, p.name, p.joined_at)
+            presence.join(room.name, p.id, p.name, p.joined_at, room.call_id, room.started_at)
         except Exception:  # noqa: BLE001 - Redis down: housekeeping re-publishes presence
             logger.warning("presence join failed for %s", p.name, exc_info=True)
 

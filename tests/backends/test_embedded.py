@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from videochat.backends.embedded import EmbeddedServers, pid_alive
+from videochat.backends.embedded import EmbeddedServers, pid_alive, pid_stopped
 from videochat.backends.services import Services, redis_client
 from videochat.settings import Settings
 
@@ -127,7 +127,8 @@ def test_a_start_after_the_owner_was_killed_adopts_its_servers(state_dir: Path) 
     try:
         redis_client(first["redis"][1]).set("k", "before the crash")
         owner.send_signal(signal.SIGKILL)  # the crash; the owner stays a zombie until waited
-        assert not pid_alive(owner.pid)
+        _wait_until(lambda: not pid_alive(owner.pid), 10, "the owner to die (a zombie)")
+        assert owner.returncode is None  # not reaped: a zombie, which counts as dead
         servers = EmbeddedServers(state_dir)
         found = servers.ensure(redis=True, mongo=True)
         # The same processes, ports and data: adopted, not a second copy beside them.
@@ -209,6 +210,7 @@ def test_a_server_left_stopped_by_an_outage_fault_is_resumed_and_adopted(
     pid = first["redis"][0]
     try:
         os.kill(pid, signal.SIGSTOP)  # what a redis_outage does, then the app crashes
+        _wait_until(lambda: pid_stopped(pid), 10, "the server to stop")
         owner.kill()
         owner.wait()
         servers = EmbeddedServers(state_dir)

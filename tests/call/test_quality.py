@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fractions
 import math
 import random
 from datetime import timedelta
 
+import av
 import pytest
 from fakes import EPOCH, FakeClock
 from hypothesis import given, settings
@@ -13,9 +15,11 @@ from hypothesis import strategies as st
 
 from videochat.call.quality import (
     AUDIO_ONLY,
+    AUDIO_RESERVE_KBPS,
     LADDER,
     LOWEST_VIDEO,
     TOP,
+    VIDEO_FLOOR_KBPS,
     ConnectionQuality,
     FrameDecimator,
     QualityLevel,
@@ -31,6 +35,7 @@ from videochat.call.quality import (
     step_down,
     step_up,
     uplink_cap,
+    video_bitrate_kbps,
 )
 from videochat.call.recovery import EventContext
 from videochat.events import CallEvent
@@ -61,20 +66,23 @@ def test_ladder_is_ordered_best_first_and_ends_audio_only() -> None:
                                         "audio-only"]
     for i, (hi, lo) in enumerate(zip(LADDER, LADDER[1:], strict=False)):
         assert hi.rank == i and lo.rank == i + 1
-        assert hi.target_kbps > lo.target_kbps
+        assert hi.target_kbps > lo.target_kbps and hi.floor_kbps > lo.floor_kbps
+        assert lo.floor_kbps < lo.target_kbps
         assert hi.max_fps >= lo.max_fps and hi.max_height > lo.max_height
     assert not AUDIO_ONLY.video and all(q.video for q in LADDER[:-1])
     assert step_down(AUDIO_ONLY) is AUDIO_ONLY and step_up(TOP) is TOP
     assert level_named("360p24") is LADDER[2]
     with pytest.raises(ValidationError):
         level_named("4k")
-    assert best_fitting(10_000) is TOP and best_fitting(300) is LADDER[3]
-    assert best_fitting(10) is AUDIO_ONLY
+    assert best_fitting(10_000) is TOP and best_fitting(299) is LADDER[2]
+    assert best_fitting(100) is LADDER[3] and best_fitting(50) is LOWEST_VIDEO
+    assert best_fitting(49) is AUDIO_ONLY
 
 
 @pytest.mark.parametrize("kwargs", [
     {"up_loss": 0.1, "down_loss": 0.1}, {"down_loss": 0.5, "severe_loss": 0.4},
-    {"up_rtt_ms": 600.0}, {"down_bitrate_ratio": 1.2}, {"up_bitrate_headroom": 0.9},
+    {"up_rtt_ms": 600.0}, {"up_bitrate_headroom": 0.9},
+    {"delay_growth_ms": 400.0}, {"delay_rises": 0}, {"delay_window_s": 0.0},
     {"down_after_s": 0.0}, {"up_backoff_factor": 0.5}, {"max_up_after_s": 1.0},
 ])
 def test_thresholds_reject_inconsistent_values(kwargs: dict[str, float]) -> None:
@@ -178,26 +186,75 @@ def test_slow_oscillation_backs_off_failed_probes(half: float) -> None:
     assert not [t for t, _ in changes if t > 300]
 
 
-def test_rtt_thresholds() -> None:
+def test_a_constant_latency_is_not_congestion() -> None:
+    """A path that is long from the start, or that jumps once to 650 ms and stays there (a
+    longer route, the injector's latency fault), never steps the ladder down nor blocks a
+    climb for long: stepping down does not shorten a path."""
     clock = FakeClock()
     policy = QualityPolicy(clock, start=TOP)
-    assert run(policy, clock, lambda t: 0.0, until=20, rtt=300.0) == []  # neutral
-    changes = run(policy, clock, lambda t: 0.0, until=23, rtt=600.0, start=20.5)
-    assert changes and changes[0][0] - 20.5 <= 2.0
+    assert run(policy, clock, lambda t: 0.0, until=30, rtt=650.0) == []
+    policy = QualityPolicy(clock, start=TOP)
+    run(policy, clock, lambda t: 0.0, until=20, rtt=40.0)
+    assert run(policy, clock, lambda t: 0.0, until=60, rtt=650.0, start=20.5) == []
+    assert policy.connection_quality() is ConnectionQuality.POOR  # the badge still says so
+    # ...and a leg that had stepped down climbs back under it
+    low = QualityPolicy(FakeClock(), start=LADDER[3])
+    ups = [low.observe(0.0, 40.0 if t < 10 else 650.0 + (t % 3) * 5, None, t / 2)
+           for t in range(120)]
+    assert [u for u in ups if u] == [LADDER[2], LADDER[1], LADDER[0]]
+
+
+def test_delay_growth_steps_down_and_a_standing_queue_does_not_block_climbs() -> None:
+    clock = FakeClock()
+    policy = QualityPolicy(clock, start=TOP)
+    run(policy, clock, lambda t: 0.0, until=20, rtt=40.0)
+    # a queue building at the bottleneck: RTT rising 60 ms a report, no loss yet
+    got = [(20.5 + k / 2, policy.observe(0.0, 40.0 + 60 * k, None, 20.5 + k / 2))
+           for k in range(1, 12)]
+    downs = [(t, lv) for t, lv in got if lv is not None]
+    assert downs and downs[0][1] is LADDER[1]
+    assert downs[0][0] - 20.5 <= 2.5  # 150 ms over the minimum after three rises
+    assert "delay growth" in policy.changes[0].reason
+    # the queue drains to a standing 250 ms over the minimum: that does not block climbing
+    level = policy.level
+    ups = [policy.observe(0.0, 290.0, None, 27 + t / 2) for t in range(40)]
+    assert [u for u in ups if u] and policy.level.rank < level.rank
+
+
+@pytest.mark.parametrize("rtt_at", [
+    lambda t: 40 + 30 * math.sin(t * 7),  # jitter
+    lambda t: 300 + 25 * ((t * 4) % 3),  # a jittery long path
+    lambda t: 40 if (t // 5) % 2 else 400,  # a route flipping every 5 s
+])
+def test_jitter_and_steps_in_latency_are_not_delay_growth(rtt_at) -> None:
+    clock = FakeClock()
+    policy = QualityPolicy(clock, start=TOP)
+    for k in range(240):
+        clock.t = k / 4
+        assert policy.observe(0.0, rtt_at(clock.t), None, clock.t) is None
 
 
 def test_bitrate_jumps_straight_to_the_rung_that_fits_and_blocks_up_steps() -> None:
     clock = FakeClock()
     policy = QualityPolicy(clock, start=TOP)
-    got = [policy.observe(0.0, 40, 300, t / 2) for t in range(6)]
-    assert [g for g in got if g] == [LADDER[3]]  # 250 kbps fits 300; one change, not three
-    # good loss and RTT but no headroom for 360p24 (450 x 1.25): holds
-    assert [policy.observe(0.0, 40, 500, 3 + t / 2) for t in range(60)] == [None] * 60
+    got = [policy.observe(0.0, 40, 150, t / 2) for t in range(6)]
+    assert [g for g in got if g] == [LADDER[3]]  # 240p15's floor fits 150; one change
+    # good loss and RTT but no headroom for 360p24 (180 x 1.25): holds
+    assert [policy.observe(0.0, 40, 220, 3 + t / 2) for t in range(60)] == [None] * 60
     ups = [policy.observe(0.0, 40, 2000, 33 + t / 2) for t in range(40)]
     assert [u for u in ups if u][0] is LADDER[2]
     clock2 = FakeClock()
     starved = QualityPolicy(clock2, start=LOWEST_VIDEO)
-    assert [starved.observe(0.0, 40, 60, t / 2) for t in range(4)][-2:] == [AUDIO_ONLY, None]
+    assert [starved.observe(0.0, 40, 40, t / 2) for t in range(4)][-2:] == [AUDIO_ONLY, None]
+
+
+def test_video_bitrate_follows_the_rung_and_the_estimate_after_audio() -> None:
+    assert video_bitrate_kbps(LADDER[1], None) == 800
+    assert video_bitrate_kbps(LADDER[1], 2000) == 800  # the rung caps it
+    assert video_bitrate_kbps(LADDER[4], 2000) == 100
+    assert video_bitrate_kbps(LADDER[3], 200) == 200 - AUDIO_RESERVE_KBPS  # audio first
+    assert video_bitrate_kbps(LADDER[3], 50) == VIDEO_FLOOR_KBPS  # never below the floor
+    assert VIDEO_FLOOR_KBPS < 250  # not aiortc's floor
 
 
 def test_ceiling_caps_start_and_climb() -> None:
@@ -644,8 +701,36 @@ def test_subscriber_view_takes_the_round_trip_time_of_each_report() -> None:
                           clock=clock, context=EventContext("r", "bob"))
     start = view.policy.level
     view.on_report("video", 0.0, 3.0)
-    for _ in range(5):
+    for k in range(1, 6):
         clock.t += 0.25
-        view.on_report("video", 0.0, 720.0)  # a latency spike, measured by each report
+        view.on_report("video", 0.0, 3.0 + 180 * k)  # a queue growing, seen by each report
         view.observe(_sample(clock, "video", 0.0, rtt=90.0))  # aiortc's smoothed, stale RTT
     assert view.policy.level.rank == start.rank + 1
+
+
+def test_subscriber_view_feeds_the_receivers_estimate_and_tells_the_encoder_its_rung() -> None:
+    from videochat.call.supervisor import SubscriberView
+    from videochat.compat.encoders import RungVp8Encoder
+    from videochat.media.participant import Slot
+
+    clock = FakeClock()
+    view = SubscriberView(Slot.create("owner0000000", 0), "r", "ana", emit=None, faults=None,
+                          clock=clock, context=EventContext("r", "bob"))
+    encoder = RungVp8Encoder(800_000, start_bps=300_000, clock=clock)
+    view.attach_encoder(encoder)
+    assert encoder.cap_bps == view.policy.level.target_kbps * 1000
+    view.on_estimate("audio", 5.0)  # Chrome names every stream in one REMB: video's counts
+    assert view.estimate_kbps is None
+    view.on_report("video", 0.0, 20.0)
+    for _ in range(8):
+        clock.t += 0.5
+        view.on_estimate("video", 150.0)  # a 200 kbps downlink
+        view.on_report("video", 0.0, 20.0)
+    assert view.policy.level is LADDER[3]  # 240p15: its floor (90) fits 150, 360p's does not
+    assert view.estimate_kbps == 150.0 and view.video_kbps == 150 - AUDIO_RESERVE_KBPS
+    frame = av.VideoFrame(640, 480, "yuv420p")
+    frame.pts, frame.time_base = 0, fractions.Fraction(1, 90_000)
+    view.transform(frame)  # the next frame tells the encoder
+    assert encoder.cap_bps == LADDER[3].target_kbps * 1000
+    clock.t += 10
+    assert view.estimate_kbps is None  # stale

@@ -74,3 +74,44 @@ def test_install_is_idempotent() -> None:
     compat.install(ice_addresses=[], stun_retry_cap_s=None)
     assert compat.aiortc.peer_connections_tracked()
     assert compat.aioice.restricted_addresses() == ()
+
+
+def test_aiortc_internals_forwarding_relies_on() -> None:
+    # videochat/compat/aiortc.py: tap_encoded_frames, on_picture_loss, request_keyframe,
+    # on_keyframe_request, receiver_of (videochat/media/relay.py forwards encoded frames)
+    from aiortc.contrib.media import RelayStreamTrack
+
+    init = inspect.getsource(RTCRtpReceiver.__init__)
+    assert "self.__decoder_queue: queue.Queue = queue.Queue()" in init
+    handle = inspect.getsource(RTCRtpReceiver._handle_rtp_packet)
+    assert "self.__decoder_queue.put((codec, encoded_frame))" in handle
+    assert "await self._send_rtcp_pli(packet.ssrc)" in handle
+    assert inspect.iscoroutinefunction(RTCRtpReceiver._send_rtcp_pli)
+    assert "self._send_keyframe()" in inspect.getsource(RTCRtpSender._handle_rtcp_packet)
+    assert "self._source" in inspect.getsource(RelayStreamTrack.__init__)
+    # BoundedMediaRelay replaces a buffered proxy's queue, which MediaRelay fills
+    from aiortc.contrib.media import MediaRelay
+
+    assert "self._queue = asyncio.Queue()" in inspect.getsource(RelayStreamTrack.__init__)
+    assert "proxy._queue.put_nowait(frame)" in inspect.getsource(MediaRelay)
+    # aiortc's sender packs an av.Packet instead of encoding it: what forwarding sends
+    assert "self.__encoder.pack(data)" in inspect.getsource(RTCRtpSender._next_encoded_frame)
+
+
+def test_aiortc_internals_the_rung_encoders_rely_on() -> None:
+    # videochat/compat/encoders.py: the sender's encoder slot, filled on the first frame unless
+    # set; REMB handed to `encoder.target_bitrate`; libvpx's buffer size from the private
+    # target; a rebuild on a >10 % change; the negotiated codec in the transceiver's `_codecs`.
+    from aiortc.codecs.vpx import Vp8Encoder
+    from aiortc.rtcrtptransceiver import RTCRtpTransceiver
+
+    sender = inspect.getsource(RTCRtpSender)
+    assert "self.__encoder: Optional[Encoder] = None" in sender
+    assert "if self.__encoder is None:\n            self.__encoder = get_encoder(codec)" in sender
+    assert "self.__encoder.target_bitrate = bitrate" in sender
+    encoder = inspect.getsource(Vp8Encoder)
+    assert '"bufsize": str(self.__target_bitrate)' in encoder
+    assert "self.codec.bit_rate = self.target_bitrate" in encoder
+    assert "self.picture_id" in encoder
+    assert "self._codecs: list[RTCRtpCodecParameters] = []" in inspect.getsource(
+        RTCRtpTransceiver.__init__)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+from typing import Any
 
 import av
 from aiortc import MediaStreamTrack, RTCPeerConnection
@@ -126,3 +127,30 @@ def test_closing_an_unconnected_connection_ends_the_readers_of_its_tracks() -> N
     assert before == 1
     assert ended, "the consumer of the closed connection's track never saw it end"
     assert after == 0
+
+
+def test_video_proxies_keep_the_newest_decoded_frame_and_every_packet_up_to_a_keyframe() -> None:
+    from videochat.compat.aiortc import NewestFrameQueue
+
+    gaps: list[int] = []
+    q = NewestFrameQueue(limit=3, on_gap=lambda: gaps.append(1))
+    for _ in range(5):
+        q.put_nowait(av.VideoFrame(16, 16, "yuv420p"))
+    assert q.qsize() == 1 and q.dropped == 4  # decoded: the newest only
+
+    def packet(key: bool) -> av.Packet[Any]:
+        p = av.Packet(b"x")
+        p.is_keyframe = key
+        return p
+
+    q = NewestFrameQueue(limit=3, on_gap=lambda: gaps.append(1))
+    for key in (True, False, False):
+        q.put_nowait(packet(key))
+    assert q.qsize() == 3  # packets in order, none dropped
+    q.put_nowait(packet(False))  # the sender is stuck: drop to the next keyframe...
+    assert q.qsize() == 0 and gaps == [1]
+    q.put_nowait(packet(False))
+    assert q.qsize() == 0  # ...never a delta frame whose references are gone
+    q.put_nowait(packet(True))
+    q.put_nowait(None)
+    assert q.qsize() == 2 and q.get_nowait().is_keyframe and q.get_nowait() is None

@@ -49,6 +49,8 @@ def _sample(i: int, who: str, leg: str, direction: str, room: str = "r1") -> Met
         bitrate_out_kbps=300.0, rtt_ms=None if direction == "publish" else 20.0 + (i % 3) * 10,
         loss_fraction=0.02, loss_cumulative=i // 10, jitter_ms=3.0, fps=20.0,
         width=640, height=480 if i < 120 else 240, quality="high" if i < 120 else "low",
+        # subscribers get the publisher's own stream until the rung drops below it
+        delivery=None if direction == "publish" else "forwarded" if i < 120 else "transcoded",
     )
 
 
@@ -181,22 +183,31 @@ def test_events_bands_and_kpis(filled: Db) -> None:
     assert kpis.packets_lost == 4 * ((MINUTES * 60 - 1) // 10)
 
 
-def test_figures_have_a_trace_per_leg_and_events_everywhere(filled: Db) -> None:
+def test_figures_have_a_legend_entry_per_participant_and_direction(filled: Db) -> None:
     s = sel()
     series = query_samples(filled, s, max_points=100)
     events = query_events(filled, s)
     figs = build_figures(series, events, s)
-    assert set(figs) == {"bitrate", "rtt", "loss", "fps", "resolution"}
-    bitrate_names = {t.name for t in figs["bitrate"].data}
-    assert any("alice" in n for n in bitrate_names) and any("bob" in n for n in bitrate_names)
-    assert len([t for t in figs["bitrate"].data if t.name != "events"]) == 8  # 4 legs x in/out
-    rtt_traces = [t for t in figs["rtt"].data if t.name != "events"]
-    assert {t.name.split(" ·")[0] for t in rtt_traces} == {"alice", "bob"}  # subscribe legs
-    for fig in figs.values():
+    assert set(figs) == {"bitrate", "rtt", "loss", "fps", "resolution", "freezes",
+                         "jitter_buffer", "concealed", "timeline"}
+    assert len(figs["bitrate"].data) == 4  # one line per leg, in the field its media follows
+    legend = [t.name for t in figs["bitrate"].data if t.showlegend]
+    assert sorted(legend) == ["alice receives", "alice sends", "bob receives", "bob sends"]
+    assert all("-pub" not in n and "-sub" not in n for n in legend)  # leg ids: hover only
+    assert any("leg alice-pub" in t.hovertemplate for t in figs["bitrate"].data)
+    rtt_traces = figs["rtt"].data
+    assert {t.name for t in rtt_traces} == {"alice receives", "bob receives"}
+    for name, fig in figs.items():
         rects = [sh for sh in fig.layout.shapes if sh.type == "rect"]
-        assert len(rects) == 3  # two faults and one reconnect, on every chart
-        markers = [t for t in fig.data if t.name == "events"]
-        assert markers and any("quality_changed" in txt for txt in markers[0].text)
+        assert len(rects) == 3, name  # two faults and one reconnect, on every chart
+        assert rects[0].label.text == "loss on the room"
+        assert rects[1].label.text == "reconnect bob"
+    # Events are on one strip of their own, not on every chart.
+    (strip,) = figs["timeline"].data
+    assert any("quality_changed" in txt for txt in strip.text)
+    assert set(strip.y) >= {"alice", "bob", "room"}
+    # No page reported: the browser charts say so instead of drawing zeros.
+    assert "no browser data: alice, bob" in figs["freezes"].layout.annotations[0].text
     # Valid plotly all the same: serialising validates nothing away.
     assert json.loads(figs["rtt"].to_json())["data"]
 
@@ -220,7 +231,10 @@ def test_badge_text_and_iter_samples(filled: Db) -> None:
     assert len(got) == 4 * 30
     assert got[0] == _sample(30, "alice", "alice-pub", "publish")
     assert badge_text(None) == "no data"
-    assert badge_text(_sample(1, "a", "l", "subscribe")) == "high · 30 ms · 2% loss"
+    sub = next(s for s in got if s.leg == "alice-sub-bob")
+    assert sub == _sample(30, "alice", "alice-sub-bob", "subscribe")  # delivery kept
+    assert badge_text(_sample(1, "a", "l", "subscribe")) == "forwarded · 30 ms · 2% loss"
+    assert badge_text(_sample(130, "a", "l", "subscribe")) == "low · 30 ms · 2% loss"
     assert badge_text(_sample(1, "a", "l", "publish")) == "high · 20 fps · 2% loss"
 
 
@@ -265,7 +279,7 @@ def test_page_past_room_shows_kpis_and_charts(page: Any, filled: Db) -> None:
     assert {"Bitrate", "Round-trip time", "Packet loss", "Frames per second"} <= set(charts)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Reconnects"] == "1" and metrics["Max RTT"] == "40 ms"
-    assert len(at.get("download_button")) == 2  # CSV and JSON
+    assert len(at.get("download_button")) == 3  # CSV, JSON and the HTML report
 
 
 def test_page_unknown_room_gives_empty_state(page: Any, filled: Db) -> None:
@@ -295,7 +309,7 @@ def test_page_live_two_person_call(page: Any, mongo_db: Db) -> None:
     charts = _charts(at)
     assert len(charts) >= 2
     for title in ("Bitrate", "Round-trip time"):
-        names = [t["name"] for t in charts[title]["data"] if t["name"] != "events"]
+        names = [t["name"] for t in charts[title]["data"]]
         assert any(n.startswith("alice") for n in names), names
         assert any(n.startswith("bob") for n in names), names
     assert any(t.value for t in at.toggle)  # live updates on for a live room
@@ -306,3 +320,14 @@ def test_page_live_two_person_call(page: Any, mongo_db: Db) -> None:
     at.run()
     after = sum(len(t["x"]) for t in _charts(at)["Bitrate"]["data"])
     assert after > before
+
+
+def test_server_restart_gap_is_drawn_as_a_band() -> None:
+    gap_from = T0 + timedelta(seconds=30)
+    gap_to = T0 + timedelta(seconds=34.5)
+    events = [{"kind": "server_restart", "at": gap_to, "room": "r1", "participant": None,
+               "data": {"gap_from": gap_from.timestamp(), "gap_to": gap_to.timestamp(),
+                        "gap_s": 4.5}}]
+    drawn = bands(events, T0 + timedelta(minutes=5))
+    assert [(b["kind"], b["start"], b["end"]) for b in drawn] == [
+        ("server_restart", gap_from, gap_to)]

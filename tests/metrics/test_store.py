@@ -65,7 +65,7 @@ def test_samples_land_in_minute_buckets_with_rollups(store: MetricsStore, mongo_
     doc = mongo_db[SAMPLES].find_one({"_id": bucket_id("r1", "L1", T0.replace(second=0))})
     assert doc is not None
     assert doc["meta"] == {"room": "r1", "call_id": "c1", "participant": "alice", "leg": "L1",
-                           "direction": "publish", "kind": "video"}
+                           "direction": "publish", "kind": "video", "source": "server"}
     summary = mongo_db[ROLLUPS].find_one({"_id": doc["_id"]})
     assert summary is not None and summary["n"] == 30 and summary["meta"] == doc["meta"]
     assert summary["r10"]["n"] == [0, 0, 0, 10, 10, 10]

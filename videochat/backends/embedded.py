@@ -111,11 +111,25 @@ def stop_pid(pid: int, timeout: float = 10.0) -> None:
 
 def port_free(port: int, host: str = HOST) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As the servers bind: a killed server's connections linger in TIME_WAIT on its port,
+        # which would refuse a plain bind although the server can listen there again.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
             return False
         return True
+
+
+def port_freed(port: int, within_s: float = 1.0) -> bool:
+    """The port is free, or becomes so shortly: a server that was just killed reads as dead
+    (a zombie) a moment before the kernel has closed its listening socket."""
+    deadline = time.monotonic() + within_s
+    while not port_free(port):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def valkey_binary() -> Path:
@@ -369,7 +383,7 @@ class EmbeddedServers:
                     logger.warning("embedded %s (pid %d) does not answer: stopping it", name,
                                    pid)
                     stop_pid(pid)
-                reuse = isinstance(port, int) and port >= 1024 and port_free(port)
+                reuse = isinstance(port, int) and port >= 1024 and port_freed(port)
                 server = cls(self.state_dir / name, port if reuse else None)
                 server.spawn()  # both start at once: SecantusDB alone takes 1-2 s
                 self._owned[name] = server

@@ -51,6 +51,7 @@ chat_seq_key = _key("vc:chatseq:{}:{}")  # (room, origin)
 chat_ledger_key = _key("vc:chatledger:{}")  # (room)
 chat_rate_key = _key("vc:chatrate:{}:{}")  # (room, participant_id)
 chat_hub_wake_key = _key("vc:chathub-wake:{}")  # (token)
+chat_outbox_key = _key("vc:chatoutbox:{}")  # (client message id): videochat/ui/outbox.py
 
 
 # --- MongoDB collections ----------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Who is in which room, in Redis, so that every app process and the command line can see it.
 
 Layout: hash `vc:presence:{room}` (field = participant id, value = JSON {name, joined_at, node,
-seen}) and set `vc:rooms`. Entries whose `seen` is older than `stale_after_s` belong to a
-process that died without saying goodbye and are ignored (and pruned).
+seen, call_id, call_started_at}) and set `vc:rooms`. The call fields let a restarted process
+continue the same call when its participants come back (`videochat.call.seats`).
+Entries whose `seen` is older than `stale_after_s` belong to a process that died without
+saying goodbye and are ignored (and pruned).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class ParticipantInfo:
     joined_at: float
     node: str
     seen: float
+    call_id: str | None = None
+    call_started_at: float | None = None
 
 
 class Presence:
@@ -48,15 +52,18 @@ class Presence:
         self.clock = clock
         self.stale_after_s = stale_after_s
 
-    def join(self, room: str, participant_id: str, name: str, joined_at: float) -> None:
-        value = {"name": name, "joined_at": joined_at, "node": self.node, "seen": self.clock()}
+    def join(self, room: str, participant_id: str, name: str, joined_at: float,
+             call_id: str | None = None, call_started_at: float | None = None) -> None:
+        value = {"name": name, "joined_at": joined_at, "node": self.node, "seen": self.clock(),
+                 "call_id": call_id, "call_started_at": call_started_at}
         pipe = self.redis.pipeline()
         pipe.hset(presence_key(room), participant_id, json.dumps(value))
         pipe.sadd(ROOMS_KEY, room)
         pipe.execute()
 
-    def touch(self, room: str, participant_id: str, name: str, joined_at: float) -> None:
-        self.join(room, participant_id, name, joined_at)
+    def touch(self, room: str, participant_id: str, name: str, joined_at: float,
+              call_id: str | None = None, call_started_at: float | None = None) -> None:
+        self.join(room, participant_id, name, joined_at, call_id, call_started_at)
 
     def leave(self, room: str, participant_id: str) -> None:
         self.redis.hdel(presence_key(room), participant_id)
@@ -71,8 +78,11 @@ class Presence:
         for pid, value in raw.items():
             try:
                 d = json.loads(value)
+                started = d.get("call_started_at")
                 info = ParticipantInfo(pid, str(d["name"]), float(d["joined_at"]),
-                                       str(d.get("node", "")), float(d.get("seen", 0)))
+                                       str(d.get("node", "")), float(d.get("seen", 0)),
+                                       d.get("call_id") or None,
+                                       None if started is None else float(started))
             except (ValueError, KeyError, TypeError):
                 stale.append(pid)
                 continue

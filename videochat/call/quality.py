@@ -5,21 +5,26 @@ Not thread-safe: drive each policy from one thread, normally the media event loo
 
 Design (why)
 ------------
-* **A ladder, not a free-running encoder.** aiortc's VP8 encoder only follows REMB (delay-based)
-  between 250 kbps and 1.5 Mbps and has no per-sender bitrate API, but the relay can emit smaller
-  frames (`frame.reformat`) and drop frames. So each subscriber leg is told a `QualityLevel`
-  (a bounding box, a frame-rate cap and the bitrate that rung needs) and the relay scales
-  (`frame_size_for`) and decimates (`FrameDecimator` / `should_send`) to it. The rungs follow
-  LiveKit's presets: 720p30 (1.5 Mbps, aiortc's ceiling) -> 480p30 (800 kbps) -> 360p24
-  (450 kbps, LiveKit's h360) -> 240p15 (250 kbps, aiortc's floor) -> 180p10 (160 kbps, LiveKit's
-  h180) -> audio-only (video paused, placeholder tile; ~40 kbps of Opus).
+* **A ladder, and a bitrate per rung.** Each subscriber leg is told a `QualityLevel` (a
+  bounding box, a frame-rate cap, the bitrate its encoder aims at and the floor under which it
+  no longer looks right); the relay scales (`frame_size_for`) and decimates (`FrameDecimator`
+  / `should_send`) to it, and the leg's encoder (videochat/compat/encoders.py) is given
+  `video_bitrate_kbps`: the rung's target, or the receiver's estimate (REMB) less audio's
+  share when that is lower, never under 30 kbps. aiortc's own VP8 encoder would keep 250 kbps
+  at least whatever the rung, more than a 200 kbps path carries. Targets / floors (kbps),
+  after LiveKit's presets: 720p30 1500/500 -> 480p30 800/300 -> 360p24 450/180 (LiveKit's
+  h360) -> 240p15 200/90 -> 180p10 100/50 (LiveKit's h180) -> audio-only (video paused,
+  placeholder tile; Opus at 32 kbps, served first).
 * **Down fast, up slowly, never flap.** `QualityPolicy.observe()` is fed each leg's stats sample
-  (loss fraction, RTT, an *available*-bitrate estimate when one exists, and how much media time
-  the sample covers). Each sample is *bad*, *good* or *neutral*; the band between the down and
-  the up thresholds is neutral and holds the level (hysteresis). The thresholds are GCC's, the
-  congestion control every browser runs: above 10 % loss it cuts its rate, below 2 % it may
-  raise it. RTT: above 500 ms a conversation breaks down (ITU-T G.114 puts the one-way limit at
-  400 ms, and queueing delay grows before loss does); under 250 ms it is comfortable. Evidence
+  (loss fraction, RTT, the receiver's *available*-bitrate estimate when one exists, and how
+  much media time the sample covers). Each sample is *bad*, *good* or *neutral*; the band
+  between the down and the up thresholds is neutral and holds the level (hysteresis). The loss
+  thresholds are GCC's, the congestion control every browser runs: above 10 % loss it cuts its
+  rate, below 2 % it may raise it. RTT counts only as **delay growth** (`DelayTrend`): RTT
+  above its 10 s minimum by more than 150 ms, reached by three consecutive rises: a queue
+  building at the bottleneck, which shows before loss does. A constant latency (a long path,
+  or one that jumped once and stayed) is not congestion: stepping down would not shorten it.
+  A standing queue up to 300 ms over the minimum does not block a climb. Evidence
   is counted in *media time*: consecutive bad samples must cover `down_after_s` = 0.5 s, the
   shortest interval between two receiver reports (aiortc and Chrome send one every 0.5-1.5 s,
   RFC 3550's randomised interval). So every bad report is enough, as GCC too reacts to each
@@ -29,17 +34,19 @@ Design (why)
   (or sample at 2-4 Hz), never once a second on a timer: that would add up to a second.
   - Down: bad for `down_after_s` = 0.5 s, and at least `down_hold_s` = 1 s after the previous
     change (the new level needs that long to show in the stats); evidence from before a change
-    never counts for the next one. Loss and RTT step one rung at a time and stop at the lowest
-    video rung; only `severe_loss` (40 %: most frames cannot be reassembled) or a bitrate below
-    that rung's need pauses video. A measured
-    bitrate below `down_bitrate_ratio` (0.8) x the rung's need jumps straight to the best rung
-    that fits, since it is a direct measure of what the path carries.
+    never counts for the next one. Loss and delay growth step one rung at a time and stop at
+    the lowest video rung; only `severe_loss` (40 %: most frames cannot be reassembled) or an
+    estimate below the lowest rung's floor pauses video. An estimate below the rung's floor
+    jumps straight to the best rung whose floor fits, since it is a direct measure of what the
+    path carries.
   - Up: one rung at a time, after `up_after_s` = 7 s of continuously good samples following a
     down-step, then `up_step_s` = 4 s per further rung while it stays good: from 180p10 to 720p30
     takes 7 + 3 x 4 = 19 s of good conditions, from audio-only 23 s. Why 7 and not 10: the issue
     promises the first step up within 10 s of the network clearing, and receiver reports add up
     to ~1.5 s before the first clean report and ~1.5 s before the one that crosses the mark.
-    An up-step needs `up_bitrate_headroom` (1.25) x the next rung's bitrate when a bitrate is known.
+    An up-step needs `up_bitrate_headroom` (1.25) x the next rung's floor when an estimate is
+    known (the floor, not the target: a receiver's REMB tops out near 1.5 x what it gets, so a
+    rung whose encoder is held under its target by the estimate could never prove the next).
   - No flapping: if conditions turn bad within `failed_up_window_s` = 10 s of an up-step, that
     probe failed and the next first up-step waits twice as long (capped at 60 s): exponential
     backoff of failed bandwidth probes. An up-step that holds for the window resets the wait.
@@ -71,13 +78,16 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class QualityLevel:
-    """One rung: a bounding box (long x short side), a frame-rate cap and the bitrate it needs."""
+    """One rung: a bounding box (long x short side), a frame-rate cap, the bitrate its encoder
+    aims at (`target_kbps`, the most it is given) and the least it still looks right at
+    (`floor_kbps`: below that estimate the ladder steps down)."""
 
     name: str
     max_width: int
     max_height: int
     max_fps: int
     target_kbps: int
+    floor_kbps: int
     rank: int  # 0 = best
 
     @property
@@ -86,13 +96,16 @@ class QualityLevel:
 
 
 LADDER: tuple[QualityLevel, ...] = (
-    QualityLevel("720p30", 1280, 720, 30, 1500, 0),
-    QualityLevel("480p30", 854, 480, 30, 800, 1),
-    QualityLevel("360p24", 640, 360, 24, 450, 2),
-    QualityLevel("240p15", 426, 240, 15, 250, 3),
-    QualityLevel("180p10", 320, 180, 10, 160, 4),
-    QualityLevel("audio-only", 0, 0, 0, 40, 5),
+    QualityLevel("720p30", 1280, 720, 30, 1500, 500, 0),
+    QualityLevel("480p30", 854, 480, 30, 800, 300, 1),
+    QualityLevel("360p24", 640, 360, 24, 450, 180, 2),
+    QualityLevel("240p15", 426, 240, 15, 200, 90, 3),
+    QualityLevel("180p10", 320, 180, 10, 100, 50, 4),
+    QualityLevel("audio-only", 0, 0, 0, 40, 0, 5),
 )
+AUDIO_KBPS = 32  # Opus for speech: 32 kbps is transparent; aiortc's 96 kbps default is music
+AUDIO_RESERVE_KBPS = 40  # what audio takes of an estimate, headers included: served first
+VIDEO_FLOOR_KBPS = 30  # the least a video encoder is given (aiortc's own floor is 250)
 TOP = LADDER[0]
 LOWEST_VIDEO = LADDER[-2]
 AUDIO_ONLY = LADDER[-1]
@@ -114,11 +127,22 @@ def step_up(level: QualityLevel) -> QualityLevel:
 
 
 def best_fitting(bitrate_kbps: float) -> QualityLevel:
-    """The best rung whose need is within `bitrate_kbps` (audio-only if none)."""
+    """The best rung whose floor is within `bitrate_kbps` (audio-only if none)."""
     for level in LADDER:
-        if level.target_kbps <= bitrate_kbps:
+        if level.video and level.floor_kbps <= bitrate_kbps:
             return level
     return AUDIO_ONLY
+
+
+def video_bitrate_kbps(level: QualityLevel, estimate_kbps: float | None) -> float:
+    """What a rung's video encoder is given: the rung's target, or less when the receiver's
+    estimate (REMB) is lower, after audio has taken its share (audio keeps priority), never
+    under `VIDEO_FLOOR_KBPS` (a lower figure starves the encoder into slide shows; the ladder
+    steps down well before)."""
+    target = float(level.target_kbps)
+    if estimate_kbps is not None and not math.isnan(estimate_kbps):
+        target = min(target, estimate_kbps - AUDIO_RESERVE_KBPS)
+    return max(float(VIDEO_FLOOR_KBPS), target)
 
 
 # ----------------------------------------------------------------------------------- thresholds
@@ -132,12 +156,22 @@ class QualityThresholds:
     down_loss: float = 0.10  # GCC cuts its rate above 10 % loss
     up_loss: float = 0.02  # ...and may raise it below 2 %: between is the hysteresis band
     severe_loss: float = 0.40  # most frames lost: only then may loss alone pause video
-    down_rtt_ms: float = 500.0  # conversation breaks down; queues grow before loss shows
-    # aiortc derives RTT from receiver reports as they are processed on a busy event loop and
-    # smooths it heavily (measured 150-320 ms on loopback after a fault), so a tight gate would
-    # keep a recovered leg down for good; loss is the steadier signal for climbing back.
+    # The badge's RTT bands: above 500 ms a conversation breaks down (ITU-T G.114 puts the
+    # one-way limit at 400 ms). The ladder does not read RTT as such (a constant latency is
+    # no congestion: stepping down does not shorten a long path), only its growth below.
+    down_rtt_ms: float = 500.0
     up_rtt_ms: float = 400.0
-    down_bitrate_ratio: float = 0.8  # encoders overshoot ~20 %: below that the rung cannot fit
+    # Delay growth (a queue building up at the bottleneck, before it overflows into loss):
+    # RTT above its minimum over the last `delay_window_s` (the path's own latency) by more
+    # than `delay_growth_ms`, reached by `delay_rises` consecutive rises of `delay_rise_ms`
+    # or more. A latency that jumps once and stays (a longer route, the injector's latency)
+    # is one rise, not three. A standing queue up to `standing_queue_ms` over the minimum
+    # does not block a climb (aiortc's RTT reads 150-320 ms on a busy loop).
+    delay_window_s: float = 10.0
+    delay_growth_ms: float = 150.0
+    delay_rise_ms: float = 20.0
+    delay_rises: int = 3
+    standing_queue_ms: float = 300.0
     up_bitrate_headroom: float = 1.25  # the next rung must fit with room, or it congests at once
     down_after_s: float = 0.5  # one receiver report's worth; not a shorter blip
     down_hold_s: float = 1.0  # a new rung needs a report interval to show in the stats
@@ -157,11 +191,15 @@ class QualityThresholds:
              "need 0 <= up_loss < down_loss <= severe_loss <= 1")
         rule(0 < self.up_rtt_ms < self.down_rtt_ms, "rtt", (self.up_rtt_ms, self.down_rtt_ms),
              "need 0 < up_rtt_ms < down_rtt_ms")
-        rule(0 < self.down_bitrate_ratio <= 1 <= self.up_bitrate_headroom, "bitrate",
-             (self.down_bitrate_ratio, self.up_bitrate_headroom),
-             "need 0 < down_bitrate_ratio <= 1 <= up_bitrate_headroom")
-        for name in ("window_s", "max_interval_s", "down_after_s", "down_hold_s", "up_after_s",
-                     "up_step_s", "failed_up_window_s"):
+        rule(self.up_bitrate_headroom >= 1, "up_bitrate_headroom", self.up_bitrate_headroom,
+             "must be >= 1")
+        rule(0 < self.delay_growth_ms <= self.standing_queue_ms, "delay",
+             (self.delay_growth_ms, self.standing_queue_ms),
+             "need 0 < delay_growth_ms <= standing_queue_ms")
+        rule(self.delay_rises >= 1, "delay_rises", self.delay_rises, "must be >= 1")
+        rule(self.delay_rise_ms >= 0, "delay_rise_ms", self.delay_rise_ms, "must be >= 0")
+        for name in ("window_s", "delay_window_s", "max_interval_s", "down_after_s",
+                     "down_hold_s", "up_after_s", "up_step_s", "failed_up_window_s"):
             rule(getattr(self, name) > 0, name, getattr(self, name), "must be > 0")
         rule(self.up_backoff_factor >= 1, "up_backoff_factor", self.up_backoff_factor,
              "must be >= 1")
@@ -195,6 +233,52 @@ def connection_quality(loss_fraction: float | None, rtt_ms: float | None,
     if loss > thresholds.up_loss or rtt > thresholds.up_rtt_ms or rank >= 2:
         return ConnectionQuality.GOOD
     return ConnectionQuality.EXCELLENT
+
+
+# ------------------------------------------------------------------------------- delay growth
+class DelayTrend:
+    """RTT against its recent minimum: tells a queue that grows from a path that is long.
+
+    `add()` each RTT sample; `excess_ms` is how far it is above the minimum of the last
+    `delay_window_s`, `growing` whether it got there by `delay_rises` consecutive rises (a
+    fall of more than `delay_rise_ms` starts the count over; changes smaller than that are
+    noise and leave it as it is).
+    """
+
+    def __init__(self, thresholds: QualityThresholds) -> None:
+        self.t = thresholds
+        self._samples: deque[tuple[float, float]] = deque()  # (at, rtt), minimum at the left
+        self._last: float | None = None
+        self.rises = 0
+        self.excess_ms = 0.0
+
+    @property
+    def growing(self) -> bool:
+        return self.rises >= self.t.delay_rises and self.excess_ms > self.t.delay_growth_ms
+
+    def add(self, at: float, rtt_ms: float) -> None:
+        samples = self._samples
+        while samples and samples[-1][1] >= rtt_ms:
+            samples.pop()  # a monotonic deque: its left end is the window's minimum
+        samples.append((at, rtt_ms))
+        while samples[0][0] <= at - self.t.delay_window_s:
+            samples.popleft()
+        self.excess_ms = rtt_ms - samples[0][1]
+        last = self._last
+        if last is not None:
+            if rtt_ms >= last + self.t.delay_rise_ms:
+                self.rises = self.rises + 1 if self.excess_ms > 0 else 0
+            elif rtt_ms <= last - self.t.delay_rise_ms:
+                self.rises = 0
+        self._last = rtt_ms
+        if self.excess_ms <= self.t.delay_growth_ms:
+            self.rises = min(self.rises, self.t.delay_rises - 1)  # must climb past it again
+
+    def clear(self) -> None:
+        self._samples.clear()
+        self._last = None
+        self.rises = 0
+        self.excess_ms = 0.0
 
 
 # ------------------------------------------------------------------------------------ the policy
@@ -234,6 +318,7 @@ class QualityPolicy:
         self._good_since: float | None = None
         self._last_up_at: float | None = None
         self._up_after = thresholds.up_after_s
+        self.delay = DelayTrend(thresholds)
         self.loss: float | None = None  # window means, for the badge and the diagnostics
         self.rtt_ms: float | None = None
 
@@ -270,6 +355,8 @@ class QualityPolicy:
         rtt = None if rtt_ms is None or math.isnan(rtt_ms) else max(0.0, rtt_ms)
         bitrate = None if bitrate_kbps is None or math.isnan(bitrate_kbps) else bitrate_kbps
         self._smooth(at, loss, rtt, interval)
+        if rtt is not None:
+            self.delay.add(at, rtt)
 
         if self._last_up_at is not None and at - self._last_up_at > self.t.failed_up_window_s:
             self._up_after = self.t.up_after_s  # the last probe held: trust the path again
@@ -321,13 +408,14 @@ class QualityPolicy:
 
     def _judge(self, loss: float | None, rtt: float | None,
                bitrate: float | None) -> tuple[str, QualityLevel, str]:
-        t, level = self.t, self.level
-        starved = bitrate is not None and bitrate < level.target_kbps * t.down_bitrate_ratio
-        if bitrate is not None and level.video and starved:
+        t, level, delay = self.t, self.level, self.delay
+        if bitrate is not None and level.video and bitrate < level.floor_kbps:
+            # The receiver's estimate is a direct measure of what the path carries: go
+            # straight to the rung that fits it rather than one step per report.
             target = _not_above(best_fitting(bitrate), step_down(level))
             return "bad", target, f"bitrate {bitrate:.0f} kbps"
         lossy = loss is not None and loss >= t.down_loss
-        if lossy or (rtt is not None and rtt >= t.down_rtt_ms):
+        if lossy or delay.growing:
             # One receiver report is a small sample at low frame rates: pausing video needs
             # the recent mean to be severe too, not a single unlucky report.
             severe = (loss is not None and loss >= t.severe_loss
@@ -336,12 +424,14 @@ class QualityPolicy:
             target = step_down(level)
             if target.rank > floor.rank:
                 target = level if level.rank >= floor.rank else floor
-            what = f"loss {loss:.0%}" if lossy and loss is not None else f"rtt {rtt:.0f} ms"
+            what = (f"loss {loss:.0%}" if lossy and loss is not None
+                    else f"delay growth {delay.excess_ms:.0f} ms")
             return "bad", target, what
-        if loss is not None and loss <= t.up_loss and (rtt is None or rtt <= t.up_rtt_ms):
+        queue_ok = rtt is None or delay.excess_ms <= t.standing_queue_ms
+        if loss is not None and loss <= t.up_loss and queue_ok:
             nxt = step_up(level) if level.rank > self.ceiling.rank else level
             if (nxt is not level and bitrate is not None
-                    and bitrate < nxt.target_kbps * t.up_bitrate_headroom):
+                    and bitrate < nxt.floor_kbps * t.up_bitrate_headroom):
                 return "neutral", level, "bitrate too low to step up"
             return "good", nxt, "conditions good"
         return "neutral", level, "hold"
@@ -378,6 +468,7 @@ class QualityPolicy:
         self._window.clear()
         self._severe.clear()
         self._severe_mean = 0.0
+        self.delay.clear()
         self._bad_since = self._good_since = self._last_up_at = None
         self.loss = self.rtt_ms = None
 

@@ -11,7 +11,9 @@ down within 2 s of the loss starting.
 The hook wraps one sender's RTCP handler (the method aiortc's DTLS transport calls for each
 RTCP packet routed to that sender, reached through `videochat.compat.aiortc`): aiortc's own
 handling runs first and unchanged, then each report block about the sender's SSRC goes to the
-callback.
+callback, and so does each REMB (the receiver's estimate of the bitrate the path carries;
+Chrome sends one with most video reports) that names it: the ladder steps to the rung that
+fits it, and aiortc itself hands it to the sender's encoder (videochat.compat.encoders).
 """
 
 from __future__ import annotations
@@ -23,7 +25,13 @@ from collections.abc import Callable
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpSender
-from aiortc.rtp import RtcpRrPacket, RtcpSrPacket
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpSrPacket,
+    unpack_remb_fci,
+)
 
 from videochat.compat.aiortc import (
     last_sender_report,
@@ -36,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 # (kind, loss over about the last WINDOW_S, round-trip time in ms from this report or None)
 ReportSink = Callable[[str, float, float | None], None]
+# (kind, the receiver's estimated maximum bitrate in kbps, for all its streams together)
+EstimateSink = Callable[[str, float], None]
 _HOOKED = "_vc_report_sink"
 WINDOW_S = 0.5
 MIN_PACKETS = 10
@@ -84,15 +94,17 @@ class LossWindow:
         return min(1.0, max(0.0, lost / expected))
 
 
-def watch_receiver_reports(pc: RTCPeerConnection, sink: ReportSink) -> int:
+def watch_receiver_reports(pc: RTCPeerConnection, sink: ReportSink,
+                           estimates: EstimateSink | None = None) -> int:
     """Call `sink(kind, loss, rtt_ms)` for every report block the remote end sends about one of
-    `pc`'s senders, on aiortc's loop. Returns how many senders are newly watched (each sender is
-    hooked at most once; call again after adding tracks)."""
+    `pc`'s senders, and `estimates(kind, kbps)` for every REMB naming one, on aiortc's loop.
+    Returns how many senders are newly watched (each sender is hooked at most once; call again
+    after adding tracks)."""
     hooked = 0
     for sender in pc.getSenders():
         if sender.track is None or getattr(sender, _HOOKED, None) is not None:
             continue
-        _hook(sender, sender.track.kind, sink)
+        _hook(sender, sender.track.kind, sink, estimates)
         hooked += 1
     if hooked:
         logger.debug("watching receiver reports of %d senders", hooked)
@@ -100,6 +112,7 @@ def watch_receiver_reports(pc: RTCPeerConnection, sink: ReportSink) -> int:
 
 
 def _hook(sender: RTCRtpSender, kind: str, sink: ReportSink,
+          estimates: EstimateSink | None = None,
           clock: Callable[[], float] = time.monotonic) -> None:
     original = rtcp_handler(sender)
     ssrc = sender_ssrc(sender)
@@ -132,6 +145,17 @@ def _hook(sender: RTCRtpSender, kind: str, sink: ReportSink,
                         sink(kind, loss, rtt_ms)
                     except Exception:  # a sink bug must not break aiortc's RTCP handling
                         logger.exception("receiver report sink failed")
+        elif (estimates is not None and isinstance(packet, RtcpPsfbPacket)
+              and packet.fmt == RTCP_PSFB_APP):
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:  # another application-layer feedback than REMB
+                return
+            if ssrc in ssrcs:
+                try:
+                    estimates(kind, bitrate / 1000.0)
+                except Exception:
+                    logger.exception("bitrate estimate sink failed")
 
     set_rtcp_handler(sender, handle)
     setattr(sender, _HOOKED, sink)  # noqa: B010

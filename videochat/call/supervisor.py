@@ -29,21 +29,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import av
-
 from videochat.call.quality import (
+    AUDIO_KBPS,
+    AUDIO_RESERVE_KBPS,
+    VIDEO_FLOOR_KBPS,
     ConnectionQuality,
     FrameDecimator,
     QualityPolicy,
     frame_size_for,
     start_level,
+    video_bitrate_kbps,
 )
 from videochat.call.recovery import Action, EventContext, LegSupervisor, ReconnectState
 from videochat.call.rtcp import watch_receiver_reports
+from videochat.compat.aiortc import on_keyframe_request
+from videochat.compat.encoders import RungVp8Encoder, install_leg_encoders
 from videochat.events import CallEvent
 from videochat.faults.injector import FaultManager, VideoEffectFilter
 from videochat.media.legs import LegRegistry, MediaLeg
 from videochat.media.participant import Participant, Slot
+from videochat.media.relay import Delivery, is_video
 from videochat.media.room import RoomRegistry
 from videochat.metrics.stats import FrameCounter, MetricSample
 
@@ -55,6 +60,9 @@ ATTEMPT_TIMEOUT_S = 30.0  # about how long ICE keeps checking before it declares
 OUTAGE_ATTEMPT_TIMEOUT_S = 4.0  # ...but after "media stopped", replace a rebuild before its
 # unanswered checks pass Chromium's ~5 s (it then pings seconds apart: see recovery.py)
 AUDIO_REPORT_FRESH_S = 12.0  # browsers report on audio every ~5 s
+FPS_TOLERANCE = 0.85  # a 30 fps rung forwards a camera measured at up to ~35 fps
+ESTIMATE_FRESH_S = 5.0  # Chrome sends a REMB with most video reports (~1 s): older is stale
+START_KBPS = 300  # before the receiver's first estimate, as WebRTC's senders start
 Emit = Callable[[CallEvent], None]
 Rebuild = Callable[[Participant], None]
 
@@ -75,6 +83,59 @@ class SubscriberView:
         # (when, loss, span) of the last audio report
         self._audio_loss: tuple[float, float, float | None] | None = None
         self._rtt_from_reports = False
+        self._estimate: tuple[float, float] | None = None  # (when, REMB kbps)
+        self.encoder: RungVp8Encoder | None = None
+
+    def attach_encoder(self, encoder: RungVp8Encoder | None) -> None:
+        """The leg's video encoder, told the rung's bitrate from now on."""
+        self.encoder = encoder
+        self._set_cap()
+
+    def _set_cap(self) -> None:
+        if self.encoder is not None and self.policy.level.video:
+            self.encoder.cap_bps = self.policy.level.target_kbps * 1000
+
+    @property
+    def estimate_kbps(self) -> float | None:
+        """The receiver's latest bandwidth estimate (REMB), while fresh."""
+        est = self._estimate
+        if est is None or self.clock() - est[0] > ESTIMATE_FRESH_S:
+            return None
+        return est[1]
+
+    @property
+    def video_kbps(self) -> float:
+        """What the video encoder is given now (the rung's target within the estimate)."""
+        return video_bitrate_kbps(self.policy.level, self.estimate_kbps)
+
+    def on_estimate(self, kind: str, kbps: float) -> None:
+        """A REMB from this leg's receiver (all its streams together)."""
+        if kind == "video":
+            self._estimate = (self.clock(), kbps)
+
+    def forwardable(self) -> bool:
+        """The rung is the publisher's own quality (its size fits the rung's box, its frame
+        rate the rung's cap) and no fault effect applies: the publisher's encoded frames can
+        go to this subscriber as they are, with no decode and no encode."""
+        hub = self.slot.video.hub
+        if hub is None or not hub.can_forward:
+            return False
+        if self.effect is not None and self.effect.active():
+            return False
+        level = self.policy.level
+        if not level.video:
+            return False
+        if hub.size is not None and frame_size_for(level, *hub.size) != hub.size:
+            return False
+        # A rung capped below the publisher's rate needs decimating, i.e. transcoding.
+        return hub.fps is None or level.max_fps >= hub.fps * FPS_TOLERANCE
+
+    def delivery(self) -> Delivery:
+        """How this subscriber gets the publisher's video now (RelayTrack.route)."""
+        effect = self.effect is not None and self.effect.active()
+        if not self.policy.level.video and not effect:
+            return "paused"
+        return "forwarded" if self.forwardable() else "transcoded"
 
     def set_publisher(self, name: str) -> None:
         if self.effect is not None:
@@ -84,7 +145,9 @@ class SubscriberView:
         if self.effect is not None:
             frame = self.effect.apply(frame)
         level = self.policy.level
-        self.decimator.set_level(level)
+        if level is not self.decimator.level:
+            self.decimator.set_level(level)
+            self._set_cap()
         if not level.video or not self.decimator.should_send(self.clock()):
             return None
         w, h = frame_size_for(level, frame.width, frame.height)
@@ -101,7 +164,8 @@ class SubscriberView:
         if not self._rtt_from_reports:  # aiortc's smoothed RTT, until reports bring one
             self._rtt_ms = sample.rtt_ms
         if sample.kind not in self._reported:
-            self.policy.observe(sample.loss_fraction, sample.rtt_ms, at=self.clock())
+            self.policy.observe(sample.loss_fraction, sample.rtt_ms, self.estimate_kbps,
+                                at=self.clock())
 
     def on_report(self, kind: str, loss: float, rtt_ms: float | None = None) -> None:
         """A receiver report about this leg's `kind` stream, as it arrives (videochat.call.rtcp),
@@ -120,7 +184,7 @@ class SubscriberView:
             loss = self._confirmed(loss, at)
         # The report covers the time since that receiver's previous one; the first, an
         # unknown stretch (None: the policy takes the time since its last sample).
-        self.policy.observe(loss, self._rtt_ms, at=at,
+        self.policy.observe(loss, self._rtt_ms, self.estimate_kbps, at=at,
                             interval_s=None if last is None else at - last)
 
     def _confirmed(self, loss: float, at: float) -> float:
@@ -142,6 +206,21 @@ class SubscriberView:
     @property
     def paused(self) -> bool:
         return not self.policy.level.video
+
+
+def _encoders(pc: Any, view: SubscriberView) -> RungVp8Encoder | None:
+    """Our encoders on a subscriber leg: VP8 at the rung's bitrate within the receiver's
+    estimate (aiortc's own keeps 250 kbps at least, more than a 200 kbps path carries), Opus
+    at speech rate, whose share comes off the estimate first."""
+    try:
+        return install_leg_encoders(
+            pc, view.policy.level.target_kbps * 1000 if view.policy.level.video else
+            VIDEO_FLOOR_KBPS * 1000, start_bps=START_KBPS * 1000,
+            audio_bps=AUDIO_KBPS * 1000, floor_bps=VIDEO_FLOOR_KBPS * 1000,
+            reserve_bps=AUDIO_RESERVE_KBPS * 1000)
+    except Exception:  # noqa: BLE001 - aiortc's own encoders still work
+        logger.exception("installing the leg's encoders failed")
+        return None
 
 
 @dataclass
@@ -213,16 +292,31 @@ class CallSupervisor:
                 if view is not None:
                     view.on_report(kind, loss, rtt_ms)
 
+            def on_estimate(kind: str, kbps: float) -> None:
+                view = self._views.get(leg_id)
+                if view is not None:
+                    view.on_estimate(kind, kbps)
+
+            def watch_reports() -> None:
+                watch_receiver_reports(pc, on_report, on_estimate)
+                view = self._views.get(leg_id)
+                if view is not None:
+                    view.attach_encoder(_encoders(pc, view))
+
             @pc.on("connectionstatechange")
             def _state() -> None:
                 if subscriber and pc.connectionState == "connected":
                     watch_receiver_reports(pc, on_report)  # the senders exist by now
+                    self._relay_keyframe_requests(me, leg)
+                    watch_reports()  # the senders exist by now, before their first frame
                 self._leg_state(leg, pc.connectionState)
 
             if subscriber:
                 self._attach_view(me, leg)
                 if pc.connectionState == "connected":  # registered after it connected
                     watch_receiver_reports(pc, on_report)
+                    self._relay_keyframe_requests(me, leg)
+                    watch_reports()
         elif watch is not None and leg.closed:
             self._leg_state(leg, "closed")
 
@@ -245,6 +339,17 @@ class CallSupervisor:
                 self._tick_safely()
 
     @staticmethod
+    def _relay_keyframe_requests(me: Participant, leg: MediaLeg) -> None:
+        """A subscriber's PLI reaches the publisher of whatever its slot relays."""
+        slot = me.slot_at(leg.slot_index)
+        if slot is None:
+            return
+        for sender in leg.pc.getSenders():
+            track = sender.track
+            if track is not None and track.kind == "video":
+                on_keyframe_request(sender, slot.video.keyframe_requested)
+
+    @staticmethod
     def _unbound_slot(me: Participant, leg: MediaLeg) -> bool:
         if leg.direction != "subscribe":
             return False
@@ -259,7 +364,7 @@ class CallSupervisor:
         pid = me.id
 
         def on_frame(frame: Any) -> None:
-            if isinstance(frame, av.VideoFrame):
+            if is_video(frame):
                 self._frame(pid)
 
         hub.on_frame.append(on_frame)
@@ -281,7 +386,8 @@ class CallSupervisor:
         counter_of, leg_id = self.counter_of, leg.leg_id
 
         def on_frame(frame: Any) -> None:
-            if isinstance(frame, av.VideoFrame):
+            # Forwarded frames count too, with the size their stream's keyframes carry.
+            if is_video(frame) and frame.width > 0:
                 counter_of(leg_id).on_frame(frame.width, frame.height)
 
         source.on_frame.append(on_frame)
@@ -316,11 +422,15 @@ class CallSupervisor:
         if view is None or view.slot is not slot:
             room = self.registry.room_of(me)
             ctx = EventContext(me.room, me.name, room.call_id if room else None, leg.leg_id)
+            old = view
             view = SubscriberView(slot, me.room, publisher.name if publisher else "",
                                   emit=self.emit, faults=self.faults, clock=self.clock,
                                   context=ctx)
+            if old is not None:
+                view.attach_encoder(old.encoder)
             self._views[leg.leg_id] = view
             slot.video.transform = view.transform
+            slot.video.route = view.delivery
 
     def on_sample(self, sample: MetricSample) -> None:
         """Sampler sink (on the loop): subscriber samples drive that leg's ladder.
@@ -342,6 +452,11 @@ class CallSupervisor:
     def quality_of(self, leg_id: str) -> str | None:
         view = self._views.get(leg_id)
         return view.policy.level.name if view is not None else None
+
+    def delivery_of(self, leg_id: str) -> str | None:
+        """How a subscriber leg's video goes out now: forwarded, transcoded or paused."""
+        view = self._views.get(leg_id)
+        return view.slot.video.delivery if view is not None else None
 
     def connection_quality(self, leg_id: str) -> ConnectionQuality | None:
         view = self._views.get(leg_id)

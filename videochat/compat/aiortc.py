@@ -26,7 +26,13 @@ Accessors:
 * `RTCIceTransport._send` / `_recv` and `_connection` (the aioice `Connection`): the fault
   injector's DTLS/SRTP seam, `videochat/faults/injector.py`.
 * `RemoteStreamTrack._queue`: the received frames, ended by `end_remote_tracks_on_close`.
-* `MediaRelay._stop` and its proxies' `_buffered`, `_queue`, `_frame`, `_new_frame_event`:
+* Forwarding (`videochat/media/relay.py`): `RTCRtpReceiver.__decoder_queue` (its `put` is where
+  the jitter buffer hands over each reassembled frame: tapped for the encoded bytes, and the
+  decoder fed only while someone needs decoded frames), `RTCRtpReceiver._send_rtcp_pli` (a PLI
+  to the publisher; aiortc calls it itself after an unrepairable loss), `RTCRtpSender.
+  _send_keyframe` (a subscriber's PLI/FIR, ignored by aiortc for packed frames) and
+  `RelayStreamTrack._source` (from streamlit-webrtc's relayed input track to its receiver).
+* `MediaRelay._stop` and its proxies' `_queue` (replaced by a `NewestFrameQueue` for video):
   `BoundedMediaRelay`, the server-wide relay videochat/ui/webrtc.py installs.
 """
 
@@ -40,8 +46,9 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender
-from aiortc.contrib.media import MediaRelay
+import av
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc.contrib.media import MediaRelay, RelayStreamTrack
 
 RtcpHandler = Callable[[Any], Awaitable[None]]
 
@@ -165,15 +172,71 @@ def ice_connection(ice: Any) -> Any | None:
 
 # --- the server-wide media relay -------------------------------------------------------------
 
+class NewestFrameQueue(asyncio.Queue[Any]):
+    """A relay proxy's queue for video: the newest decoded frame only (a slow encoder skips
+    frames instead of building latency), but encoded packets in order, up to `limit`: dropping
+    one would break the chain of references, so an overflow drops to the next keyframe
+    (`av.Packet.is_keyframe`) and calls `on_gap` (to ask the publisher for one)."""
+
+    def __init__(self, limit: int = 8, on_gap: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self.limit = limit
+        self.on_gap = on_gap
+        self.dropped = 0
+        self._skipping = False
+
+    def _drain(self) -> None:
+        while not self.empty():
+            if self.get_nowait() is None:  # never swallow the end of the stream
+                super().put_nowait(None)
+                return
+            self.dropped += 1
+
+    def put_nowait(self, item: Any) -> None:
+        if item is None or not isinstance(item, av.Packet):
+            if item is not None:
+                self._drain()
+            self._skipping = False
+            super().put_nowait(item)
+            return
+        if self._skipping and not item.is_keyframe:
+            self.dropped += 1
+            return
+        self._skipping = False
+        if self.qsize() >= self.limit:
+            self._drain()
+            if not item.is_keyframe:
+                self.dropped += 1
+                self._skipping = True
+                if self.on_gap is not None:
+                    self.on_gap()
+                return
+        super().put_nowait(item)
+
+
+def _keyframe_requester(track: MediaStreamTrack) -> Callable[[], None] | None:
+    """The `keyframe_requested` of the track a chain of relay proxies ends at, if it has one."""
+    for _ in range(8):
+        if not isinstance(track, RelayStreamTrack) or track._source is None:
+            break
+        track = track._source
+    request = getattr(track, "keyframe_requested", None)
+    return request if callable(request) else None
+
+
 class BoundedMediaRelay(MediaRelay):
-    """MediaRelay whose video consumers see only the newest frame (bounded memory/latency)."""
+    """MediaRelay whose video consumers see only the newest decoded frame (bounded memory and
+    latency) and every forwarded packet, in order (`NewestFrameQueue`)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
         self._loop = loop
 
     def subscribe(self, track: MediaStreamTrack, buffered: bool = True) -> MediaStreamTrack:
-        return super().subscribe(track, buffered=buffered and track.kind != "video")
+        proxy = super().subscribe(track, buffered=True)
+        if track.kind == "video":
+            proxy._queue = NewestFrameQueue(on_gap=_keyframe_requester(track))  # type: ignore[attr-defined]
+        return proxy
 
     def _stop(self, proxy: Any) -> None:
         super()._stop(proxy)
@@ -182,10 +245,91 @@ class BoundedMediaRelay(MediaRelay):
         # proxy and its last frame — one task per rebuilt leg (bench/soak.py found 121-143 after
         # a 3-minute soak). End that recv(): it raises, and the reader task finishes.
         def wake() -> None:
-            if proxy._buffered:
-                proxy._queue.put_nowait(None)
-            else:
-                proxy._frame = None
-                proxy._new_frame_event.set()
+            proxy._queue.put_nowait(None)  # every proxy of ours is buffered
 
         self._loop.call_soon_threadsafe(wake)
+
+
+# --- encoded frames of a receiver, and keyframe requests (forwarding) ------------------------
+# (codec name, bitstream, RTP timestamp) -> whether aiortc's decoder should get the frame too.
+EncodedTap = Callable[[str, bytes, int], bool]
+
+
+def receiver_of(track: MediaStreamTrack | None) -> Any | None:
+    """The `RTCRtpReceiver` whose remote track `track` is (or relays: MediaRelay proxies are
+    followed to their source), among the connections `track_peer_connections` records."""
+    for _ in range(8):  # streamlit-webrtc relays a relayed track: follow a few proxies
+        if not isinstance(track, RelayStreamTrack):
+            break
+        track = track._source
+    if track is None:
+        return None
+    for pc, _created in tracked_peer_connections():
+        for receiver in pc.getReceivers():
+            if receiver.track is track:
+                return receiver
+    return None
+
+
+def tap_encoded_frames(receiver: Any, tap: EncodedTap) -> Callable[[], None]:
+    """Hand every frame the receiver's jitter buffer completes to `tap` before its decoder.
+
+    The jitter buffer's output goes through `put` on the receiver's private decoder queue, on
+    the event loop (`RTCRtpReceiver._handle_rtp_packet`); the decoder thread only `get`s from
+    that queue, so overriding `put` on the instance works whether or not the thread has started.
+    The stop signal (None) always goes through. Returns the undo."""
+    queue = receiver._RTCRtpReceiver__decoder_queue
+    original = type(queue).put.__get__(queue)
+
+    def put(item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if item is not None:
+            codec, frame = item
+            if not tap(codec.name, frame.data, frame.timestamp):
+                return
+        original(item, block, timeout)
+
+    queue.put = put
+
+    def untap() -> None:
+        if queue.__dict__.get("put") is put:
+            del queue.put
+
+    return untap
+
+
+def on_picture_loss(receiver: Any, callback: Callable[[], None]) -> None:
+    """Call `callback` whenever aiortc itself asks the publisher for a keyframe: its jitter
+    buffer dropped frames it could not repair, or its decoder failed. Frames forwarded after
+    that refer to pictures the subscribers never got."""
+    original = receiver._send_rtcp_pli
+
+    async def send_pli(media_ssrc: int) -> None:
+        callback()
+        await original(media_ssrc)
+
+    receiver._send_rtcp_pli = send_pli
+
+
+def request_keyframe(receiver: Any) -> bool:
+    """Send the publisher a PLI for its media SSRC (not RTX); False while none is known yet."""
+    _streams, rtx_map = remote_streams(receiver)
+    sources = sorted((s for s in receiver.getSynchronizationSources()
+                      if s.source not in rtx_map), key=lambda s: s.timestamp)
+    if not sources:
+        return False
+    # The class's method, not the instance's wrapper: our own request is not a loss.
+    asyncio.ensure_future(RTCRtpReceiver._send_rtcp_pli(receiver, sources[-1].source))
+    return True
+
+
+def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
+    """Call `callback` when the subscriber asks this sender for a keyframe (PLI or FIR).
+    aiortc only sets a flag its encoder reads: frames packed as they are ignore it, so the
+    request must travel on to the publisher."""
+    original = sender._send_keyframe
+
+    def send_keyframe() -> None:
+        original()
+        callback()
+
+    setattr(sender, "_send_keyframe", send_keyframe)  # noqa: B010 - an instance override

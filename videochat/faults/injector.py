@@ -577,6 +577,10 @@ class VideoEffectFilter:
         self._frozen: Any = None  # yuv420p planes of the frame held while frozen
         self._black: Any = None
 
+    def active(self) -> bool:
+        """A fault changes this participant's video now: it needs decoded frames."""
+        return self.manager.video_effect(self.room, self.participant) is not None
+
     def apply(self, frame: av.VideoFrame) -> av.VideoFrame:
         effect = self.manager.video_effect(self.room, self.participant)
         if effect is None:

@@ -90,6 +90,10 @@ class LegRegistry:
             listeners = list(self._listeners)
         self._notify(listeners, leg, False)
 
+    def get(self, leg_id: str) -> MediaLeg | None:
+        with self._lock:
+            return self._legs.get(leg_id)
+
     def known(self, pc: RTCPeerConnection) -> bool:
         return id(pc) in self._by_pc
 

@@ -1,22 +1,39 @@
 """The media relay: each publisher's track fanned out to each subscriber, bounded everywhere.
 
-Topology: forwarding (SFU-like), not mixing. The server decodes each publisher once (aiortc
-always decodes) into a `TrackHub`; every subscriber leg has its own `RelayTrack` that takes the
-*latest* frame from the hub it is bound to and is encoded once per subscriber. Cost per
-participant pair is one VP8 encode (~5.5 ms/frame at 640x480 here), so a 2-party call costs
-2 decodes + 2 encodes; an N-party room N decodes + N(N-1) encodes. Mixing would cost one
-encode per subscriber but a composite decode-scale-blit per frame and a fixed layout; with
-rooms of 2-6 people forwarding is cheaper and keeps each tile independent.
+Topology: forwarding (SFU-like), not mixing. A subscriber whose rung is the publisher's own
+quality gets the publisher's *encoded* frames as they are (`EncodedFrame`: aiortc's sender packs
+an `av.Packet` without encoding it): no decode, no encode. Only a subscriber on a lower rung (or
+under a fault's freeze/black effect) gets decoded frames, scaled and encoded for it alone, and a
+publisher is decoded only while at least one of its subscribers needs that. Measured before
+forwarding (every subscriber transcoded): a 3-person call took 55 % of a core, VP8 encoding
+1.7-2.1 ms a frame at 640x480; the sender's path for a packed frame is 0.04 ms.
+
+How frames get out of aiortc: aiortc always decodes what it receives, so each hub taps its
+receiver's jitter-buffer output before the decoder (`videochat.compat.aiortc.tap_encoded_frames`)
+and decides per frame whether the decoder gets it. A hub fed by a local track (a bot's) has no
+encoded frames: all its subscribers are transcoded, as before.
+
+Keyframes (a forwarded subscriber must never see a frame whose references it missed: the
+browser would show smeared pictures with no gap to notice):
+- a forwarded subscriber gets nothing until a keyframe: when it is bound, when it switches from
+  transcoded to forwarded, after its queue overflowed, and after the publisher's stream lost
+  frames the jitter buffer could not repair (aiortc then sends a PLI itself; we gate);
+- the hub asks the publisher for a keyframe (PLI) with one request outstanding at a time,
+  repeated every `PLI_RETRY_S` while a subscriber still waits; a subscriber's own PLI is passed
+  on to the publisher (aiortc ignores it for packed frames);
+- the decoder, when switched on again, is fed from the next keyframe.
 
 Why hubs and bindable relay tracks:
 - A subscriber leg is bound to a hub, not to a browser connection: when the publisher's leg is
   rebuilt (reconnect), the hub is re-fed from the new input track and every subscriber keeps
-  its connection; pts are restamped on a hub clock so the receivers' jitter buffers see one
-  continuous stream.
+  its connection; pts are restamped on a hub clock (encoded and decoded frames alike) so the
+  receivers' jitter buffers see one continuous stream, across switches between forwarded and
+  transcoded too.
 - A subscriber's slot can be bound to a publisher before that publisher's media arrives, so a
   joiner's tiles light up as soon as its camera does, with no renegotiation.
-- Queues are bounded: video keeps only the newest frame (a slow encoder skips frames instead
-  of building latency and memory), audio keeps at most `AUDIO_QUEUE` frames.
+- Queues are bounded: decoded video keeps only the newest frame (a slow encoder skips frames
+  instead of building latency and memory), encoded video at most `ENCODED_QUEUE` frames (an
+  overflow drops to the next keyframe), audio at most `AUDIO_QUEUE` frames.
 """
 
 from __future__ import annotations
@@ -28,37 +45,96 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
+from videochat.compat import aiortc as compat
+from videochat.media.encoded import (
+    FORWARDABLE_CODECS,
+    EncodedFrame,
+    opus_samples,
+    vp8_keyframe_size,
+)
+
 logger = logging.getLogger(__name__)
 
 VIDEO_CLOCK = 90_000
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
+AUDIO_CLOCK = 48_000
 AUDIO_QUEUE = 10  # 200 ms of 20 ms frames: enough to ride out a busy loop, bounded latency
+ENCODED_QUEUE = 4  # a packed frame costs 0.04 ms: a sender this far behind is stuck
 AUDIO_RESYNC_S = 0.2
+PLI_RETRY_S = 0.4  # no keyframe this long after a request: ask again (one outstanding)
 
 Frame = av.VideoFrame | av.AudioFrame
-FrameHook = Callable[[Frame], None]
+AnyFrame = av.VideoFrame | av.AudioFrame | EncodedFrame
+FrameHook = Callable[[Any], None]
+# How one subscriber gets a publisher's video: its encoded frames as they are, decoded and
+# encoded again for it (a lower rung, a fault's effect), or nothing (audio-only).
+Delivery = Literal["forwarded", "transcoded", "paused"]
+
+
+def is_video(frame: Any) -> bool:
+    """A video frame, decoded or still encoded (what hooks on hubs and relay tracks get)."""
+    if isinstance(frame, EncodedFrame):
+        return frame.kind == "video"
+    return isinstance(frame, av.VideoFrame)
 
 
 class Subscription:
-    """A bounded mailbox between one hub and one relay track (loop-thread only)."""
+    """A bounded mailbox between one hub and one relay track (loop-thread only).
 
-    def __init__(self, maxlen: int) -> None:
-        self.frames: collections.deque[Frame] = collections.deque(maxlen=maxlen)
+    `encoded` subscriptions get the publisher's encoded frames; the others decoded frames."""
+
+    def __init__(self, maxlen: int, *, encoded: bool = False) -> None:
+        self.frames: collections.deque[Any] = collections.deque(maxlen=maxlen)
         self.event = asyncio.Event()
         self.dropped = 0
+        self.encoded = encoded
+        self.awaiting_keyframe = True
+        self.started = False  # has had a keyframe since it was (re)subscribed
+        self.gated = 0  # encoded frames withheld while waiting for a keyframe
 
-    def push(self, frame: Frame) -> None:
+    def push(self, frame: Any) -> None:
         if len(self.frames) == self.frames.maxlen:
             self.dropped += 1
         self.frames.append(frame)
         self.event.set()
 
+    def push_encoded(self, frame: EncodedFrame) -> bool:
+        """Queue one encoded frame; True when this subscriber now needs a keyframe."""
+        if frame.kind == "audio":  # every Opus packet stands alone
+            self.push(frame)
+            return False
+        if frame.keyframe:
+            self.awaiting_keyframe = False
+            self.started = True
+            if len(self.frames) == self.frames.maxlen:
+                self.dropped += len(self.frames)
+                self.frames.clear()
+        elif self.awaiting_keyframe:
+            self.gated += 1
+            if self.started:
+                self.dropped += 1
+            return True
+        elif len(self.frames) == self.frames.maxlen:
+            # Dropping one would break the chain of references: drop to the next keyframe.
+            self.dropped += len(self.frames) + 1
+            self.frames.clear()
+            self.awaiting_keyframe = True
+            return True
+        self.frames.append(frame)
+        self.event.set()
+        return False
+
+    def set_encoded(self, encoded: bool, kind: str) -> None:
+        self.encoded = encoded
+        maxlen = AUDIO_QUEUE if kind == "audio" else (ENCODED_QUEUE if encoded else 1)
+        self.frames = collections.deque(maxlen=maxlen)
+        self.awaiting_keyframe = True
 
 
 class TrackHub:
@@ -73,7 +149,19 @@ class TrackHub:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._t0 = time.monotonic()
         self._next_audio_pts: int | None = None
+        self._next_encoded_audio_pts: int | None = None
+        self._last_video_pts = -1
+        self._receiver: Any | None = None
+        self._untap: Callable[[], None] | None = None
+        self._codec: str | None = None
+        self._decoder_synced = False
+        self._pli_sent_at: float | None = None
+        self._last_encoded_at: float | None = None
         self.frames_in = 0
+        self.decoded_in = 0  # frames aiortc decoded for transcoded subscribers
+        self.keyframes_in = 0
+        self.keyframe_requests = 0
+        self.fps: float | None = None  # the publisher's frame rate (encoded video), smoothed
         self.last_frame_at: float | None = None
         self.size: tuple[int, int] | None = None
         self.on_frame: list[FrameHook] = []
@@ -90,8 +178,25 @@ class TrackHub:
         if self._reader is not None:
             self._reader.cancel()
         self._current = hub_input
-        self._next_audio_pts = None
+        self._next_audio_pts = self._next_encoded_audio_pts = None
+        self._tap(track)
         self._reader = asyncio.ensure_future(self._read(track))
+
+    def _tap(self, track: MediaStreamTrack) -> None:
+        """Read the encoded frames of the receiver behind `track`, when there is one."""
+        if self._untap is not None:
+            self._untap()
+            self._untap = None
+        self._receiver = compat.receiver_of(track)
+        self._codec = None
+        self._decoder_synced = False
+        self._pli_sent_at = None
+        if self._receiver is None:
+            return
+        self._untap = compat.tap_encoded_frames(self._receiver, self._on_encoded)
+        compat.on_picture_loss(self._receiver, self._on_picture_loss)
+        for sub in self._subs:  # everyone forwarded restarts on the new source's keyframe
+            sub.awaiting_keyframe = True
 
     def _detach(self, hub_input: HubInput) -> None:
         # Only the input that is current may stop the reader: an old worker that stops late
@@ -99,9 +204,107 @@ class TrackHub:
         if self._current is not hub_input:
             return
         self._current = None
+        if self._untap is not None:
+            self._untap()
+            self._untap = None
+        self._receiver = None
         if self._reader is not None:
             self._reader.cancel()
             self._reader = None
+
+    @property
+    def can_forward(self) -> bool:
+        """Subscribers can get this publisher's encoded frames (a VP8/Opus remote track)."""
+        return self._receiver is not None and (self._codec is None
+                                               or self._codec in FORWARDABLE_CODECS)
+
+    @property
+    def decoding(self) -> bool:
+        """Some subscriber needs decoded frames (or the frames cannot be forwarded)."""
+        return self._receiver is None or any(not s.encoded for s in self._subs)
+
+    def _on_encoded(self, codec: str, data: bytes, timestamp: int) -> bool:
+        """aiortc's jitter buffer completed a frame (loop thread). Returns whether the decoder
+        should get it too."""
+        self._codec = codec
+        if codec not in FORWARDABLE_CODECS:
+            return True
+        now = time.monotonic()
+        video = self.kind == "video"
+        if video:
+            size = vp8_keyframe_size(data)
+            if size is not None:
+                self.size = size
+                self.keyframes_in += 1
+                self._pli_sent_at = None  # the request, if any, is answered
+            pts = max(int((now - self._t0) * VIDEO_CLOCK), self._last_video_pts + 1)
+            self._last_video_pts = pts
+            frame = EncodedFrame.make("video", codec, data, pts, VIDEO_CLOCK, self.size, now)
+            if self._last_encoded_at is not None:
+                dt = now - self._last_encoded_at
+                if 0 < dt < 1.0:
+                    rate = 1.0 / dt
+                    self.fps = rate if self.fps is None else self.fps * 0.9 + rate * 0.1
+        else:
+            pts = self._encoded_audio_pts(now, opus_samples(data))
+            frame = EncodedFrame.make("audio", codec, data, pts, AUDIO_CLOCK, None, now)
+        self._last_encoded_at = now
+        self._arrived(frame, now)
+        need_key = False
+        for sub in self._subs:
+            if sub.encoded and sub.push_encoded(frame):
+                need_key = True
+        decode = any(not s.encoded for s in self._subs)
+        if video:
+            if decode and not self._decoder_synced:
+                # A decoder (re)started mid-stream only shows garbage until a keyframe.
+                self._decoder_synced = frame.keyframe
+                need_key = need_key or not frame.keyframe
+            elif not decode:
+                self._decoder_synced = False
+            if need_key:
+                self.request_keyframe()
+            elif self._pli_sent_at is not None and now - self._pli_sent_at >= PLI_RETRY_S:
+                self._pli_sent_at = None  # nobody waits any more
+            return decode and self._decoder_synced
+        return decode
+
+    def _encoded_audio_pts(self, now: float, samples: int) -> int:
+        expected = int((now - self._t0) * AUDIO_CLOCK)
+        nxt = self._next_encoded_audio_pts
+        if nxt is None or abs(nxt - expected) > AUDIO_RESYNC_S * AUDIO_CLOCK:
+            nxt = expected
+        self._next_encoded_audio_pts = nxt + samples
+        return nxt
+
+    def _on_picture_loss(self) -> None:
+        """aiortc asked the publisher for a keyframe: frames were lost for good. Whatever is
+        forwarded until that keyframe would refer to pictures nobody has."""
+        self._pli_sent_at = time.monotonic()
+        for sub in self._subs:
+            if sub.encoded:
+                sub.awaiting_keyframe = True
+
+    def request_keyframe(self) -> None:
+        """Ask the publisher for a keyframe: one request outstanding, repeated after
+        `PLI_RETRY_S` while someone still waits (each caller that waits calls again)."""
+        receiver = self._receiver
+        if receiver is None or self.kind != "video":
+            return
+        now = time.monotonic()
+        if self._pli_sent_at is not None and now - self._pli_sent_at < PLI_RETRY_S:
+            return
+        if compat.request_keyframe(receiver):
+            self._pli_sent_at = now
+            self.keyframe_requests += 1
+
+    def _arrived(self, frame: AnyFrame, now: float) -> None:
+        self.frames_in += 1
+        if self.frames_in == 1:
+            logger.debug("hub %s/%s: first frame in", self.name, self.kind)
+        self.last_frame_at = now
+        for hook in self.on_frame:
+            hook(frame)
 
     async def _read(self, track: MediaStreamTrack) -> None:
         while True:
@@ -113,21 +316,22 @@ class TrackHub:
                 continue  # encoded packets never reach a decoded input track
             frame = received
             self._restamp(frame)
-            self.frames_in += 1
-            if self.frames_in == 1:
-                logger.debug("hub %s/%s: first frame in", self.name, self.kind)
-            self.last_frame_at = time.monotonic()
-            if isinstance(frame, av.VideoFrame):
-                self.size = (frame.width, frame.height)
-            for hook in self.on_frame:
-                hook(frame)
+            self.decoded_in += 1
+            if self._receiver is None or not self.can_forward:
+                # No encoded frames to count: the decoded ones are the publisher's frames.
+                if isinstance(frame, av.VideoFrame):
+                    self.size = (frame.width, frame.height)
+                self._arrived(frame, time.monotonic())
             for sub in self._subs:
-                sub.push(frame)
+                if not sub.encoded:
+                    sub.push(frame)
 
     def _restamp(self, frame: Frame) -> None:
         now = time.monotonic() - self._t0
         if isinstance(frame, av.VideoFrame):
-            frame.pts = int(now * VIDEO_CLOCK)
+            pts = max(int(now * VIDEO_CLOCK), self._last_video_pts + 1)
+            self._last_video_pts = pts
+            frame.pts = pts
             frame.time_base = VIDEO_TIME_BASE
             return
         rate = frame.sample_rate
@@ -143,6 +347,10 @@ class TrackHub:
     # -- read by subscriber legs ---------------------------------------------------------
     def subscribe(self, sub: Subscription) -> None:
         self._subs.add(sub)
+        if sub.encoded and self.kind == "video":
+            sub.awaiting_keyframe = True  # a new subscriber starts on a keyframe
+            sub.started = False
+            self.request_keyframe()
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subs.discard(sub)
@@ -158,6 +366,9 @@ class TrackHub:
         self.closed = True
         if self._loop is not None and self._reader is not None:
             self._loop.call_soon_threadsafe(self._reader.cancel)
+        if self._untap is not None:
+            self._untap()
+            self._untap = None
         self._subs.clear()
 
 
@@ -198,8 +409,11 @@ def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
 class RelayTrack(MediaStreamTrack):
     """What one subscriber receives of one kind: frames of the hub it is bound to.
 
-    `transform` (e.g. the quality ladder's scaling, a fault's freeze/black effect) may replace
-    or drop (return None) each video frame before it is encoded for this subscriber.
+    `route` (the supervisor's `SubscriberView.delivery`) says per frame whether this subscriber
+    is forwarded, transcoded or paused; without one, a track is forwarded whenever its hub can
+    forward and it has no `transform`. `transform` (the quality ladder's scaling, a fault's
+    freeze/black effect) may replace or drop (return None) each decoded video frame before it
+    is encoded for this subscriber.
     """
 
     def __init__(self, kind: str, name: str = "") -> None:
@@ -211,9 +425,18 @@ class RelayTrack(MediaStreamTrack):
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.transform: Callable[[Frame], Frame | None] | None = None
+        self.route: Callable[[], Delivery] | None = None
+        self.delivery: Delivery = "transcoded"
         self.on_frame: list[FrameHook] = []
         self.frames_out = 0
+        self.forwarded_out = 0
         self.last_frame_at: float | None = None
+        self._last_pts: int | None = None
+        self._bound_at: float | None = time.monotonic()
+        # seconds from each bind (or switch to forwarded) to the first frame out
+        self.first_frame_delays: collections.deque[float] = collections.deque(maxlen=64)
+        # seconds from a forwarded frame's arrival at the server to its sender taking it
+        self.relay_delays: collections.deque[float] = collections.deque(maxlen=512)
 
     @property
     def hub(self) -> TrackHub | None:
@@ -225,11 +448,13 @@ class RelayTrack(MediaStreamTrack):
             old, self._hub = self._hub, hub
         if old is hub:
             return
+        self._bound_at = time.monotonic() if hub is not None else None
 
         def swap() -> None:
             if old is not None:
                 old.unsubscribe(self._sub)
             self._sub.frames.clear()
+            self._update_delivery()  # before subscribing: a forwarded one needs no decoder
             if hub is not None:
                 hub.subscribe(self._sub)
 
@@ -239,31 +464,84 @@ class RelayTrack(MediaStreamTrack):
         else:
             loop.call_soon_threadsafe(swap)
 
+    def keyframe_requested(self) -> None:
+        """The subscriber asked for a keyframe (its PLI): only the publisher can send one
+        while this track is forwarded; a transcoded track's encoder makes its own."""
+        hub = self._hub
+        if hub is not None and self._sub.encoded:
+            hub.request_keyframe()
+
+    def _wanted(self, hub: TrackHub | None) -> Delivery:
+        if hub is None or not hub.can_forward:
+            return "transcoded"
+        if self.route is not None:
+            return self.route()
+        return "forwarded" if self.transform is None else "transcoded"
+
+    def _update_delivery(self) -> None:
+        hub = self._hub
+        wanted = self._wanted(hub)
+        if wanted == self.delivery:
+            return
+        old, self.delivery = self.delivery, wanted
+        encoded = wanted != "transcoded"
+        if encoded != self._sub.encoded:
+            self._sub.set_encoded(encoded, self.kind)
+        if wanted == "forwarded" and self.kind == "video" and hub is not None:
+            self._sub.awaiting_keyframe = True  # from transcoded or paused: start clean
+            self._bound_at = time.monotonic()
+            hub.request_keyframe()
+        logger.debug("relay %s/%s: %s -> %s", self.name, self.kind, old, wanted)
+
     async def recv(self) -> Any:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
+            self._update_delivery()
             hub = self._hub
             if hub is not None:
                 hub.subscribe(self._sub)
         while True:
-            while not self._sub.frames:
+            self._update_delivery()
+            sub = self._sub
+            while not sub.frames:
                 if self.readyState != "live":
                     raise MediaStreamError
-                self._sub.event.clear()
-                await self._sub.event.wait()
-            frame = self._sub.frames.popleft()
-            if self.transform is not None and isinstance(frame, av.VideoFrame):
-                out = self.transform(frame)
-                if out is None:
+                sub.event.clear()
+                await sub.event.wait()
+                self._update_delivery()
+                sub = self._sub
+            frame = sub.frames.popleft()
+            if isinstance(frame, EncodedFrame):
+                if self.delivery == "paused" and frame.kind == "video":
+                    sub.awaiting_keyframe = True
                     continue
-                frame = out
+                if self._last_pts is not None and frame.pts <= self._last_pts:
+                    frame = frame.restamped(self._last_pts + 1)
+                out: Any = frame.packet
+                self.forwarded_out += 1
+                self.relay_delays.append(time.monotonic() - frame.arrived_at)
+            else:
+                if self.transform is not None and isinstance(frame, av.VideoFrame):
+                    transformed = self.transform(frame)
+                    if transformed is None:
+                        continue
+                    frame = transformed
+                if self._last_pts is not None and frame.pts is not None \
+                        and frame.pts <= self._last_pts:
+                    frame.pts = self._last_pts + 1
+                out = frame
+            self._last_pts = int(out.pts) if out.pts is not None else self._last_pts
+            now = time.monotonic()
             self.frames_out += 1
             if self.frames_out == 1:
                 logger.debug("relay %s/%s: first frame out", self.name, self.kind)
-            self.last_frame_at = time.monotonic()
+            if self._bound_at is not None:
+                self.first_frame_delays.append(now - self._bound_at)
+                self._bound_at = None
+            self.last_frame_at = now
             for hook in self.on_frame:
                 hook(frame)
-            return frame
+            return out
 
     def stop(self) -> None:
         hub = self._hub

@@ -45,6 +45,21 @@ class RoomFull(ValidationError):
     pass
 
 
+@dataclass(frozen=True)
+class ResumedCall:
+    """A call that was going on in a process that is gone (found in presence): a participant
+    coming back continues it instead of starting a new one.
+
+    `gap_from` is when the old process was last seen alive, `gap_to` when the first participant
+    came back; the two bound the band the Diagnostics page draws.
+    """
+
+    call_id: str
+    started_at: float
+    gap_from: float
+    gap_to: float
+
+
 @dataclass
 class Room:
     name: str
@@ -55,9 +70,10 @@ class Room:
     def peers(self, participant_id: str) -> list[Participant]:
         return [p for pid, p in self.participants.items() if pid != participant_id]
 
-    def unique_name(self, name: str) -> str:
-        """Two tabs with one name are told apart: 'ana', 'ana (2)', 'ana (3)'."""
-        taken = {p.name for p in self.participants.values()}
+    def unique_name(self, name: str, reserved: Iterable[str] = ()) -> str:
+        """Two tabs with one name are told apart: 'ana', 'ana (2)', 'ana (3)'. `reserved`
+        names belong to people expected back (a restart): a newcomer does not take them."""
+        taken = {p.name for p in self.participants.values()} | set(reserved)
         if name not in taken:
             return name
         n = 2
@@ -96,18 +112,52 @@ class RoomRegistry:
         self._by_id: dict[str, Participant] = {}
 
     # -- membership ---------------------------------------------------------------------
-    def join(self, room_name: str, display_name: str, session_id: str | None = None) -> Participant:
+    def join(self, room_name: str, display_name: str, session_id: str | None = None, *,
+             participant_id: str | None = None, joined_at: float | None = None,
+             resume: ResumedCall | None = None, reserved: Iterable[str] = ()) -> Participant:
+        """Seat someone in a room (created on the first join).
+
+        With `participant_id` (a rejoin) the person gets their own id and name back; if that
+        id is already seated here (the same tab asking twice, or reconnected under a new
+        session), the seat is handed to `session_id`. With `resume`, a room created by this
+        join continues that call (`server_restart` event) instead of starting a new one.
+        """
         room_name = validate_room_name(room_name)
-        display_name = validate_display_name(display_name)
+        if participant_id is None:
+            display_name = validate_display_name(display_name)
+        # else: the name this participant was seated under ("ana (2)"), from a signed token
         with self._lock:
+            seated = self._by_id.get(participant_id) if participant_id else None
+            if seated is not None:
+                if seated.room != room_name:
+                    raise ValidationError("participant", participant_id,
+                                          f"is seated in room {seated.room!r}, not {room_name!r}")
+                seated.session_id = session_id  # seat takeover by its own participant
+                return seated
             room = self.rooms.get(room_name)
+            restarted = None
             if room is None:
-                room = self.rooms[room_name] = Room(room_name)
-                self._emit(CallEvent("call_started", room_name, call_id=room.call_id))
+                if resume is not None:
+                    room = Room(room_name, call_id=resume.call_id, started_at=resume.started_at)
+                    restarted = resume
+                else:
+                    room = Room(room_name)
+                self.rooms[room_name] = room
+                if restarted is None:
+                    self._emit(CallEvent("call_started", room_name, call_id=room.call_id))
             if len(room.participants) >= self.max_participants:
+                if not room.participants:
+                    del self.rooms[room_name]
                 raise RoomFull("room", room_name,
                                f"is full ({self.max_participants} participants at most)")
-            me = Participant(room_name, room.unique_name(display_name), session_id)
+            if participant_id is not None:
+                # Their own name back, unless someone live took it meanwhile.
+                name = room.unique_name(display_name)
+                me = Participant(room_name, name, session_id, id=participant_id)
+            else:
+                me = Participant(room_name, room.unique_name(display_name, reserved), session_id)
+            if joined_at is not None:
+                me.joined_at = joined_at
             peers = room.peers(me.id)
             room.participants[me.id] = me
             self._by_id[me.id] = me
@@ -120,8 +170,14 @@ class RoomRegistry:
             settle = self.clock() + self.spare_delay_s
             for p in (me, *peers):
                 p.spare_not_before = settle
-        self._emit(CallEvent("participant_joined", room_name, me.name, room.call_id,
-                             data={"participant_id": me.id}))
+        if restarted is not None:
+            self._emit(CallEvent("server_restart", room_name, call_id=room.call_id, data={
+                "gap_from": restarted.gap_from, "gap_to": restarted.gap_to,
+                "gap_s": round(restarted.gap_to - restarted.gap_from, 3)}))
+        data: dict[str, object] = {"participant_id": me.id}
+        if participant_id is not None:
+            data["rejoined"] = True
+        self._emit(CallEvent("participant_joined", room_name, me.name, room.call_id, data=data))
         self._safe(self._on_join, room, me)
         self._wake_peers(room, me.id)
         ids = [me.id, *(p.id for p in peers)]

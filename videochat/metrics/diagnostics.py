@@ -28,8 +28,9 @@ from pymongo.database import Database
 
 from videochat.clocks import utcnow
 from videochat.exceptions import ValidationError
-from videochat.metrics.stats import MetricSample
-from videochat.metrics.store import EVENTS, FIELDS, ROLLUPS, SAMPLES
+from videochat.metrics.experience import Experience, call_score, experiences, idle_legs
+from videochat.metrics.stats import MetricSample, Source
+from videochat.metrics.store import EVENTS, ROLLUPS, SAMPLES, fields_of
 
 logger = logging.getLogger(__name__)
 
@@ -40,19 +41,21 @@ BIN_LADDER_S = (1, 10, 20, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21_600,
                 86_400)
 DEFAULT_MAX_POINTS = 300
 LIVE_WITHIN_S = 15.0
-METRICS = ("bi", "bo", "rtt", "lf", "j", "fps")
-MAXED = ("rttx", "lc", "w", "h")
+METRICS = ("bi", "bo", "rtt", "lf", "j", "fps", "jb", "ca", "dm", "ao")
+MAXED = ("rttx", "lc", "w", "h", "fc", "fz", "fd")
 COLUMNS = {
     "bi": "bitrate_in_kbps", "bo": "bitrate_out_kbps", "rtt": "rtt_ms", "rttx": "rtt_max_ms",
     "lf": "loss_fraction", "lc": "loss_cumulative", "j": "jitter_ms", "fps": "fps",
-    "w": "width", "h": "height", "q": "quality", "n": "samples",
+    "w": "width", "h": "height", "q": "quality", "d": "delivery", "n": "samples",
+    "fc": "freeze_count", "fz": "freeze_s", "jb": "jitter_buffer_ms", "ca": "concealed_pct",
+    "dm": "decode_ms", "fd": "frames_dropped", "ao": "available_out_kbps", "source": "source",
 }
 BAND_PAIRS = {"fault_started": ("fault_ended",),
               "reconnect_started": ("reconnect_succeeded", "reconnect_failed")}
 MARKER_KINDS = frozenset({
     "quality_changed", "participant_joined", "participant_left", "participant_reconnecting",
     "reconnect_succeeded", "reconnect_failed", "connection_state_changed", "media_stalled",
-    "backend_down", "backend_up", "call_started", "call_ended",
+    "backend_down", "backend_up", "call_started", "call_ended", "server_restart",
 })
 MAX_MARKERS = 300
 
@@ -124,6 +127,9 @@ class Kpis:
     rtt_max_ms: float | None
     loss_mean: float | None
     packets_lost: int
+    # What people saw (metrics/experience.py): per participant, and the call's mean score.
+    experiences: tuple[Experience, ...] = ()
+    experience_score: float | None = None
 
 
 def _aware(at: datetime) -> datetime:
@@ -232,7 +238,7 @@ def _match(sel: Selection) -> MongoDoc:
     return match
 
 
-RAW_FIELDS = (*METRICS, "lc", "w", "h", "q")
+RAW_FIELDS = (*METRICS, "lc", "w", "h", "q", "fc", "fz", "fd", "d")
 
 
 def _raw_bins(doc: MongoDoc) -> list[dict[str, Any]]:
@@ -277,6 +283,7 @@ def query_samples(db: Db, sel: Selection, *, max_points: int = DEFAULT_MAX_POINT
                     "t": {"$dateTrunc": {"date": "$at", "unit": "minute",
                                          "binSize": width // 60}}},
             "meta": {"$first": "$meta"}, "n": {"$sum": "$m.n"}, "q": {"$last": "$m.q"},
+            "d": {"$last": "$m.d"},
         }
         group.update({f: {"$avg": f"$m.{f}"} for f in METRICS})
         group.update({f: {"$max": f"$m.{f}"} for f in MAXED})
@@ -294,8 +301,9 @@ def _row(meta: MongoDoc, t: datetime, values: MongoDoc) -> dict[str, Any]:
         "t": t, "room": meta.get("room"), "call_id": meta.get("call_id"),
         "participant": meta.get("participant"), "leg": meta.get("leg"),
         "direction": meta.get("direction"), "kind": meta.get("kind"),
+        "source": meta.get("source") or "server",
     }
-    for f in (*METRICS, *MAXED, "q", "n"):
+    for f in (*METRICS, *MAXED, "q", "d", "n"):
         row[f] = values.get(f)
     return row
 
@@ -314,17 +322,21 @@ def iter_samples(db: Db, room: str, start: datetime, end: datetime, *,
             at = at0 + timedelta(seconds=slot)
             if not held or not start <= at < end:
                 continue
-            values = {name: doc[short][slot] for name, short in FIELDS.items()}
+            source: Source = "browser" if meta.get("source") == "browser" else "server"
+            values = {name: (doc.get(short) or [None] * 60)[slot]
+                      for name, short in fields_of(source).items()}
             yield MetricSample(at=at, room=meta["room"], call_id=meta.get("call_id"),
                                participant=meta["participant"], leg=meta["leg"],
-                               direction=meta["direction"], kind=meta["kind"], **values)
+                               direction=meta["direction"], kind=meta["kind"], source=source,
+                               **values)
 
 
 def badge_text(sample: MetricSample | None) -> str:
-    """The call page's small live badge: quality level and RTT (or frame rate)."""
+    """The call page's small live badge: "forwarded" or the quality level, and RTT (or
+    frame rate)."""
     if sample is None:
         return "no data"
-    parts = [sample.quality or "?"]
+    parts = ["forwarded" if sample.delivery == "forwarded" else sample.quality or "?"]
     if sample.rtt_ms is not None:
         parts.append(f"{sample.rtt_ms:.0f} ms")
     elif sample.fps is not None:
@@ -349,12 +361,19 @@ def query_events(db: Db, sel: Selection, *, limit: int = 5_000) -> list[dict[str
 
 
 def bands(events: Sequence[dict[str, Any]], end: datetime) -> list[dict[str, Any]]:
-    """Fault and reconnect intervals; one left open is drawn up to `end`."""
+    """Fault and reconnect intervals, and the gaps of server restarts (one event holds both
+    ends); one left open is drawn up to `end`."""
     open_: dict[tuple[str, Any], dict[str, Any]] = {}
     out = []
     closers = {c: start for start, cs in BAND_PAIRS.items() for c in cs}
     for e in events:
         data = e.get("data") or {}
+        if e["kind"] == "server_restart" and "gap_from" in data and "gap_to" in data:
+            out.append({"kind": "server_restart",
+                        "start": datetime.fromtimestamp(float(data["gap_from"]), UTC),
+                        "end": datetime.fromtimestamp(float(data["gap_to"]), UTC),
+                        "participant": None, "label": _label(e), "outcome": "server_restart"})
+            continue
         key_id = data.get("fault_id") or data.get("id") or e.get("participant") or e.get("leg")
         if e["kind"] in BAND_PAIRS:
             open_.setdefault((e["kind"], key_id), e)
@@ -364,12 +383,33 @@ def bands(events: Sequence[dict[str, Any]], end: datetime) -> list[dict[str, Any
                 out.append({"kind": closers[e["kind"]].removesuffix("_started"),
                             "start": started["at"], "end": e["at"],
                             "participant": started.get("participant"),
-                            "label": _label(started), "outcome": e["kind"]})
+                            "label": _label(started), "fault": fault_text(started),
+                            "outcome": e["kind"]})
     for (kind, _), started in open_.items():
         out.append({"kind": kind.removesuffix("_started"), "start": started["at"], "end": end,
                     "participant": started.get("participant"), "label": _label(started),
-                    "outcome": "open"})
+                    "fault": fault_text(started), "outcome": "open"})
     return sorted(out, key=lambda b: b["start"])
+
+
+_UNITS = {"percent": "%", "ms": " ms", "jitter_ms": " ms jitter", "kbps": " kbps"}
+
+
+def fault_text(e: dict[str, Any]) -> str | None:
+    """A fault event in a few words: "loss 20% on bob", "poor-3g on the room"."""
+    if not str(e.get("kind", "")).startswith("fault_"):
+        return None
+    data = e.get("data") or {}
+    params = data.get("params") or {}
+    what = data.get("preset") or data.get("fault_kind") or data.get("type") or "fault"
+    shown = [f"{v:g}{_UNITS[k]}" if isinstance(v, int | float) else f"{v}{_UNITS[k]}"
+             for k, v in params.items() if k in _UNITS and v]
+    if not data.get("preset") and shown:
+        what = f"{what} {' '.join(shown)}"
+    direction = data.get("direction")
+    if direction and direction != "both":
+        what += f" ({direction})"
+    return f"{what} on {e.get('participant') or 'the room'}"
 
 
 def _label(e: dict[str, Any]) -> str:
@@ -404,6 +444,11 @@ def compute_kpis(series: Series, events: Sequence[dict[str, Any]],
     for r in series.rows:
         if r.get("lc") is not None:
             lost_by_leg[r["leg"]] = max(lost_by_leg.get(r["leg"], 0), int(r["lc"]))
+    if not ttff:
+        ttff = _first_frames_from_samples(series, joined)
+    people = sorted({r["participant"] for r in series.rows if r.get("participant")})
+    start = min((r["t"] for r in series.rows), default=None)
+    seen = experiences(series.rows, people, start, bin_s=series.bin_s)
     return Kpis(
         time_to_first_frame_s=sum(ttff) / len(ttff) if ttff else None,
         reconnect_count=n_reconnects,
@@ -412,7 +457,32 @@ def compute_kpis(series: Series, events: Sequence[dict[str, Any]],
         rtt_max_ms=max(rtt_max) if rtt_max else None,
         loss_mean=_weighted(loss_w),
         packets_lost=sum(lost_by_leg.values()),
+        experiences=tuple(seen),
+        experience_score=call_score(seen),
     )
+
+
+def _first_frames_from_samples(series: Series, joined: dict[str, datetime]) -> list[float]:
+    """Time to first frame per participant, from the samples when no event gives it: from
+    the moment there was someone to see (their own join, or the first other person's, if
+    later) to their first receiving sample with frames (the page's, else the server's), to
+    the sample's resolution."""
+    out = []
+    for who, at in joined.items():
+        others = [t for p, t in joined.items() if p != who]
+        if not others:
+            continue
+        since = max(at, min(others))
+        firsts: dict[str, datetime] = {}
+        for r in series.rows:
+            if (r["participant"] == who and r.get("direction") == "subscribe"
+                    and (r.get("fps") or 0) > 0 and r["t"] >= since):
+                src = r.get("source") or "server"
+                firsts[src] = min(firsts.get(src, r["t"]), r["t"])
+        first = firsts.get("browser") or firsts.get("server")
+        if first is not None:
+            out.append((first - since).total_seconds())
+    return out
 
 
 def _weighted(pairs: Iterable[tuple[float, int]]) -> float | None:
@@ -425,71 +495,165 @@ def _weighted(pairs: Iterable[tuple[float, int]]) -> float | None:
 
 # --- figures -----------------------------------------------------------------------------
 
-CHARTS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    # name: (title, fields drawn, y-axis title)
-    "bitrate": ("Bitrate", ("bi", "bo"), "kbit/s"),
-    "rtt": ("Round-trip time", ("rtt",), "ms"),
-    "loss": ("Packet loss", ("lf",), "fraction lost"),
-    "fps": ("Frames per second", ("fps",), "fps"),
-    "resolution": ("Resolution (height)", ("h",), "pixels"),
+# name: (title, y-axis title, {(direction, source): field drawn}). Each leg is drawn in the
+# field that follows its media: a publish leg's browser sent (bo) what the server received
+# (bi); a subscribe leg's server forwarded (bo) what that browser received (bi).
+CHARTS: dict[str, tuple[str, str, dict[tuple[str, str], str]]] = {
+    "bitrate": ("Bitrate", "kbit/s", {("publish", "browser"): "bo", ("publish", "server"): "bi",
+                                      ("subscribe", "server"): "bo",
+                                      ("subscribe", "browser"): "bi"}),
+    "rtt": ("Round-trip time", "ms", {(d, src): "rtt" for d in ("publish", "subscribe")
+                                      for src in ("server", "browser")}),
+    "loss": ("Packet loss", "fraction lost", {(d, src): "lf" for d in ("publish", "subscribe")
+                                              for src in ("server", "browser")}),
+    "fps": ("Frames per second", "fps", {(d, src): "fps" for d in ("publish", "subscribe")
+                                         for src in ("server", "browser")}),
+    "resolution": ("Resolution (height)", "pixels", {(d, src): "h"
+                                                     for d in ("publish", "subscribe")
+                                                     for src in ("server", "browser")}),
+    "freezes": ("Video frozen (browser, cumulative)", "seconds",
+                {("subscribe", "browser"): "fz"}),
+    "jitter_buffer": ("Jitter-buffer delay (browser)", "ms", {("subscribe", "browser"): "jb"}),
+    "concealed": ("Concealed audio (browser)", "% of samples",
+                  {("subscribe", "browser"): "ca"}),
 }
-FIELD_LABEL = {"bi": "in", "bo": "out"}
-BAND_COLOURS = {"fault": "rgba(214, 39, 40, 0.15)", "reconnect": "rgba(255, 127, 14, 0.18)"}
+BROWSER_CHARTS = ("freezes", "jitter_buffer", "concealed")
+BAND_COLOURS = {"fault": "rgba(214, 39, 40, 0.15)", "reconnect": "rgba(255, 127, 14, 0.18)",
+                "server_restart": "rgba(31, 119, 180, 0.18)"}
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b",
+           "#e377c2", "#7f7f7f", "#bcbd22", "#393b79", "#637939")
+VERB = {"publish": "sends", "subscribe": "receives"}
+SMALL_MULTIPLES_ABOVE = 2  # participants; beyond, one row per participant
+
+
+def _groups(columns: dict[Any, Any]) -> dict[tuple[str, str], str]:
+    """A colour per (participant, direction), in a fixed order: the legend's entries."""
+    keys = sorted({(who, rows[0].get("direction") or "publish")
+                   for (who, _), (rows, _, _) in columns.items()})
+    return {k: PALETTE[i % len(PALETTE)] for i, k in enumerate(keys)}
 
 
 def build_figure(name: str, series: Series, events: Sequence[dict[str, Any]],
                  sel: Selection, *, _columns: dict[Any, Any] | None = None) -> go.Figure:
-    """One chart: a trace per participant and leg (and direction for bitrate), events on top."""
-    title, fields, y_title = CHARTS[name]
+    """One chart: one legend entry per participant and direction ("ana sends", "bob
+    receives"); the server's measurement drawn solid, the page's dotted, leg ids in the hover
+    only. Beyond two participants, one row per participant (small multiples)."""
+    title, y_title, drawn = CHARTS[name]
     columns = _columns if _columns is not None else _trace_columns(series)
+    colours = _groups(columns)
+    people = sorted({who for who, _ in columns})
+    rows_n = len(people) if len(people) > SMALL_MULTIPLES_ABOVE else 1
     data: list[dict[str, Any]] = []
+    shown: set[tuple[str, str]] = set()
     for (who, leg), (rows, x, ys) in columns.items():
-        direction = rows[0].get("direction") or ""
-        for f in fields:
-            y = ys[f]
-            if np.isnan(y).all():
-                continue
-            suffix = f" {FIELD_LABEL[f]}" if len(fields) > 1 else ""
-            trace: dict[str, Any] = {
-                "type": "scatter", "mode": "lines", "x": x, "y": y, "connectgaps": False,
-                "name": f"{who} · {direction} {leg}{suffix}",
-                "legendgroup": f"{who}|{leg}",
-            }
-            if name == "resolution":
-                trace["line"] = {"shape": "hv"}
-                trace["text"] = [f"{r.get('w')}×{r.get('h')}" for r in rows]
-            if f == "bo":
-                trace["line"] = {"dash": "dot"}
-            data.append(trace)
-    shapes, markers = _event_overlays(events, sel)
-    if markers["x"]:
-        data.append(markers)
+        direction = rows[0].get("direction") or "publish"
+        source = rows[0].get("source") or "server"
+        f = drawn.get((direction, source))
+        if f is None:
+            continue
+        y = ys[f]
+        if np.isnan(y).all():
+            continue
+        group = (who, direction)
+        by = "page" if source == "browser" else "server"
+        trace: dict[str, Any] = {
+            "type": "scatter", "mode": "lines", "x": x, "y": y, "connectgaps": False,
+            "name": f"{who} {VERB.get(direction, direction)}",
+            "legendgroup": f"{who}|{direction}", "showlegend": group not in shown,
+            "line": {"color": colours.get(group, "#444"),
+                     "dash": "dot" if source == "browser" else "solid"},
+            "hovertemplate": f"{who} {VERB.get(direction, direction)} · {by} · leg {leg}"
+                             "<br>%{y}<extra></extra>",
+        }
+        shown.add(group)
+        if name == "resolution":
+            trace["line"]["shape"] = "hv"
+            # Forwarded legs carry the publisher's own stream: say so, not a rung.
+            trace["text"] = [f"{r.get('w')}×{r.get('h')} · "
+                             f"{'forwarded' if r.get('d') == 'forwarded' else r.get('q') or ''}"
+                             for r in rows]
+        if rows_n > 1:
+            i = people.index(who) + 1
+            trace["xaxis"], trace["yaxis"] = ("x", "y") if i == 1 else (f"x{i}", f"y{i}")
+        data.append(trace)
+    shapes, annotations = _fault_shapes(events, sel)
+    if name in BROWSER_CHARTS:
+        quiet = _no_browser_data(columns, people, sel, series.bin_s)
+        if quiet:
+            annotations.append({"text": "no browser data: " + ", ".join(quiet),
+                                "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5,
+                                "showarrow": False, "font": {"color": "#666"}})
     layout: dict[str, Any] = {
-        "title": {"text": title}, "height": 300, "margin": {"l": 50, "r": 10, "t": 40, "b": 30},
-        "xaxis": {"type": "date", "range": [_naive(sel.start), _naive(sel.end)]},
-        "yaxis": {"title": {"text": y_title}, "rangemode": "tozero"},
-        "yaxis2": {"overlaying": "y", "range": [0, 1], "visible": False, "fixedrange": True},
-        "shapes": shapes, "legend": {"orientation": "h", "y": -0.2}, "hovermode": "x unified",
-        "uirevision": f"{sel.room}|{name}",
+        "title": {"text": title}, "height": 300 if rows_n == 1 else 140 * rows_n + 80,
+        "margin": {"l": 50, "r": 10, "t": 40, "b": 30},
+        "shapes": shapes, "annotations": annotations, "legend": {"orientation": "h", "y": -0.2},
+        "hovermode": "x unified", "uirevision": f"{sel.room}|{name}",
     }
-    if name == "loss":
-        layout["yaxis"]["tickformat"] = ".1%"
+    x_range = [_naive(sel.start), _naive(sel.end)]
+    for i in range(1, rows_n + 1):
+        top = 1 - (i - 1) / rows_n
+        domain = [max(0.0, top - 1 / rows_n + 0.04), top]
+        suffix = "" if i == 1 else str(i)
+        layout[f"xaxis{suffix}"] = {"type": "date", "range": x_range, "anchor": f"y{suffix}",
+                                    **({"matches": "x"} if i > 1 else {})}
+        yaxis: dict[str, Any] = {"title": {"text": people[i - 1] if rows_n > 1 else y_title},
+                                 "rangemode": "tozero", "anchor": f"x{suffix}"}
+        if rows_n > 1:
+            yaxis["domain"] = domain
+        if name == "loss":
+            yaxis["tickformat"] = ".1%"
+        layout[f"yaxis{suffix}"] = yaxis
     # Trace dicts are built here from known keys; plotly's per-property validation of a few
     # thousand points is most of the figure's build time and buys nothing.
     return go.Figure(data=data, layout=layout, _validate=False)
+
+
+def _no_browser_data(columns: dict[Any, Any], people: list[str], sel: Selection,
+                     bin_s: int) -> list[str]:
+    """Participants whose page reported nothing in the range, or stopped well before its
+    end (a live view): their browser charts stay empty, never zero."""
+    last: dict[str, datetime] = {}
+    for (who, leg), (rows, _, _) in columns.items():
+        if str(leg).endswith("@browser"):
+            t = rows[-1]["t"]
+            last[who] = max(last.get(who, t), t)
+    quiet = []
+    for who in people:
+        at = last.get(who)
+        if at is None or (sel.end - at).total_seconds() > max(15.0, 3 * bin_s) and \
+                any(r[-1]["t"] > at for (w, _), (r, _, _) in columns.items() if w == who):
+            quiet.append(who)
+    return quiet
 
 
 def _trace_columns(series: Series) -> dict[Any, Any]:
     """Per trace: rows, x as datetime64 (UTC), and every drawn field as a float array.
 
     numpy arrays, not lists: plotly deep-copies trace data, and copying thousands of datetime
-    objects was most of the figure time; arrays also serialise as compact binary.
+    objects was most of the figure time; arrays also serialise as compact binary. A gap of
+    more than two bins (a page or a leg that stopped reporting) gets a NaN point, so the line
+    breaks there instead of joining across it.
     """
     out: dict[Any, Any] = {}
-    drawn = {f for _, fields, _ in CHARTS.values() for f in fields}
+    drawn = {f for _, _, fields in CHARTS.values() for f in fields.values()}
+    gap_ms = 2 * series.bin_s * 1000
+    idle = idle_legs(series.rows)
     for key, rows in sorted(series.traces().items()):
-        x = np.array([int(r["t"].timestamp() * 1000) for r in rows], dtype="datetime64[ms]")
-        ys = {f: np.array([r.get(f) for r in rows], dtype=float) for f in drawn}
+        if key in idle:
+            continue  # the warm spare: a flat line of nothing (its leg is in the CSV/JSON)
+        ms = [int(r["t"].timestamp() * 1000) for r in rows]
+        x_ms: list[int] = []
+        vals: dict[str, list[Any]] = {f: [] for f in drawn}
+        for i, (t, r) in enumerate(zip(ms, rows, strict=True)):
+            if i and t - ms[i - 1] > gap_ms:
+                x_ms.append(ms[i - 1] + series.bin_s * 1000)
+                for f in drawn:
+                    vals[f].append(None)
+            x_ms.append(t)
+            for f in drawn:
+                vals[f].append(r.get(f))
+        x = np.array(x_ms, dtype="datetime64[ms]")
+        ys = {f: np.array(v, dtype=float) for f, v in vals.items()}
         out[key] = (rows, x, ys)
     return out
 
@@ -498,37 +662,56 @@ def _naive(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(tzinfo=None)
 
 
-def _event_overlays(events: Sequence[dict[str, Any]],
-                    sel: Selection) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _fault_label(b: dict[str, Any]) -> str:
+    if b["kind"] == "reconnect":
+        return f"reconnect {b.get('participant') or ''}".strip()
+    return str(b.get("fault") or b["label"])
+
+
+def _fault_shapes(events: Sequence[dict[str, Any]],
+                  sel: Selection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Fault and reconnect bands, each labelled with what it was ("loss 20% on bob")."""
     shapes: list[dict[str, Any]] = []
     for b in bands(events, sel.end):
         shapes.append({"type": "rect", "xref": "x", "yref": "paper", "x0": _naive(b["start"]),
                        "x1": _naive(b["end"]), "y0": 0, "y1": 1, "line": {"width": 0},
                        "layer": "below",
-                       "fillcolor": BAND_COLOURS.get(b["kind"], "rgba(128,128,128,0.15)")})
-    markers: dict[str, Any] = {
-        "type": "scatter", "mode": "markers", "x": [], "y": [], "text": [], "yaxis": "y2",
-        "name": "events", "hoverinfo": "text+x", "marker": {"symbol": "triangle-down",
-                                                            "size": 9, "color": "#444"},
-    }
+                       "fillcolor": BAND_COLOURS.get(b["kind"], "rgba(128,128,128,0.15)"),
+                       "label": {"text": _fault_label(b), "textposition": "top left",
+                                 "font": {"size": 10, "color": "#7a1f1f"}}})
+    return shapes, []
+
+
+def build_timeline(events: Sequence[dict[str, Any]], sel: Selection) -> go.Figure:
+    """Every call event on one strip (a row per participant, one for the room), faults and
+    reconnects as labelled bands: the charts above share its time axis."""
     drawn = [e for e in events if e["kind"] in MARKER_KINDS or e["kind"] in BAND_PAIRS
-             or e["kind"] in ("fault_ended",)]
-    for e in drawn[:MAX_MARKERS]:
-        markers["x"].append(_naive(e["at"]))
-        markers["y"].append(0.97)
-        markers["text"].append(_label(e))
-        if e["kind"] == "quality_changed":
-            at = _naive(e["at"])
-            shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": at,
-                           "x1": at, "y0": 0, "y1": 1,
-                           "line": {"width": 1, "dash": "dot", "color": "#888"}})
-    return shapes, markers
+             or e["kind"] == "fault_ended"][:MAX_MARKERS]
+    trace: dict[str, Any] = {
+        "type": "scatter", "mode": "markers", "showlegend": False, "name": "events",
+        "x": [_naive(e["at"]) for e in drawn],
+        "y": [e.get("participant") or "room" for e in drawn],
+        "text": [_label(e) for e in drawn], "hovertemplate": "%{text}<extra></extra>",
+        "marker": {"symbol": "diamond", "size": 9,
+                   "color": ["#b42318" if "fault" in e["kind"] or "fail" in e["kind"]
+                             else "#ff7f0e" if "reconnect" in e["kind"] else "#444"
+                             for e in drawn]},
+    }
+    shapes, annotations = _fault_shapes(events, sel)
+    layout = {"title": {"text": "Events"}, "height": 90 + 28 * len(set(trace["y"]) or {1}),
+              "margin": {"l": 80, "r": 10, "t": 40, "b": 30},
+              "xaxis": {"type": "date", "range": [_naive(sel.start), _naive(sel.end)]},
+              "yaxis": {"type": "category"}, "shapes": shapes, "annotations": annotations,
+              "uirevision": f"{sel.room}|timeline"}
+    return go.Figure(data=[trace], layout=layout, _validate=False)
 
 
 def build_figures(series: Series, events: Sequence[dict[str, Any]],
                   sel: Selection) -> dict[str, go.Figure]:
     columns = _trace_columns(series)
-    return {name: build_figure(name, series, events, sel, _columns=columns) for name in CHARTS}
+    figs = {name: build_figure(name, series, events, sel, _columns=columns) for name in CHARTS}
+    figs["timeline"] = build_timeline(events, sel)
+    return figs
 
 
 # --- export --------------------------------------------------------------------------------
@@ -570,7 +753,7 @@ def _json_default(value: Any) -> Any:
 
 __all__ = [
     "CHARTS", "CallSummary", "Kpis", "RoomSummary", "Selection", "Series", "badge_text", "bands",
-    "build_figure", "build_figures", "choose_bin", "compute_kpis", "iter_samples", "list_calls",
-    "list_rooms",
-    "participants", "query_events", "query_samples", "room_range", "to_csv", "to_json",
+    "build_figure", "build_figures", "build_timeline", "choose_bin", "compute_kpis",
+    "fault_text", "iter_samples", "list_calls", "list_rooms", "participants", "query_events",
+    "query_samples", "room_range", "to_csv", "to_json",
 ]

@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 Direction = Literal["publish", "subscribe"]
 Kind = Literal["video", "audio"]
+Source = Literal["server", "browser"]
 StatsDict = dict[str, dict[str, Any]]
 
 CLOCK_RATES: dict[str, int] = {"video": 90_000, "audio": 48_000}
@@ -71,8 +72,24 @@ class MetricSample:
     width: int | None = None
     height: int | None = None
     quality: str | None = None
+    # How a subscriber leg's video is delivered: "forwarded" (the publisher's own encoded
+    # frames: fps, size and bitrate are those of its stream), "transcoded" (re-encoded at
+    # `quality`) or "paused"; None for publish and audio legs.
+    delivery: str | None = None
+    # What measured it: the server's aiortc leg, or the participant's page (getStats() in the
+    # browser, videochat/metrics/browser.py). The fields below exist only in browser samples.
+    source: Source = "server"
+    freeze_count: int | None = None  # cumulative, Chromium's inbound-rtp freezeCount
+    freeze_s: float | None = None  # cumulative totalFreezesDuration
+    jitter_buffer_ms: float | None = None  # over the interval: d jitterBufferDelay / d emitted
+    concealed_pct: float | None = None  # audio samples concealed over the interval, percent
+    decode_ms: float | None = None  # mean decode time per frame over the interval
+    frames_dropped: int | None = None  # cumulative
+    available_out_kbps: float | None = None  # the browser's uplink estimate (candidate pair)
 
     def __post_init__(self) -> None:
+        if self.source not in ("server", "browser"):
+            raise ValidationError("source", self.source, "must be server or browser")
         if self.at.tzinfo is None:
             raise ValidationError("sample time", self.at, "must be timezone-aware (UTC)")
         if self.direction not in ("publish", "subscribe"):
@@ -210,6 +227,7 @@ class LegStats:
         *,
         frames: tuple[int, int | None, int | None] = (0, None, None),
         quality: str | None = None,
+        delivery: str | None = None,
     ) -> MetricSample | None:
         """Feed one report taken at monotonic time `t`; None for the very first one."""
         prev, prev_t = self._prev, self._prev_t
@@ -246,6 +264,7 @@ class LegStats:
             loss_fraction=loss_fraction, loss_cumulative=loss_cumulative, jitter_ms=jitter_ms,
             fps=fps, width=width if kind == "video" else None,
             height=height if kind == "video" else None, quality=quality,
+            delivery=delivery if kind == "video" else None,
         )
 
     @staticmethod
@@ -337,6 +356,7 @@ class _Leg:
     counter: FrameCounter
     quality: Callable[[], str | None]
     stats: LegStats
+    delivery: Callable[[], str | None] | None = None
 
 
 class Sampler:
@@ -376,13 +396,14 @@ class Sampler:
         tags: dict[str, Any],
         counter: FrameCounter,
         quality: Callable[[], str | None],
+        delivery: Callable[[], str | None] | None = None,
     ) -> None:
         for key in ("room", "participant", "direction"):
             if not tags.get(key):
                 raise ValidationError("leg tags", tags, f"need a non-empty {key!r}")
         with self._lock:
             self._legs[leg_id] = _Leg(pc, dict(tags), counter, quality,
-                                      LegStats(leg=leg_id, tags=tags))
+                                      LegStats(leg=leg_id, tags=tags), delivery)
 
     def remove_leg(self, leg_id: str) -> None:
         with self._lock:
@@ -400,7 +421,8 @@ class Sampler:
             return self._counters.setdefault(leg_id, FrameCounter())
 
     def leg_listener(
-        self, quality_of: Callable[[str], str | None] | None = None
+        self, quality_of: Callable[[str], str | None] | None = None,
+        delivery_of: Callable[[str], str | None] | None = None,
     ) -> Callable[[Any, bool], None]:
         """A `LegRegistry` listener: samples every leg from registration to removal.
 
@@ -420,7 +442,10 @@ class Sampler:
             def quality() -> str | None:
                 return quality_of(leg_id) if quality_of is not None else None
 
-            self.add_leg(leg_id, leg.pc, tags, self.counter(leg_id), quality)
+            def delivery() -> str | None:
+                return delivery_of(leg_id) if delivery_of is not None else None
+
+            self.add_leg(leg_id, leg.pc, tags, self.counter(leg_id), quality, delivery)
             self.start()
 
         return listener
@@ -512,11 +537,12 @@ class Sampler:
                 continue
             try:
                 quality = leg.quality()
+                delivery = leg.delivery() if leg.delivery is not None else None
             except Exception:  # noqa: BLE001 - a broken quality callback must not stop sampling
                 logger.exception("quality callback failed for leg %s", leg_id)
-                quality = None
+                quality = delivery = None
             sample = leg.stats.update(report, t, at, frames=leg.counter.snapshot(),
-                                      quality=quality)
+                                      quality=quality, delivery=delivery)
             if sample is None:
                 continue
             with self._lock:

@@ -3,9 +3,13 @@
 Schema (the bucket pattern, by hand):
 
 - ``samples``: one document per leg per minute, ``_id = "<room>|<leg>|<epoch minute>"``, with
-  ``at`` (the minute), ``meta`` {room, call_id, participant, leg, direction, kind}, ``n`` (samples
-  held), ``last`` (newest sample time), ``p`` (which seconds hold a sample) and one 60-slot array
-  per metric indexed by the second (``bi bo rtt lf lc j fps w h q``). The source of truth.
+  ``at`` (the minute), ``meta`` {room, call_id, participant, leg, direction, kind, source},
+  ``n`` (samples held), ``last`` (newest sample time), ``p`` (which seconds hold a sample) and one
+  60-slot array per metric indexed by the second (``bi bo rtt lf lc j fps w h q``). The source
+  of truth. What a participant's page reports about the same leg (`metrics/browser.py`) is kept
+  in the same layout as leg ``<leg>@browser`` with ``meta.source = "browser"`` and seven more
+  arrays (``fc fz jb ca dm fd ao``: freezes, freeze time, jitter-buffer delay, concealed audio,
+  decode time, dropped frames, uplink estimate).
 - ``samples_10s``: beside each bucket, its small summary (same ``_id``, ``at``, ``meta``, ``n``,
   ``last``): ``r10``/``r20``/``r30`` (the minute's 10/20/30-s bins, arrays per metric, plus ``n``
   and ``rttx`` = max RTT) and ``m`` (the whole minute). One hour of one leg is 60 documents, so
@@ -76,10 +80,24 @@ ROLLUP_SLOTS = SLOTS // ROLLUP_S
 FIELDS: dict[str, str] = {
     "bitrate_in_kbps": "bi", "bitrate_out_kbps": "bo", "rtt_ms": "rtt", "loss_fraction": "lf",
     "loss_cumulative": "lc", "jitter_ms": "j", "fps": "fps", "width": "w", "height": "h",
-    "quality": "q",
+    "quality": "q", "delivery": "d",
 }
-AVERAGED = ("bi", "bo", "rtt", "lf", "j", "fps")
-MAXED = ("lc", "w", "h")
+# Only browser samples (meta.source "browser", leg "<leg>@browser") carry these columns: a
+# server bucket stays as small as before.
+BROWSER_FIELDS: dict[str, str] = {
+    "freeze_count": "fc", "freeze_s": "fz", "jitter_buffer_ms": "jb", "concealed_pct": "ca",
+    "decode_ms": "dm", "frames_dropped": "fd", "available_out_kbps": "ao",
+}
+ALL_FIELDS: dict[str, str] = {**FIELDS, **BROWSER_FIELDS}
+AVERAGED = ("bi", "bo", "rtt", "lf", "j", "fps", "jb", "ca", "dm", "ao")
+MAXED = ("lc", "w", "h", "fc", "fz", "fd")  # cumulative counters and sizes: the bin's maximum
+
+
+def fields_of(source: str | None) -> dict[str, str]:
+    """The columns a bucket of that source holds (sample attribute -> short name)."""
+    return ALL_FIELDS if source == "browser" else FIELDS
+
+
 DUPLICATE_KEY = 11000
 
 
@@ -96,18 +114,25 @@ class _Bucket:
     id: str
     at: datetime
     meta: dict[str, Any]
-    cols: dict[str, list[Any]] = field(
-        default_factory=lambda: {f: [None] * SLOTS for f in FIELDS.values()})
+    cols: dict[str, list[Any]] = field(default_factory=dict)
     present: list[int] = field(default_factory=lambda: [0] * SLOTS)
     n: int = 0
     last: datetime | None = None
     stored: bool = False  # some version of it is in MongoDB: replace, not insert
 
+    def __post_init__(self) -> None:
+        for f in self.fields.values():
+            self.cols.setdefault(f, [None] * SLOTS)
+
+    @property
+    def fields(self) -> dict[str, str]:
+        return fields_of(self.meta.get("source"))
+
     @classmethod
     def from_doc(cls, doc: MongoDoc) -> _Bucket:
         at = doc["at"] if doc["at"].tzinfo else doc["at"].replace(tzinfo=UTC)
         bucket = cls(id=doc["_id"], at=at, meta=dict(doc.get("meta") or {}))
-        for f in FIELDS.values():
+        for f in bucket.fields.values():
             bucket.cols[f] = (list(doc.get(f) or []) + [None] * SLOTS)[:SLOTS]
         bucket.present = (list(doc.get("p") or []) + [0] * SLOTS)[:SLOTS]
         bucket.n = int(doc.get("n") or 0)
@@ -120,9 +145,9 @@ class _Bucket:
         slot = int((sample.at - self.at).total_seconds())
         if self.present[slot]:
             same = all(self.cols[short][slot] == getattr(sample, name)
-                       for name, short in FIELDS.items())
+                       for name, short in self.fields.items())
             return "replay" if same else "duplicate"
-        for name, short in FIELDS.items():
+        for name, short in self.fields.items():
             self.cols[short][slot] = getattr(sample, name)
         self.present[slot] = 1
         self.n += 1
@@ -145,33 +170,37 @@ def _rollups(cols: dict[str, list[Any]], present: list[int]) -> MongoDoc:
 
     Each 10-s bin keeps sums and counts, so wider bins are exact averages of the samples.
     """
+    averaged = [f for f in AVERAGED if f in cols]
+    maxed = [f for f in MAXED if f in cols]
     base: list[dict[str, Any]] = []
     for b in range(ROLLUP_SLOTS):
         lo, hi = b * ROLLUP_S, (b + 1) * ROLLUP_S
         cell: dict[str, Any] = {"n": sum(present[lo:hi])}
-        for f in AVERAGED:
+        for f in averaged:
             vals = [v for v in cols[f][lo:hi] if v is not None]
             cell[f] = (sum(vals), len(vals))
-        for f in MAXED:
+        for f in maxed:
             vals = [v for v in cols[f][lo:hi] if v is not None]
             cell[f] = max(vals) if vals else None
         rtts = [v for v in cols["rtt"][lo:hi] if v is not None]
         cell["rttx"] = max(rtts) if rtts else None
-        qs = [v for v in cols["q"][lo:hi] if v is not None]
-        cell["q"] = qs[-1] if qs else None
+        for f in ("q", "d"):  # labels: the last one of the bin
+            labels = [v for v in cols[f][lo:hi] if v is not None]
+            cell[f] = labels[-1] if labels else None
         base.append(cell)
 
     def merge(cells: list[dict[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {"n": sum(c["n"] for c in cells)}
-        for f in AVERAGED:
+        for f in averaged:
             total = sum(c[f][0] for c in cells)
             count = sum(c[f][1] for c in cells)
             out[f] = total / count if count else None
-        for f in (*MAXED, "rttx"):
+        for f in (*maxed, "rttx"):
             vals = [c[f] for c in cells if c[f] is not None]
             out[f] = max(vals) if vals else None
-        qs = [c["q"] for c in cells if c["q"] is not None]
-        out["q"] = qs[-1] if qs else None
+        for f in ("q", "d"):
+            labels = [c.get(f) for c in cells if c.get(f) is not None]
+            out[f] = labels[-1] if labels else None
         return out
 
     doc: MongoDoc = {}
@@ -298,6 +327,12 @@ class MetricsStore:
             self._thread.join(timeout=max(1.0, timeout))
         return flushed
 
+    def busy(self) -> bool:
+        """True while MongoDB is down or the buffer is half full: optional data (browser
+        reports) is shed then, so the server's own samples keep their room."""
+        with self._cond:
+            return not self._backend_up or len(self._buf) >= self._buffer_max // 2
+
     def stats(self) -> dict[str, Any]:
         with self._cond:
             return {
@@ -414,7 +449,8 @@ class MetricsStore:
             if bucket is None:
                 bucket = self._buckets[bid] = _Bucket(id=bid, at=minute_of(s.at), meta={
                     "room": s.room, "call_id": s.call_id, "participant": s.participant,
-                    "leg": s.leg, "direction": s.direction, "kind": s.kind})
+                    "leg": s.leg, "direction": s.direction, "kind": s.kind,
+                    "source": s.source})
             # A replay (retry after a failed write) still rewrites its bucket: the failed
             # attempt may never have reached MongoDB.
             touched[bid] = bucket
@@ -482,4 +518,5 @@ def _raise_unless_duplicates(exc: pymongo.errors.BulkWriteError) -> None:
         raise exc
 
 
-__all__ = ["EVENTS", "FIELDS", "ROLLUPS", "SAMPLES", "MetricsStore", "bucket_id", "minute_of"]
+__all__ = ["ALL_FIELDS", "BROWSER_FIELDS", "EVENTS", "FIELDS", "ROLLUPS", "SAMPLES", "MetricsStore",
+           "bucket_id", "fields_of", "minute_of"]

@@ -9,6 +9,17 @@ and RTT objectives describe the call outside faults: samples during a fault and 
 after it, and during the first `warmup_s`, are left out, and the detail says so. Per leg, the
 10th percentile of fps must reach min_fps and the 95th percentile of RTT stay under max_rtt_ms;
 the worst leg decides.
+
+Three objectives judge the call *during* faults, as the participants saw it:
+- ``min_fps_during_faults``: per receiving leg, the 10th percentile of its received frame
+  rate over the samples inside fault windows (start to end, no settling); the worst leg
+  decides. Received fps is what each page reported decoding (getStats, `metrics/browser.py`),
+  or for a page without browser stats its remote-video progress probe, and for a bot the
+  frames it received through the relay.
+- ``max_freeze_s``: the longest freeze any page reported over the run (Chromium's
+  `freezeCount`/`totalFreezesDuration`, `metrics/experience.py`); no page reporting fails it.
+- ``max_reconnects``: reconnect episodes per participant over the run (`reconnect_started`
+  events); the participant with most decides; 0 when none happened.
 """
 
 from __future__ import annotations
@@ -110,6 +121,11 @@ class RunMeasurements:
     video_back_s: dict[str, float | None] | None = None
     """Per app restart: the new process healthy → every browser's remote video moving again;
     None when some browser never saw moving video again."""
+    received_fps: list[Sample] | None = None
+    """Per receiving leg, what was received: page-reported (getStats) fps, the page's
+    progress probe where a page sent no stats, and the bots' received frames."""
+    freezes: dict[str, tuple[int, float, float | None]] | None = None
+    """Per participant whose page reported: (freezes, seconds frozen, longest freeze)."""
 
 
 @dataclass(frozen=True)
@@ -274,9 +290,66 @@ def evaluate(
             out.append(_series_check(
                 name, threshold, "ms", m.rtt_ms, m, settle_s, warmup_s,
                 lambda v: _percentile(v, RTT_PERCENTILE), f"p{RTT_PERCENTILE} RTT", lowest=False))
+        elif name == "min_fps_during_faults":
+            out.append(_during_faults(name, threshold, m))
+        elif name == "max_freeze_s":
+            out.append(_longest_freeze(name, threshold, m.freezes))
+        elif name == "max_reconnects":
+            out.append(_reconnects(name, threshold, m.reconnect_times_s))
         else:  # a new field in Assertions without a rule here is our bug; say so in the verdict
             out.append(_fail(name, threshold, "", "no rule evaluates this objective"))
     return out
+
+
+def _during_faults(name: str, threshold: float, m: RunMeasurements) -> AssertionResult:
+    if m.received_fps is None:
+        return _fail(name, threshold, "fps", "not measured: no received frame rates")
+    if not m.fault_windows:
+        return _fail(name, threshold, "fps", "no fault window in this run")
+    per_leg: dict[str, list[float]] = defaultdict(list)
+    for s in m.received_fps:
+        if math.isfinite(s.value) and any(w.start_s <= s.t_s <= w.end_s
+                                          for w in m.fault_windows):
+            per_leg[s.series].append(s.value)
+    if not per_leg:
+        return _fail(name, threshold, "fps", f"no received-fps sample inside the fault windows "
+                                             f"({len(m.received_fps)} samples in all)")
+    stats = {k: _percentile(v, FPS_PERCENTILE) for k, v in per_leg.items()}
+    who = min(stats, key=lambda k: stats[k])
+    value = round(stats[who], 2)
+    ok = value >= threshold - 1e-9
+    windows = ", ".join(f"{w.label} {w.start_s:.1f}-{w.end_s:.1f} s" for w in m.fault_windows)
+    detail = (f"p{FPS_PERCENTILE} received fps per leg inside the faults ({windows}); lowest: "
+              f"{who} ({len(per_leg[who])} samples); legs: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in sorted(stats.items())))
+    text = f"{value:g} fps {'meets' if ok else 'below'} {threshold:g} fps; {detail}"
+    return AssertionResult(name, value, threshold, ok, text, "fps")
+
+
+def _longest_freeze(name: str, threshold: float,
+                    freezes: dict[str, tuple[int, float, float | None]] | None,
+                    ) -> AssertionResult:
+    if not freezes:
+        return _fail(name, threshold, "s", "not measured: no page reported its freezes "
+                                           "(browser stats missing, or only bots)")
+    longest = {who: (lg or 0.0) for who, (_, _, lg) in freezes.items()}
+    who = max(longest, key=lambda k: longest[k])
+    shown = ", ".join(f"{w} {c} freezes, {f:.2f} s frozen, longest {longest[w]:.3f} s"
+                      for w, (c, f, _) in sorted(freezes.items()))
+    return _at_most(name, round(longest[who], 3), threshold, "s",
+                    f"longest browser-reported freeze: {who}; {shown}")
+
+
+def _reconnects(name: str, threshold: float,
+                reconnects: dict[str, list[float | None]] | None) -> AssertionResult:
+    if reconnects is None:
+        return _fail(name, threshold, "", "not measured: no reconnect events were collected")
+    counts = {who: len(v) for who, v in reconnects.items()}
+    if not counts:
+        return _at_most(name, 0, threshold, "", "no participant reconnected")
+    who = max(counts, key=lambda k: counts[k])
+    shown = ", ".join(f"{w} {n}" for w, n in sorted(counts.items()))
+    return _at_most(name, counts[who], threshold, "", f"most: {who}; per participant: {shown}")
 
 
 def _by_fault(values: list[float | None], m: RunMeasurements) -> list[tuple[str, float | None]]:

@@ -1,4 +1,5 @@
-"""``python -m videochat qa list | run``: the QA runner's command line (a `videochat.cli` plugin).
+"""``python -m videochat qa list | run | call-report``: the QA runner's command line (a
+`videochat.cli` plugin). ``call-report --room R --out f.html`` writes any call's HTML report.
 
 ``qa run NAME|FILE --report out.json`` exits 0 when every objective held, 1 when one failed or
 the run could not be carried out, 2 for a bad scenario or bad usage.
@@ -60,6 +61,13 @@ def register(commands: Any) -> None:
     run.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     run.set_defaults(func=cmd_run)
 
+    report = verbs.add_parser("call-report",
+                              help="HTML report (charts, events, KPIs) of any recorded call")
+    report.add_argument("--room", required=True, help="the room")
+    report.add_argument("--call", help="one call id (default: the room's whole history)")
+    report.add_argument("--out", type=Path, required=True, help="HTML file to write")
+    report.set_defaults(func=cmd_call_report)
+
 
 def cmd_list(args: argparse.Namespace) -> int:
     try:
@@ -69,6 +77,26 @@ def cmd_list(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     for s in scenarios.values():
         print(s.summary())
+    return EXIT_PASS
+
+
+def cmd_call_report(args: argparse.Namespace) -> int:
+    """Write the call's HTML report and print its KPIs as one JSON line."""
+    import json
+
+    from videochat.backends.services import Services
+    from videochat.qa.report import call_report
+    from videochat.settings import Settings
+
+    services = Services.from_settings(Settings.load())
+    try:
+        report = call_report(services.db, args.room, args.call)
+    except NotFound as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report.html(), encoding="utf-8")
+    print(json.dumps(report.summary(), default=str), flush=True)
     return EXIT_PASS
 
 

@@ -150,6 +150,16 @@ class AppProcess:
             time.sleep(0.3)
         raise HarnessError(f"app not healthy after {timeout:.0f} s; see {self.log_path}")
 
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
     def restart(self, mode: str, *, timeout: float = 90.0) -> float:
         """Stop the app as a deploy (`graceful`: SIGTERM) or a crash (`kill`: SIGKILL) does,
         and start it again from the same folder on the same port; returns how long the old
@@ -175,16 +185,27 @@ class AppProcess:
         exited = time.monotonic() - started
         self.start(timeout)
         return exited
+    def kill(self) -> None:
+        """SIGKILL the app process alone, as a crash or the OOM killer would: its embedded
+        servers live on (the next start adopts them)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+    def terminate(self, timeout: float = 20.0) -> None:
+        """SIGTERM the app process alone (a deploy, `systemctl stop`) and wait for it to exit."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def documents(self, collection: str, query: Mapping[str, Any] | None = None,
+                  ) -> list[dict[str, Any]]:
+        """Documents of one collection of the app's MongoDB (see `read_documents`)."""
+        return read_documents(self.netns, self.state_dir, collection, query)
 
     def events(self, since: float, kinds: list[str]) -> list[dict[str, Any]]:
         """The app's call events of `kinds` since `since` (epoch seconds), oldest first, read
@@ -219,6 +240,28 @@ def read_events(netns: NetNamespace | None, state_dir: Path, since: float,
         raise HarnessError(f"reading events failed: {out.stderr.strip()[-500:]}")
     events: list[dict[str, Any]] = json.loads(out.stdout or "[]")
     return events
+
+
+def read_documents(netns: NetNamespace | None, state_dir: Path, collection: str,
+                   query: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The documents of `collection` matching `query` in the app's MongoDB, in insertion
+    order, with dates as epoch seconds; read by a child process in the app's namespace."""
+    code = (
+        "import json,sys,datetime as d;"
+        "from videochat.backends.services import Services;from videochat.settings import Settings;"
+        "s=Services.from_settings(Settings.load());"
+        "f=lambda v: v.timestamp() if isinstance(v,d.datetime) else str(v);"
+        f"print(json.dumps(list(s.db[{collection!r}].find(json.loads(sys.argv[1]))),default=f))"
+    )
+    env = dict(os.environ, VIDEOCHAT_STATE_DIR=str(state_dir))
+    cmd = ((netns.prefix() if netns else [])
+           + [sys.executable, "-c", code, json.dumps(dict(query or {}))])
+    out = subprocess.run(cmd, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                         timeout=60)
+    if out.returncode != 0:
+        raise HarnessError(f"reading {collection} failed: {out.stderr.strip()[-500:]}")
+    docs: list[dict[str, Any]] = json.loads(out.stdout or "[]")
+    return docs
 
 
 def chromium_wrapper(netns: NetNamespace | None, folder: Path) -> Path:

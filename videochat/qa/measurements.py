@@ -20,6 +20,8 @@ from typing import Any
 from videochat.call.quality import LADDER
 from videochat.events import CallEvent
 from videochat.faults.kinds import BACKEND_KINDS
+from videochat.metrics.experience import freezes as leg_freezes
+from videochat.metrics.experience import idle_legs
 from videochat.metrics.stats import MetricSample
 from videochat.qa.assertions import (
     FaultWindow,
@@ -129,7 +131,9 @@ def series_from_samples(
     fps: list[Sample] = []
     rtt: list[Sample] = []
     quality: list[Sample] = []
-    samples = list(samples)
+    # The server's legs only: what pages reported is `browser_measurements`' (the existing
+    # objectives keep their meaning).
+    samples = [s for s in samples if s.source == "server"]
     # A warm spare receive leg is bound to nobody and carries no video by design: a leg that
     # never showed a frame in the whole run is not one whose frame rate the objectives judge.
     carried = {s.leg for s in samples if s.kind == "video" and (s.fps or 0) > 0}
@@ -159,7 +163,8 @@ def missing_samples(samples: Iterable[MetricSample], windows: Sequence[FaultWind
                    if not set(w.kind.split("+")) & BACKEND_KINDS]
     seconds: dict[str, set[int]] = defaultdict(set)
     for s in samples:
-        if s.kind == "video":
+        # Browser reports are optional data, shed when the server is busy: not counted.
+        if s.kind == "video" and s.source == "server":
             seconds[s.leg].add(int(s.at.timestamp()))
     lost = 0
     for secs in seconds.values():
@@ -167,6 +172,38 @@ def missing_samples(samples: Iterable[MetricSample], windows: Sequence[FaultWind
             if sec not in secs and not any(a <= sec <= b for a, b in excused):
                 lost += 1
     return lost
+
+
+def browser_measurements(
+    samples: Iterable[MetricSample], t0: datetime,
+) -> tuple[list[Sample], dict[str, tuple[int, float, float | None]]]:
+    """From what the pages reported (`<leg>@browser` samples): received fps per receiving leg
+    (series "participant received leg"), and per participant (freezes, seconds frozen,
+    longest freeze) over the run. The warm spare (a receiving leg that never showed a frame
+    while another did) is left out. Counters already running at t0 count from their value
+    then (`metrics.experience.freezes`)."""
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for s in samples:
+        if s.source != "browser" or s.direction != "subscribe":
+            continue
+        rows[(s.participant, s.leg)].append({
+            "t": s.at, "participant": s.participant, "leg": s.leg, "direction": s.direction,
+            "fps": s.fps, "fc": s.freeze_count, "fz": s.freeze_s})
+    idle = idle_legs(r for rs in rows.values() for r in rs)
+    fps: list[Sample] = []
+    freezes: dict[str, tuple[int, float, float | None]] = {}
+    for (who, leg), rs in sorted(rows.items()):
+        if (who, leg) in idle:
+            continue
+        rs.sort(key=lambda r: r["t"])
+        fps += [Sample(round(_secs(r["t"], t0), 3), f"{who} received {leg}", float(r["fps"]))
+                for r in rs if r["fps"] is not None]
+        count, frozen, longest = leg_freezes(rs, t0)
+        if any(r["fc"] is not None for r in rs):
+            c0, f0, l0 = freezes.get(who, (0, 0.0, None))
+            worst = longest if l0 is None else (l0 if longest is None else max(l0, longest))
+            freezes[who] = (c0 + count, round(f0 + frozen, 3), worst)
+    return fps, freezes
 
 
 def fps_from_counts(counts: dict[str, dict[float, int]], t0_wall: float, duration_s: float,

@@ -14,7 +14,7 @@ import secrets
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from pymongo.errors import PyMongoError
 
 from videochat.backends import keys
 from videochat.exceptions import BackendUnavailable, NotFound
+from videochat.metrics import diagnostics as diag
 from videochat.qa.assertions import AssertionResult, RunMeasurements, Sample, all_passed
 from videochat.qa.scenario import Scenario
 
@@ -36,6 +37,8 @@ COLLECTION = keys.QA_RUNS
 _CHARTS: tuple[tuple[str, str, str | None], ...] = (
     # series key, title, the assertion whose threshold is drawn on it
     ("fps", "Frames per second (per leg)", "min_fps"),
+    ("received_fps", "Received frames per second (what each page decoded)",
+     "min_fps_during_faults"),
     ("rtt_ms", "Round-trip time, ms (per leg)", "max_rtt_ms"),
     ("quality_level", "Quality level (per leg; higher is better)", None),
 )
@@ -107,11 +110,15 @@ class RunResult:
                 "chat": None if m.chat is None else {**asdict(m.chat), "lost": m.chat.lost},
                 "metrics_lost": m.metrics_lost,
                 "video_back_s": m.video_back_s,
+                "browser_freezes": None if m.freezes is None else {
+                    who: {"freezes": c, "frozen_s": f, "longest_s": lg}
+                    for who, (c, f, lg) in m.freezes.items()},
             },
             "series": {
                 "fps": _samples(m.fps),
                 "rtt_ms": _samples(m.rtt_ms),
                 "quality_level": _samples(m.quality_level),
+                "received_fps": _samples(m.received_fps),
             },
             "events": [asdict(e) for e in m.events],
             "notes": list(self.notes),
@@ -336,3 +343,106 @@ class RunStore:
         if doc is None:
             raise NotFound(f"no QA run {run_id!r}")
         return dict(doc)
+
+
+# ---------------------------------------------------------------------------------------------
+# a report for any call (the Diagnostics page's download, `qa call-report`)
+
+
+def render_call_html(sel: diag.Selection, series: diag.Series, events: list[dict[str, Any]],
+                     kpis: diag.Kpis) -> str:
+    """The HTML report of any call, not only a QA run: the same page style, the Diagnostics
+    charts (timeline, network, what each page saw), KPIs, experience per participant and the
+    events. Self-contained like the QA report (plotly.js inline, once)."""
+    esc = html.escape
+    figures = diag.build_figures(series, events, sel)
+    order = ["timeline", *diag.CHARTS]
+    charts = [figures[name].to_html(full_html=False, include_plotlyjs=(i == 0),
+                                    config={"displaylogo": False})
+              for i, name in enumerate(order)]
+
+    def fmt(v: Any, spec: str, unit: str = "") -> str:
+        return "—" if v is None else f"{format(v, spec)}{unit}"
+
+    k = kpis
+    kpi_rows = [
+        ("Time to first frame", fmt(k.time_to_first_frame_s, ".1f", " s")),
+        ("Reconnects", str(k.reconnect_count)),
+        ("Interruption", fmt(k.interruption_s, ".1f", " s")),
+        ("Mean RTT", fmt(k.rtt_mean_ms, ".0f", " ms")),
+        ("Max RTT", fmt(k.rtt_max_ms, ".0f", " ms")),
+        ("Loss", fmt(k.loss_mean, ".1%")),
+        ("Packets lost", str(k.packets_lost)),
+        ("Experience (MOS-like, 1–4.5)", fmt(k.experience_score, ".2f")),
+    ]
+    kpi_table = "".join(f"<tr><th>{esc(a)}</th><td>{esc(b)}</td></tr>" for a, b in kpi_rows)
+    people = "".join(
+        f"<tr><td>{esc(e.participant)}</td><td>{esc(e.text(e.freeze_count, 'd'))}</td>"
+        f"<td>{esc(e.text(e.freeze_s, '.2f'))}</td>"
+        f"<td>{esc(e.text(e.longest_freeze_s, '.2f'))}</td>"
+        f"<td>{esc(e.text(e.jitter_buffer_ms, '.1f'))}</td>"
+        f"<td>{esc(e.text(e.concealed_pct, '.2f'))}</td>"
+        f"<td>{esc(fmt(e.score, '.2f'))}</td></tr>"
+        for e in k.experiences
+    ) or "<tr><td colspan='7' class='muted'>no participant</td></tr>"
+    event_rows = "".join(
+        f"<tr><td>{esc(e['at'].astimezone(UTC).strftime('%H:%M:%S.%f')[:-3])}</td>"
+        f"<td>{esc(str(e['kind']))}</td><td>{esc(str(e.get('participant') or ''))}</td>"
+        f"<td>{esc(diag.fault_text(e) or json.dumps(e.get('data') or {}, default=str)[:160])}"
+        f"</td></tr>"
+        for e in events[:500]
+    ) or "<tr><td colspan='4' class='muted'>none</td></tr>"
+    title = f"Call {sel.call_id or ''} in room {sel.room}".replace("  ", " ")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>{esc(title)}</title>
+<style>{_STYLE}</style></head><body>
+<h1>{esc(title)}</h1>
+<p>{esc(_iso(sel.start))} → {esc(_iso(sel.end))} UTC · one point per {series.bin_s} s ·
+{len(series.rows)} points · {len(events)} events. Solid lines: measured by the server;
+dotted: measured by the participant's page.</p>
+<h2>KPIs</h2>
+<table>{kpi_table}</table>
+<h2>What each participant saw (their own page)</h2>
+<table><tr><th>participant</th><th>freezes</th><th>frozen, s</th><th>longest freeze, s</th>
+<th>jitter-buffer delay, ms</th><th>concealed audio, %</th><th>experience</th></tr>{people}
+</table>
+<h2>Charts</h2>
+{''.join(f'<div class="chart">{c}</div>' for c in charts)}
+<h2>Events</h2>
+<table><tr><th>time (UTC)</th><th>event</th><th>participant</th><th>detail</th></tr>
+{event_rows}</table>
+</body></html>
+"""
+
+
+@dataclass
+class CallReport:
+    selection: diag.Selection
+    series: diag.Series
+    events: list[dict[str, Any]]
+    kpis: diag.Kpis
+
+    def html(self) -> str:
+        return render_call_html(self.selection, self.series, self.events, self.kpis)
+
+    def summary(self) -> dict[str, Any]:
+        """The KPIs as plain JSON types (what `qa call-report` prints)."""
+        doc: dict[str, Any] = json.loads(diag.to_json(
+            self.selection, diag.Series(self.series.bin_s), [], self.kpis))
+        return dict(doc["kpis"])
+
+
+def call_report(db: Database[Any], room: str, call_id: str | None = None, *,
+                max_points: int = 1200) -> CallReport:
+    """Everything recorded of a call (or of a whole room, without `call_id`); NotFound when
+    it has no samples."""
+    span = diag.room_range(db, room, call_id)
+    if span is None:
+        raise NotFound(f"no samples for room {room!r}" + (f", call {call_id!r}" if call_id
+                                                            else ""))
+    sel = diag.Selection(room=room, start=span[0], end=span[1] + timedelta(seconds=1),
+                         call_id=call_id)
+    series = diag.query_samples(db, sel, max_points=max_points)
+    events = diag.query_events(db, sel)
+    return CallReport(sel, series, events, diag.compute_kpis(series, events, sel.end))

@@ -60,6 +60,7 @@ from videochat.qa.assertions import (
 from videochat.qa.chat_load import ChatLoad
 from videochat.qa.measurements import (
     bot_fps_series,
+    browser_measurements,
     event_from_doc,
     expected_events_seen,
     fps_from_counts,
@@ -516,6 +517,8 @@ class ScenarioRun:
         downs, backs = quality_times_from_events(in_run, t0, windows, levels,
                                                  run_end_s=self.scenario.duration_s)
         fps, rtt, quality = series_from_samples(samples, t0)
+        received, freezes = browser_measurements(samples, t0)
+        reported = {x.series.split(" ", 1)[0] for x in received}
         if who.pages:
             if not any(x.value > 0 for x in fps):
                 self.notes.append("the app's samples give 0 fps on every leg; frame rates are "
@@ -523,8 +526,11 @@ class ScenarioRun:
                 fps = []
             tiles = max(1, len(self.scenario.participants) - 1)
             for name in who.pages:
-                fps += fps_from_counts(self._counts[name], t0_wall, self.scenario.duration_s,
-                                       f"{name} received (browser)", tiles)
+                probe = fps_from_counts(self._counts[name], t0_wall, self.scenario.duration_s,
+                                        f"{name} received (browser)", tiles)
+                fps += probe
+                if name not in reported:  # no stats from that page: its probe, then
+                    received += probe
         m = RunMeasurements(
             fault_windows=windows,
             reconnect_times_s=reconnects,
@@ -539,9 +545,13 @@ class ScenarioRun:
             events=timeline_events(in_run, t0),
             video_back_s=(video_back_after_restarts(progress, self.restarts)
                           if who.pages and self.restarts else None),
+            received_fps=received,
+            freezes=freezes,
         )
         if who.bots:
-            m.fps = [*(m.fps or []), *self._bot_fps(services, t0_wall)]
+            bots = self._bot_fps(services, t0_wall)
+            m.fps = [*(m.fps or []), *bots]
+            m.received_fps = [*received, *bots]
         if chat is not None:
             m.chat = chat.ledger()
         self.say(f"collected {len(in_run)} events, {len(samples)} samples")

@@ -265,6 +265,10 @@ class Assertions(_Model):
     video_back_within_s: NonNegative | None = None
     """After each app_restart: the new process answering its health check → every browser's
     remote video moving again (its third new frame)."""
+    # During faults, as people saw it (definitions in docs/TESTING.md and qa/assertions.py).
+    min_fps_during_faults: NonNegative | None = None
+    max_freeze_s: NonNegative | None = None
+    max_reconnects: NonNegativeInt | None = None
 
     def given(self) -> dict[str, float]:
         return {k: v for k, v in self.model_dump().items() if v is not None}

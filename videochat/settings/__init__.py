@@ -124,6 +124,14 @@ class Settings:
         default=None,
         metadata={"env": "VIDEOCHAT_ADMIN_TOKEN", "doc": "token for the Faults and QA pages"},
     )
+    rejoin_secret: str | None = field(
+        default=None,
+        metadata={
+            "env": "VIDEOCHAT_REJOIN_SECRET",
+            "doc": "key signing the rejoin tokens tabs hold to get their seat back after a "
+            "restart (16+ characters); unset: a random key kept in <state folder>/rejoin.key",
+        },
+    )
     require_login: bool = field(
         default=False,
         metadata={
@@ -271,6 +279,15 @@ class Settings:
             out.append((f.metadata["env"], repr(default) if default != "unset" else "unset",
                         f.metadata["doc"]))
         return out
+
+
+def _secret(name: str, value: Any, min_length: int) -> str | None:
+    text = _str(name, value).strip()
+    if text and len(text) < min_length:
+        # Never echo a secret, not even a short one.
+        raise SettingsError(name, f"<{len(text)} characters>",
+                            f"must be at least {min_length} characters (or unset)")
+    return text or None
 
 
 def _str(name: str, value: Any) -> str:
@@ -511,6 +528,7 @@ _PARSERS: dict[str, Any] = {
     "turn_credential": lambda n, v: _str(n, v) or None,
     "dev_mode": _bool,
     "admin_token": lambda n, v: _str(n, v) or None,
+    "rejoin_secret": lambda n, v: _secret(n, v, 16),
     "require_login": _bool,
     "login_providers": _provider_names,
     "max_participants": _int(2, 16),

@@ -9,6 +9,7 @@ import streamlit as st
 from streamlit_webrtc.eventloop import get_global_event_loop
 
 from videochat.bots.host import add_bot
+from videochat.call.seats import Seats
 from videochat.exceptions import VideoChatError
 from videochat.media.legs import MediaLeg
 from videochat.media.participant import (
@@ -16,8 +17,6 @@ from videochat.media.participant import (
     ROOM_RULE,
     Participant,
     Slot,
-    validate_display_name,
-    validate_room_name,
 )
 from videochat.ui import login, wake, webrtc
 from videochat.ui.chat import render_chat
@@ -29,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 COLUMNS = 2
 SESSION_KEY = "vc_participant"
+REJOIN_KEY = "vc_rejoin"
+REFUSED_KEY = "vc_rejoin_refused"  # shown above the join form until a join succeeds
 
 
 def render() -> None:
@@ -45,14 +46,30 @@ def _render() -> None:
     backend_badges(rt)
     me = _current_participant(rt)
     qp = st.query_params
-    if me is None and qp.get("join") == "1" and qp.get("room") and qp.get("name"):
+    refused = None
+    if me is None and qp.get("rejoin"):
+        # A tab that was in a call before the server restarted (videochat/ui/restart_watch.js
+        # reloaded it with its token): its own seat back, no click.
+        me, refused = _rejoin(rt, qp.get("rejoin", ""))
+    if me is None and refused is None and qp.get("join") == "1" and qp.get("room") \
+            and qp.get("name"):
         # Join by link within this same run: no extra rerun before the call's components
         # are sent to the browser (each rerun costs a round trip on the join path).
         me = _join(rt, qp.get("room", ""), qp.get("name", ""))
     if me is None:
         _join_form(rt)
         return
+    if qp.get("rejoin"):
+        # Seated: the token leaves the address bar (a copied link must not carry someone's
+        # seat). Checked on every run: the first link's query can be put back by
+        # videochat/ui/navigation.py on a stray empty rerun.
+        qp.pop("rejoin", None)
     _call(rt, me)
+
+
+def _seats(rt: AppRuntime) -> Seats:
+    assert rt.seats is not None, "the runtime builds its seats"
+    return rt.seats
 
 
 def _current_participant(rt: AppRuntime) -> Participant | None:
@@ -62,31 +79,52 @@ def _current_participant(rt: AppRuntime) -> Participant | None:
             me.session_id = wake.current_session_id()  # the tab reconnected under a new session
         return me
     if st.session_state.get(SESSION_KEY):
-        # We were in a call but the server no longer knows us (grace expired, server
-        # restart): rejoin the same room under the same name, no click.
+        # We were in a call but this process no longer seats us (grace expired): our seat back
+        # by token if it is still live, else the same room under the same name, no click.
         st.session_state.pop(SESSION_KEY)
+        token = st.session_state.get(REJOIN_KEY)
+        if token:
+            try:
+                return _seated(rt, _seats(rt).rejoin(token, wake.current_session_id()), "")
+            except VideoChatError as exc:
+                logger.info("rejoin by the session's token refused: %s", exc)
         room, name = st.session_state.get("vc_room"), st.session_state.get("vc_name")
         if room and name:
             return _join(rt, room, name, st.session_state.get("vc_passcode", ""))
     return None
 
 
+def _rejoin(rt: AppRuntime, token: str) -> tuple[Participant | None, str | None]:
+    """(participant, None) when the token's seat is given back, (None, why) when refused."""
+    try:
+        me = _seats(rt).rejoin(token, wake.current_session_id())
+    except VideoChatError as exc:
+        # Never a silent empty form: say why, and pre-fill the form with the link's room and
+        # name (the token's, when it could be read).
+        st.session_state[REFUSED_KEY] = f"Could not rejoin the call: {exc}"
+        st.query_params.pop("rejoin", None)
+        st.query_params.pop("join", None)
+        return None, str(exc)
+    # The page keeps the token in the tab's own storage (restart_watch.js), not in the URL.
+    return _seated(rt, me, st.session_state.get("vc_passcode", "")), None
+
+
 def _join(rt: AppRuntime, room: str, name: str, passcode: str = "") -> Participant | None:
     try:
-        validate_room_name(room)
-        validate_display_name(name)
-        existing = rt.registry.rooms.get(room)
-        if rt.access.requires_passcode(room):
-            rt.access.check(room, passcode or None)
-        elif passcode and (existing is None or not existing.participants):
-            rt.access.set_passcode(room, passcode)  # whoever opens the room may protect it
-        me = rt.registry.join(room, name, wake.current_session_id())
+        me = _seats(rt).join(room, name, wake.current_session_id(), passcode)
     except VideoChatError as exc:
         st.error(str(exc))
         return None
-    st.session_state[SESSION_KEY] = me.id
-    st.session_state["vc_room"] = room
     st.session_state["vc_name"] = name
+    return _seated(rt, me, passcode)
+
+
+def _seated(rt: AppRuntime, me: Participant, passcode: str) -> Participant:
+    st.session_state.pop(REFUSED_KEY, None)
+    st.session_state[SESSION_KEY] = me.id
+    st.session_state[REJOIN_KEY] = _seats(rt).token_for(me)
+    st.session_state["vc_room"] = me.room
+    st.session_state.setdefault("vc_name", me.name)
     st.session_state["vc_passcode"] = passcode  # to rejoin by itself after a lost session
     return me
 
@@ -96,6 +134,8 @@ def _join_form(rt: AppRuntime) -> None:
     room, name = qp.get("room", ""), qp.get("name", "")
     name = name or login.signed_in_name()  # "" unless sign-in is on and someone is signed in
     st.title("Join a call")
+    if st.session_state.get(REFUSED_KEY):
+        st.error(st.session_state[REFUSED_KEY])
     with st.form("join"):
         name = st.text_input("Your name", value=name, max_chars=32, help=NAME_RULE)
         room = st.text_input("Room", value=room, max_chars=40, help=ROOM_RULE)
@@ -126,7 +166,7 @@ def _call(rt: AppRuntime, me: Participant) -> None:
                 add_bot(rt, me.room, "bot")
             except VideoChatError as exc:
                 st.error(str(exc))
-    webrtc.autostart_companion(me)
+    webrtc.autostart_companion(me, st.session_state.get(REJOIN_KEY, ""))
     grid, side = st.columns([3, 2], gap="medium")
     with grid:
         _grid(rt, me)
@@ -220,7 +260,10 @@ def _tile_title(rt: AppRuntime, me: Participant, slot: Slot) -> str:
     sample = rt.sampler.latest(me.room).get(leg_id)
     if quality is not None:
         parts.append(f"{QUALITY_ICON.get(quality.value, '')} {quality.value}")
-    if level is not None:
+    delivery = rt.supervisor.delivery_of(leg_id)
+    if delivery == "forwarded":
+        parts.append("forwarded")  # the publisher's own stream, not re-encoded
+    elif level is not None:
         parts.append(level)
     if sample is not None and sample.rtt_ms is not None:
         parts.append(f"RTT {sample.rtt_ms:.0f} ms")
@@ -263,6 +306,8 @@ def _leave(rt: AppRuntime, me: Participant) -> None:
         webrtc.stop_worker(ctx)
         del st.session_state[key]
     st.session_state.pop(SESSION_KEY, None)
+    st.session_state.pop(REJOIN_KEY, None)
     st.session_state.pop("vc_room", None)
     st.query_params.pop("join", None)
+    st.query_params.pop("rejoin", None)
     st.rerun()

@@ -47,18 +47,15 @@ def render_chat(
     )
     st.subheader("Chat")
     box = st.container(height=380, border=True, autoscroll=True)
-    text = st.chat_input("Message", key=f"chat_input::{room}", max_chars=queue.max_length)
-    if text:
-        try:
-            msg = queue.send(room, participant_id, display_name, text)
-            sent[msg.id] = msg
-        except ValidationError as exc:
-            st.warning(f"Message not sent: it {exc.rule}.")
-        except RateLimited as exc:
-            st.warning(f"Message not sent: at most {exc.limit} messages per "
-                       f"{exc.window_s:g} s. Wait a moment and retry.")
-        except BackendUnavailable:
-            st.error("Message not sent: the chat server is unreachable and the outbox is full.")
+    key = f"chat_input::{room}"
+    # Sent from the submit callback, which runs once per Enter: the widget's value itself stays
+    # set through a run that a wake interrupts, and the next run would send it again (seen as
+    # one message stored four times in the restart test).
+    st.chat_input("Message", key=key, max_chars=queue.max_length, on_submit=_send,
+                  args=(key, room, participant_id, display_name, queue, sent))
+    problem = st.session_state.pop(_problem_key(room), None)
+    if problem:
+        (st.error if problem.startswith("!") else st.warning)(problem.lstrip("!"))
     if not queue.status()["redis_up"]:
         st.caption("Chat server unreachable: your messages wait here and are sent when it "
                    "returns.")
@@ -77,6 +74,30 @@ def render_chat(
             _message(msg, own=msg.sender_id == participant_id, pending=False, tz=tz)
         for msg in sent.values():
             _message(msg, own=True, pending=True, tz=tz)
+
+
+def _problem_key(room: str) -> str:
+    return f"chat_problem::{room}"
+
+
+def _send(key: str, room: str, participant_id: str, display_name: str, queue: ChatQueue,
+          sent: dict[str, ChatMessage]) -> None:
+    text = st.session_state.get(key)
+    if not text:
+        return
+    problem = None
+    try:
+        msg = queue.send(room, participant_id, display_name, text)
+        sent[msg.id] = msg
+    except ValidationError as exc:
+        problem = f"Message not sent: it {exc.rule}."
+    except RateLimited as exc:
+        problem = (f"Message not sent: at most {exc.limit} messages per {exc.window_s:g} s. "
+                   "Wait a moment and retry.")
+    except BackendUnavailable:
+        problem = "!Message not sent: the chat server is unreachable and the outbox is full."
+    if problem:
+        st.session_state[_problem_key(room)] = problem
 
 
 def _message(msg: ChatMessage, *, own: bool, pending: bool, tz: tzinfo) -> None:

@@ -11,11 +11,24 @@
 //     through an <audio> element of the top page; where the browser refuses sound, an
 //     "Enable sound" button shows and the first gesture anywhere on the page retries;
 //  4. self view: one's own camera, mirrored and muted, in one's own tile, and the camera and
-//     microphone switches applied to the published tracks.
+//     microphone switches applied to the published tracks;
+//  5. restart watch (restart_watch.js, issue 17): installed once into the top page, handed this
+//     run's boot id and rejoin token, and asked to post any chat typed while the server was away.
+//  5. browser stats: each leg's getStats() once a second, batched every 4 s to the same route
+//     (type "stats", videochat/metrics/browser.py validates and stores them).
 (function () {
   const CFG = __VC_CONFIG__;
   const P = window.parent;
   const doc = P.document;
+  P.__vcRestartCfg = CFG.restart;
+  if (CFG.restart && CFG.restart.rejoin) P.sessionStorage.setItem('vc-rejoin', CFG.restart.rejoin);
+  if (!P.__vcWatch && CFG.watch) {
+    // A script element of the top page: it must outlive this frame, replaced on reruns.
+    const s = doc.createElement('script');
+    s.textContent = CFG.watch;
+    doc.head.appendChild(s);
+  }
+  if (P.__vcFlushOutbox) P.__vcFlushOutbox();
   // Shared across companion instances on this page, so no streamer is pressed twice.
   const seen = P.__vcStarts || (P.__vcStarts = new WeakMap());
   P.__vcFastLog = P.__vcFastLog || [];
@@ -103,11 +116,16 @@
     proto.setLocalDescription = function () {
       const pc = this;
       const done = setLocal.apply(pc, arguments);
+      W.__vcPc = pc;  // the frame's current connection, for the stats reports (job 5)
       Promise.resolve(done).then(function () {
         const d = pc.localDescription;
         if (d && d.type === 'offer' && !pc.__vcOffered) {
           pc.__vcOffered = true;
           fastOffer(pc, frame);
+          // A failed connection may be the server itself going away: let the watch check.
+          pc.addEventListener('iceconnectionstatechange', function () {
+            if (pc.iceConnectionState === 'failed' && P.__vcCheckServer) P.__vcCheckServer();
+          });
         }
       }).catch(function () {});
       return done;
@@ -302,6 +320,150 @@
     });
     forgetGoneLegs(live);
   }
+  // --- browser stats (job 5) ---------------------------------------------------------------
+  // One collector per page: a companion replaced on a rerun hands over to the newest one.
+  const statsId = {};
+  P.__vcStatsOwner = statsId;
+  P.__vcStatsBuf = P.__vcStatsBuf || [];
+  P.__vcStatsLog = P.__vcStatsLog || [];  // [time, http status] per batch (read by tests)
+
+  function num(x) { return typeof x === 'number' && isFinite(x) ? x : null; }
+  function rate(a, b, dt) {  // per second, or null when a counter is missing or went back
+    return a === null || b === null || a < b || dt <= 0 ? null : (a - b) / dt;
+  }
+  function ratio(da, db) { return da === null || db === null || db <= 0 ? null : da / db; }
+  function delta(cur, prev, f) {
+    const a = cur ? num(cur[f]) : null, b = prev ? num(prev[f]) : null;
+    return a === null || b === null || a < b ? null : a - b;
+  }
+  function scale(x, k) { return x === null || x === undefined ? null : x * k; }
+  function clamp(x, lo, hi, digits) {  // null stays null: never report a made-up 0
+    if (x === null || x === undefined || !isFinite(x)) return null;
+    const p = Math.pow(10, digits);
+    return Math.round(Math.min(hi, Math.max(lo, x)) * p) / p;
+  }
+
+  function digest(report) {
+    const d = {inV: null, inA: null, outV: null, bytesIn: 0, bytesOut: 0, remote: null,
+               pair: null};
+    let selected = null;
+    report.forEach(function (s) {
+      if (s.type === 'inbound-rtp') {
+        d.bytesIn += s.bytesReceived || 0;
+        if (s.kind === 'video') d.inV = s; else if (s.kind === 'audio') d.inA = s;
+      } else if (s.type === 'outbound-rtp') {
+        d.bytesOut += s.bytesSent || 0;
+        if (s.kind === 'video') d.outV = s;
+      } else if (s.type === 'remote-inbound-rtp' && s.kind === 'video') {
+        d.remote = s;
+      } else if (s.type === 'transport' && s.selectedCandidatePairId) {
+        selected = s.selectedCandidatePairId;
+      }
+    });
+    report.forEach(function (s) {
+      if (s.type === 'candidate-pair' && (s.id === selected || (!selected && s.nominated))) {
+        d.pair = s;
+      }
+    });
+    return d;
+  }
+
+  function statsSample(key, d, prev, dt, now) {
+    const out = {key: key, at: now};
+    out.bitrate_in_kbps = clamp(scale(rate(d.bytesIn, prev.bytesIn, dt), 0.008), 0, 1e6, 1);
+    out.bitrate_out_kbps = clamp(scale(rate(d.bytesOut, prev.bytesOut, dt), 0.008), 0, 1e6, 1);
+    const pairRtt = d.pair ? num(d.pair.currentRoundTripTime) : null;
+    const remRtt = d.remote ? num(d.remote.roundTripTime) : null;
+    out.rtt_ms = clamp(scale(remRtt !== null ? remRtt : pairRtt, 1000), 0, 60000, 1);
+    if (d.pair && num(d.pair.availableOutgoingBitrate) !== null) {
+      out.available_out_kbps = clamp(d.pair.availableOutgoingBitrate / 1000, 0, 1e6, 1);
+    }
+    const v = d.inV, pv = prev.inV;
+    if (v) {  // a receiving leg: what this person saw
+      const lost = delta(v, pv, 'packetsLost'), recv = delta(v, pv, 'packetsReceived');
+      out.loss_fraction = lost === null || recv === null ? null :
+        clamp(ratio(lost, lost + recv) || 0, 0, 1, 4);
+      out.jitter_ms = clamp(scale(num(v.jitter), 1000), 0, 60000, 1);
+      out.fps = clamp(rate(num(v.framesDecoded), pv ? num(pv.framesDecoded) : null, dt),
+                      0, 240, 2);
+      out.width = num(v.frameWidth);
+      out.height = num(v.frameHeight);
+      out.freeze_count = num(v.freezeCount);
+      out.freeze_s = clamp(num(v.totalFreezesDuration), 0, 1e6, 3);
+      out.frames_dropped = num(v.framesDropped);
+      out.jitter_buffer_ms = clamp(scale(ratio(delta(v, pv, 'jitterBufferDelay'),
+                                         delta(v, pv, 'jitterBufferEmittedCount')), 1000),
+                                   0, 60000, 1);
+      out.decode_ms = clamp(scale(ratio(delta(v, pv, 'totalDecodeTime'),
+                                        delta(v, pv, 'framesDecoded')), 1000), 0, 10000, 2);
+    } else if (d.outV) {  // the publishing leg: what this person sent
+      const o = d.outV, po = prev.outV;
+      out.fps = clamp(rate(num(o.framesEncoded), po ? num(po.framesEncoded) : null, dt),
+                      0, 240, 2);
+      out.width = num(o.frameWidth);
+      out.height = num(o.frameHeight);
+      if (d.remote) {
+        out.loss_fraction = clamp(num(d.remote.fractionLost), 0, 1, 4);
+        out.jitter_ms = clamp(scale(num(d.remote.jitter), 1000), 0, 60000, 1);
+      }
+    }
+    if (d.inA) {
+      out.concealed_pct = clamp(scale(ratio(delta(d.inA, prev.inA, 'concealedSamples'),
+                                            delta(d.inA, prev.inA, 'totalSamplesReceived')),
+                                      100), 0, 100, 2);
+    }
+    for (const k in out) if (out[k] === null || out[k] === undefined) delete out[k];
+    return out;
+  }
+
+  async function collectStats() {
+    if (P.__vcStatsOwner !== statsId) return;
+    const now = Date.now();
+    const frames = Array.from(doc.querySelectorAll('iframe'));
+    await Promise.all(frames.map(async function (f) {
+      const key = legKey(f);
+      const W = f.contentWindow;
+      const pc = W && W.__vcPc;
+      if (!key || !pc || pc.connectionState !== 'connected') return;
+      let report;
+      try { report = await pc.getStats(); } catch (e) { return; }
+      const d = digest(report);
+      const prev = pc.__vcPrevStats;
+      pc.__vcPrevStats = {d: d, t: now};
+      if (!prev) return;
+      const dt = (now - prev.t) / 1000;
+      if (dt < 0.5) return;
+      P.__vcStatsBuf.push(statsSample(key, d, prev.d, dt, now));
+    }));
+    const MAX = 60;  // what the server accepts in one batch (it allows 64)
+    if (P.__vcStatsBuf.length > MAX) P.__vcStatsBuf.splice(0, P.__vcStatsBuf.length - MAX);
+  }
+
+  async function sendStats() {
+    if (P.__vcStatsOwner !== statsId) return;
+    if (P.__vcStatsPause && Date.now() < P.__vcStatsPause) { P.__vcStatsBuf.length = 0; return; }
+    const samples = P.__vcStatsBuf.splice(0, P.__vcStatsBuf.length);
+    if (!samples.length) return;
+    try {
+      const r = await P.fetch(CFG.offerUrl, {
+        method: 'POST', credentials: 'same-origin',
+        headers: {'Content-Type': 'application/json'},
+        body: JSON.stringify({type: 'stats', token: CFG.token, sent_at: Date.now(),
+                              samples: samples}),
+      });
+      P.__vcStatsLog.push([Date.now(), r.status]);
+      // Shed politely: a busy or rate-limiting server is left alone for as long as it asks,
+      // and what was measured meanwhile is dropped, not piled up.
+      if (r.status === 429 || r.status === 503) {
+        const wait = parseInt(r.headers.get('Retry-After') || '10', 10);
+        P.__vcStatsPause = Date.now() + 1000 * (isFinite(wait) ? wait : 10);
+      }
+    } catch (e) { P.__vcStatsLog.push([Date.now(), 'error']); }
+    if (P.__vcStatsLog.length > 50) P.__vcStatsLog.splice(0, 25);
+  }
+
   tick();
   setInterval(tick, 50);
+  setInterval(collectStats, 1000);
+  setInterval(sendStats, 4000);
 })();

@@ -17,6 +17,7 @@ import streamlit as st
 from videochat.clocks import utcnow
 from videochat.exceptions import ValidationError
 from videochat.metrics import diagnostics as diag
+from videochat.qa.report import render_call_html
 from videochat.ui.state import get_services
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,8 @@ WINDOWS: dict[str, timedelta | None] = {
     "Whole room / call": None,
 }
 ALL_CALLS = "(all calls)"
-CHART_ORDER = ("bitrate", "rtt", "loss", "fps", "resolution")
+CHART_ORDER = ("bitrate", "rtt", "loss", "fps", "resolution", "freezes", "jitter_buffer",
+               "concealed")
 MAX_POINTS = 300
 
 
@@ -124,7 +126,9 @@ def _live_view(view: dict[str, Any]) -> None:
         except ValidationError as exc:
             st.error(str(exc))
             return
-        _kpi_row(diag.compute_kpis(series, events, sel.end))
+        kpis = diag.compute_kpis(series, events, sel.end)
+        _kpi_row(kpis)
+        _experience_table(kpis)
         if not series.rows:
             st.info("No samples in this window yet." + (" Waiting for media…" if view["live"]
                                                          else ""))
@@ -132,6 +136,10 @@ def _live_view(view: dict[str, Any]) -> None:
         st.caption(f"{_fmt_time(sel.start)} → {_fmt_time(sel.end)} UTC · one point per "
                    f"{series.bin_s} s · {len(series.rows)} points · {len(events)} events"
                    + (" · live" if view["live"] else ""))
+        st.caption("Solid: measured by the server · dotted: measured by the participant's "
+                   "page. Hover a line for its leg.")
+        st.plotly_chart(figures["timeline"], key="diag_chart_timeline",
+                        config={"displaylogo": False})
         left, right = st.columns(2)
         for i, name in enumerate(CHART_ORDER):
             with left if i % 2 == 0 else right:
@@ -142,7 +150,12 @@ def _live_view(view: dict[str, Any]) -> None:
 
 
 def _kpi_row(k: diag.Kpis) -> None:
-    cols = st.columns(6)
+    cols = st.columns(7)
+    cols[6].metric("Experience", "–" if k.experience_score is None
+                   else f"{k.experience_score:.2f}",
+                   help="MOS-like score, 1 to 4.5, of what the participants received: "
+                        "RTT, jitter and loss through a reduced E-model, minus 4 x the share of "
+                        "time frozen (videochat/metrics/experience.py)")
     cols[0].metric("Time to first frame",
                    "–" if k.time_to_first_frame_s is None else f"{k.time_to_first_frame_s:.1f} s")
     cols[1].metric("Reconnects", k.reconnect_count)
@@ -151,6 +164,25 @@ def _kpi_row(k: diag.Kpis) -> None:
     cols[4].metric("Max RTT", "–" if k.rtt_max_ms is None else f"{k.rtt_max_ms:.0f} ms")
     cols[5].metric("Loss", "–" if k.loss_mean is None else f"{k.loss_mean:.1%}",
                    help=f"mean loss fraction; {k.packets_lost} packets lost in total")
+
+
+def _experience_table(k: diag.Kpis) -> None:
+    """What each person saw, from their own page; "no browser data" where it sent nothing."""
+    if not k.experiences:
+        return
+    rows = [{
+        "participant": e.participant,
+        "freezes": e.text(e.freeze_count, "d"),
+        "frozen": e.text(e.freeze_s, ".1f") + (" s" if e.freeze_s is not None else ""),
+        "longest freeze": e.text(e.longest_freeze_s, ".2f")
+        + (" s" if e.longest_freeze_s is not None else ""),
+        "jitter buffer": e.text(e.jitter_buffer_ms, ".0f")
+        + (" ms" if e.jitter_buffer_ms is not None else ""),
+        "concealed audio": e.text(e.concealed_pct, ".1f")
+        + (" %" if e.concealed_pct is not None else ""),
+        "experience (1–4.5)": "–" if e.score is None else f"{e.score:.2f}",
+    } for e in k.experiences]
+    st.dataframe(rows, hide_index=True, key="diag_experience")
 
 
 def _downloads(view: dict[str, Any]) -> None:
@@ -173,8 +205,19 @@ def _downloads(view: dict[str, Any]) -> None:
         sel, series, events = got
         return diag.to_json(sel, series, events, diag.compute_kpis(series, events, sel.end))
 
+    def html_data() -> str:
+        got = gather()
+        if got is None:
+            return "<p>No samples for this call.</p>"
+        sel, series, events = got
+        return render_call_html(sel, series, events, diag.compute_kpis(series, events, sel.end))
+
     stem = f"diagnostics-{view['room']}"
     cols = st.columns(4)
+    cols[2].download_button("Download HTML report", html_data, file_name=f"{stem}.html",
+                            mime="text/html", key="diag_html", on_click="ignore",
+                            help="Charts, events and KPIs of this selection in one "
+                                 "self-contained file")
     cols[0].download_button("Download CSV", csv_data, file_name=f"{stem}.csv", mime="text/csv",
                             key="diag_csv", on_click="ignore")
     cols[1].download_button("Download JSON", json_data, file_name=f"{stem}.json",

@@ -24,6 +24,7 @@ from videochat.faults.kinds import (
     NETWORK_KINDS,
 )
 from videochat.faults.model import PRESETS, Fault, expand_preset, parse_fault
+from videochat.metrics.live import live_effects
 from videochat.ui.admin import admitted
 from videochat.ui.state import get_services
 
@@ -49,7 +50,7 @@ def render() -> None:
         st.warning("No app process is listening for fault commands right now: faults are "
                    "recorded and apply to media processes that start before they end.")
     _form(control, Presence(services.redis))
-    _active_section(control)
+    _active_section(control, services.db)
 
 
 def _safe(fn: Any, default: Any) -> Any:
@@ -145,7 +146,22 @@ def _build(kind: str | None, preset: str | None, room: str, participant: str | N
 
 # --- active faults -----------------------------------------------------------------------------
 
-def _active_section(control: FaultControl) -> None:
+def _effects(db: Any, fault: Fault) -> str:
+    """The target's media right now (metrics/live.py), beside the fault that acts on it."""
+    if fault.kind in BACKEND_KINDS or fault.room == "*":
+        return ""
+    try:
+        effects = live_effects(db, fault.room, fault.participant)
+    except Exception as exc:  # noqa: BLE001 - MongoDB down: say so, keep the page
+        return f"  \nEffect now: unknown (MongoDB: {str(exc)[:80]})"
+    if not effects:
+        return "  \nEffect now: no media samples from the target in the last 5 s"
+    # Display names may hold markdown characters (_ . -): keep them literal.
+    return "".join("  \n📈 " + "".join("\\" + c if c in "\\`*_[]()#+-.!|<>" else c
+                                        for c in e.text()) for e in effects)
+
+
+def _active_section(control: FaultControl, db: Any = None) -> None:
     st.subheader("Active faults")
     records: list[ActiveRecord] = _safe(control.active, [])
 
@@ -174,7 +190,8 @@ def _active_section(control: FaultControl) -> None:
             c1.markdown(f"**{KIND_LABELS.get(f.kind, f.kind)}** on {f.target}"
                         + (f" — {params}" if params else "")
                         + (f" · preset {f.preset}" if f.preset else "")
-                        + f"  \n`{f.id}` · applied by {', '.join(r.applied_by) or 'nobody yet'}")
+                        + f"  \n`{f.id}` · applied by {', '.join(r.applied_by) or 'nobody yet'}"
+                        + (_effects(db, f) if db is not None else ""))
             left = r.remaining(now)
             c2.metric("Left", f"{left:.0f} s")
             c2.progress(min(1.0, left / max(r.until - r.since, 0.001)))

@@ -9,6 +9,10 @@ That gives the app what a plain script never had (measured on a fresh process, i
   and started everything (≈3 s) before the call could begin.
 - **A declared route** for fast signalling (`POST /_vc/offer`), instead of finding Streamlit's
   Starlette app among the objects the garbage collector tracks.
+- **Restart routes** (issue 17): `GET /_vc/boot` answers this process's boot id, which tells a
+  tab whose connection dropped whether the server it comes back to is a new process (reload
+  and rejoin by token) or the same one (let Streamlit reconnect); `POST /_vc/chat` takes the
+  messages typed while the server was away (`videochat/ui/outbox.py`).
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from streamlit import config as st_config
 
@@ -30,11 +36,53 @@ from videochat.ui import navigation
 logger = logging.getLogger(__name__)
 
 OFFER_PATH = "_vc/offer"
+BOOT_PATH = "_vc/boot"
+CHAT_PATH = "_vc/chat"
+# One per process: a tab compares it with the one its page was rendered by.
+BOOT_ID = uuid.uuid4().hex
+
+_runtime: object | None = None  # the AppRuntime once the start-up hook has built it
+_stopping = False  # set when the process begins to stop: tabs must not reconnect to it
+
+
+def _url(path: str) -> str:
+    base = str(st_config.get_option("server.baseUrlPath") or "").strip("/")
+    return f"/{base}/{path}" if base else f"/{path}"
 
 
 def offer_url() -> str:
-    base = str(st_config.get_option("server.baseUrlPath") or "").strip("/")
-    return f"/{base}/{OFFER_PATH}" if base else f"/{OFFER_PATH}"
+    return _url(OFFER_PATH)
+
+
+def boot_url() -> str:
+    return _url(BOOT_PATH)
+
+
+def chat_url() -> str:
+    return _url(CHAT_PATH)
+
+
+def mark_stopping() -> None:
+    """The process is going away (graceful stop): /_vc/boot says so, and a tab's restart
+    watch waits for the next process instead of reconnecting to this one."""
+    global _stopping
+    _stopping = True
+
+
+def runtime() -> object | None:
+    """The process's AppRuntime if already built (routes must not wait for it)."""
+    return _runtime
+
+
+async def _boot(request: Request) -> Response:
+    return JSONResponse({"boot": BOOT_ID, "ready": _runtime is not None, "stopping": _stopping},
+                        headers={"Cache-Control": "no-store"})
+
+
+async def _chat(request: Request) -> Response:
+    from videochat.ui.outbox import chat_endpoint
+
+    return await chat_endpoint(request)
 
 
 async def _offer(request: Request) -> Response:
@@ -48,7 +96,9 @@ async def _offer(request: Request) -> Response:
 def routes() -> list[Route]:
     """Declared with the app (app.py): loaded before Streamlit's runtime exists, so nothing
     here may import streamlit-webrtc."""
-    return [Route(offer_url(), _offer, methods=["POST"])]
+    return [Route(offer_url(), _offer, methods=["POST"]),
+            Route(boot_url(), _boot, methods=["GET"]),
+            Route(chat_url(), _chat, methods=["POST"])]
 
 
 def _warm_up(build: Callable[[], object]) -> None:
@@ -62,8 +112,6 @@ def _shut_down() -> None:
     """Graceful stop (issue 17): uvicorn has closed the tabs' sockets (code 1012, "service
     restart": the browsers reconnect to the next process); flush and hand over within the
     budget. Only what was built: a stop must never start anything."""
-    import time
-
     from videochat.runtime import SHUTDOWN_BUDGET_S, built_runtime
 
     rt = built_runtime()
@@ -84,8 +132,10 @@ def _build_runtime() -> object:
     from videochat.ui import webrtc
     from videochat.ui.state import get_runtime
 
+    global _runtime
     webrtc.register_component()
     rt = get_runtime()
+    _runtime = rt
     # Then the pages' own modules (pandas, plotly…), so that the freeze below covers them too:
     # modules imported after a freeze stay in every full collection. After the build, so that
     # the first visitor's call does not wait for them.
@@ -112,5 +162,6 @@ async def lifespan(app: Any) -> AsyncIterator[None]:
     for name, build in (("warm-up-backends", get_services), ("warm-up", _build_runtime)):
         threading.Thread(target=_warm_up, args=(build,), name=name, daemon=True).start()
     yield
+    mark_stopping()
     # Off the server's loop: the media loop some steps wait on may be this very loop.
     await asyncio.to_thread(_shut_down)

@@ -7,7 +7,7 @@ from streamlit_webrtc.eventloop import get_global_event_loop
 
 from videochat.events import CallEvent
 from videochat.runtime import AppRuntime, build_runtime
-from videochat.ui import wake
+from videochat.ui import wake, webrtc
 from videochat.ui.cached import get_services, get_settings
 
 __all__ = ["AppRuntime", "emit", "get_runtime", "get_services", "get_settings"]
@@ -17,8 +17,10 @@ __all__ = ["AppRuntime", "emit", "get_runtime", "get_services", "get_settings"]
 def get_runtime() -> AppRuntime:
     # Built at start-up by videochat/ui/server.py, which then freezes the start-up objects out
     # of the collector's view; a page run builds it only where that hook did not run.
-    return build_runtime(get_settings(), get_services(), loop=get_global_event_loop(),
-                         wake=wake.wake_sessions, session_alive=wake.session_alive)
+    rt = build_runtime(get_settings(), get_services(), loop=get_global_event_loop(),
+                       wake=wake.wake_sessions, session_alive=wake.session_alive)
+    webrtc.serve_browser_stats(rt.browser_stats, rt.legs)
+    return rt
 
 
 def emit(event: CallEvent) -> None:

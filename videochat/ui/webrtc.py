@@ -51,9 +51,11 @@ from streamlit_webrtc.eventloop import get_global_event_loop, loop_context
 from videochat.compat import streamlit as compat_streamlit
 from videochat.compat import streamlit_webrtc as sw
 from videochat.compat.aiortc import BoundedMediaRelay
+from videochat.media.legs import LegRegistry
 from videochat.media.participant import Participant, Slot
+from videochat.metrics import browser as browser_stats
 from videochat.settings import Settings
-from videochat.ui.server import offer_url
+from videochat.ui.server import BOOT_ID, boot_url, chat_url, offer_url
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +142,12 @@ def token_for(participant_id: str) -> str:
     return _tokens.setdefault(participant_id[:12], secrets.token_urlsafe(24))
 
 
+def token_matches(participant_prefix: str, token: str) -> bool:
+    """Whether `token` is the one this process gave that participant's page."""
+    expected = _tokens.get(participant_prefix)
+    return expected is not None and hmac.compare_digest(expected, token)
+
+
 def forget_streamers(participant_id: str) -> None:
     """Drop a departed participant's token and streamers (no offer is accepted after)."""
     prefix = participant_id[:12]
@@ -190,8 +198,18 @@ async def offer_endpoint(request: Request) -> Response:
     started = time.perf_counter()
     if not _same_origin(request):
         return JSONResponse({"error": "cross-origin request refused"}, status_code=403)
+    declared = request.headers.get("content-length", "0")
+    if not declared.isdigit() or int(declared) > browser_stats.MAX_BODY_BYTES:
+        return JSONResponse({"error": f"body over {browser_stats.MAX_BODY_BYTES} bytes"},
+                            status_code=413)
+    raw = await request.body()
+    if len(raw) > browser_stats.MAX_BODY_BYTES:
+        return JSONResponse({"error": f"body over {browser_stats.MAX_BODY_BYTES} bytes"},
+                            status_code=413)
     try:
-        body = await request.json()
+        body = json.loads(raw)
+        if isinstance(body, dict) and body.get("type") == "stats":
+            return _stats_reply(body)
         key, token, sdp = str(body["key"]), str(body["token"]), str(body["sdp"])
         if body.get("type") != "offer" or len(sdp) > MAX_SDP_CHARS:
             raise ValueError(body.get("type"))
@@ -219,6 +237,58 @@ async def offer_endpoint(request: Request) -> Response:
     logger.debug("answered %s over the fast path in %.0f ms", key,
                  (time.perf_counter() - started) * 1000)
     return JSONResponse(answer)
+
+
+# --- the pages' own stats, over the same route -------------------------------------------
+
+_stats_target: tuple[browser_stats.BrowserStats, LegRegistry] | None = None
+
+
+def serve_browser_stats(stats: browser_stats.BrowserStats | None, legs: LegRegistry) -> None:
+    """Accept `type: "stats"` batches on the offer route, into `stats`, for `legs`."""
+    global _stats_target
+    _stats_target = (stats, legs) if stats is not None else None
+
+
+def leg_id_of_key(key: str) -> str | None:
+    """The leg id the call page registers for a streamer key (ui/call.py `_leg_id`):
+    `pub-<id12>-<epoch>` -> `<id12>:pub`, `sub-<id12>-<slot>-<epoch>` -> `<id12>:sub<slot>`."""
+    parts = key.split("-")
+    if len(parts) == 3 and parts[0] == "pub":
+        return f"{parts[1]}:pub"
+    if len(parts) == 4 and parts[0] == "sub" and parts[2].isdigit():
+        return f"{parts[1]}:sub{parts[2]}"
+    return None
+
+
+def _owner_of_token(token: Any) -> str | None:
+    if not isinstance(token, str):
+        return None
+    for prefix, expected in list(_tokens.items()):
+        if hmac.compare_digest(expected, token):
+            return prefix
+    return None
+
+
+def _stats_reply(body: dict[str, Any]) -> Response:
+    """A page's getStats() batch (videochat/metrics/browser.py says what is refused, and why).
+    Cheap and non-blocking: validation, then appends to the metrics store's buffer."""
+    owner = _owner_of_token(body.get("token"))
+    if owner is None:
+        return JSONResponse({"error": "unknown participant or bad token"}, status_code=403)
+    target = _stats_target
+    if target is None:
+        return JSONResponse({"error": "browser stats are not served here yet"},
+                            status_code=503, headers={"Retry-After": "10"})
+    stats, legs = target
+
+    def resolve(key: str) -> Any:
+        leg_id = leg_id_of_key(key)
+        return legs.get(leg_id) if leg_id is not None else None
+
+    reply = stats.ingest(body, owner=owner, resolve=resolve)
+    headers = {"Retry-After": str(reply.retry_after_s)} if reply.retry_after_s else None
+    return JSONResponse(reply.body, status_code=reply.status, headers=headers)
 
 
 def publish_key(participant: Participant) -> str:
@@ -277,15 +347,21 @@ def stop_worker(ctx: object) -> None:
 
 
 _COMPANION_JS = (Path(__file__).with_name("companion.js")).read_text(encoding="utf-8")
+_RESTART_WATCH_JS = (Path(__file__).with_name("restart_watch.js")).read_text(encoding="utf-8")
 
 
-def autostart_companion(participant: Participant) -> None:
+def autostart_companion(participant: Participant, rejoin: str = "") -> None:
     """Press each streamer's Start as soon as it appears (restarting a stopped call), signal
     its offer over the fast path, play remote media without a gesture, show the self view and
-    apply the camera and microphone switches."""
+    apply the camera and microphone switches; install the restart watch in the page."""
     config = {"offerUrl": offer_url(), "token": token_for(participant.id),
-              "camera": participant.camera_on, "mic": participant.mic_on}
-    script = _COMPANION_JS.replace("__VC_CONFIG__", json.dumps(config))
+              "camera": participant.camera_on, "mic": participant.mic_on,
+              "restart": {"boot": BOOT_ID, "bootUrl": boot_url(), "chatUrl": chat_url(),
+                          "rejoin": rejoin, "room": participant.room, "pid": participant.id[:12],
+                          "token": token_for(participant.id)},
+              "watch": _RESTART_WATCH_JS}
+    # "</" escaped: the config (with the watch's source) sits inside a <script> element.
+    script = _COMPANION_JS.replace("__VC_CONFIG__", json.dumps(config).replace("</", "<\\/"))
     st.iframe(f"<script>{script}</script>", height=1, alt="call companion")
 
 
