@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -25,10 +25,11 @@ from videochat.metrics.store import MetricsStore
 Db = Database[dict[str, Any]]
 
 
-def record_call(db: Db, room: str, *, seconds: int = 8, frozen_from: int | None = None) -> None:
+def record_call(db: Db, room: str, *, seconds: int = 8, frozen_from: int | None = None,
+                start: datetime | None = None) -> None:
     """ana and bob; bob's received video freezes from `frozen_from` (fps 0 on his legs)."""
     store = MetricsStore(db, flush_interval_s=0.1)
-    start = utcnow().replace(microsecond=0) - timedelta(seconds=seconds)
+    start = start or utcnow().replace(microsecond=0) - timedelta(seconds=seconds)
     for i in range(seconds):
         at = start + timedelta(seconds=i)
         for who in ("ana", "bob"):
@@ -61,6 +62,19 @@ def test_live_effect_of_a_participant_and_a_room(mongo_db: Db) -> None:
     assert room[0].receives is not None and room[0].receives.fps == 19.0
     # Nothing recent: nothing shown (the page then says so).
     assert live_effects(mongo_db, "r", now=utcnow() + timedelta(seconds=30)) == []
+
+
+def test_a_leg_frozen_from_the_first_second_of_a_minute_still_shows_at_0_fps(
+        mongo_db: Db) -> None:
+    # Samples are stored in one document per leg and minute: bob's freeze starts exactly as a
+    # new minute's document starts, so that document holds nothing but zeros for his legs.
+    minute = utcnow().replace(second=0, microsecond=0) - timedelta(minutes=3)
+    record_call(mongo_db, "r-edge", frozen_from=5, start=minute - timedelta(seconds=5))
+    (bob,) = live_effects(mongo_db, "r-edge", "bob", now=minute + timedelta(seconds=3))
+    assert bob.receives is not None and bob.receives.by == "page"
+    assert (bob.receives.fps, bob.receives.loss) == (0.0, 0.25)
+    (ana,) = live_effects(mongo_db, "r-edge", "ana", now=minute + timedelta(seconds=3))
+    assert ana.receives is not None and ana.receives.fps == 19.0
 
 
 @pytest.fixture

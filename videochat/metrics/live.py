@@ -21,6 +21,10 @@ from videochat.clocks import utcnow
 from videochat.metrics.store import SAMPLES
 
 WITHIN_S = 5.0
+# How far back a leg's frames count towards "this leg is not the warm spare": a leg frozen by a
+# fault from the first second of a new minute bucket has only zeros in that bucket, and must
+# still show at 0 fps (before, it vanished, and the page said "no data" for the frozen one).
+MOVED_LOOKBACK_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -54,14 +58,11 @@ class LiveEffect:
 def _latest(doc: dict[str, Any], since: datetime) -> dict[str, Any] | None:
     at0 = doc["at"] if doc["at"].tzinfo else doc["at"].replace(tzinfo=since.tzinfo)
     held = doc.get("p") or []
-    # Frames at any time in this minute: a leg frozen by the fault is shown at 0 fps, the
-    # warm spare (no frames ever) is not shown at all.
-    moved = any(v for v in (doc.get("fps") or []) if v)
     for slot in range(len(held) - 1, -1, -1):
         at = at0 + timedelta(seconds=slot)
         if held[slot] and at >= since:
-            return {"at": at, "moved": moved, **{f: (doc.get(f) or [None] * 60)[slot]
-                                                 for f in ("bi", "bo", "fps", "lf")}}
+            return {"at": at, **{f: (doc.get(f) or [None] * 60)[slot]
+                                 for f in ("bi", "bo", "fps", "lf")}}
     return None
 
 
@@ -71,23 +72,30 @@ def live_effects(db: Database[Any], room: str, participant: str | None = None, *
     `within_s`, what they send and receive now."""
     now = now or utcnow()
     since = now - timedelta(seconds=within_s)
+    lookback = since - timedelta(seconds=MOVED_LOOKBACK_S)
     query: dict[str, Any] = {"meta.room": room,
-                             "at": {"$gte": since.replace(second=0, microsecond=0)}}
+                             "at": {"$gte": lookback.replace(second=0, microsecond=0)}}
     if participant is not None:
         query["meta.participant"] = participant
     legs: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+    # Frames at any time in the look-back: a leg frozen by the fault is shown at 0 fps, the
+    # warm spare (no frames ever) is not shown at all.
+    moved: set[tuple[str, str]] = set()
     for doc in db[SAMPLES].find(query, {"meta": 1, "at": 1, "p": 1, "bi": 1, "bo": 1,
                                         "fps": 1, "lf": 1}):
+        meta = doc["meta"]
+        if any(v for v in (doc.get("fps") or []) if v):
+            moved.add((meta["participant"], meta["leg"]))
         got = _latest(doc, since)
         if got is not None:
-            legs[doc["meta"]["participant"]].append((doc["meta"], got))
+            legs[meta["participant"]].append((meta, got))
     out = []
     for who, entries in sorted(legs.items()):
         newest: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-        for meta, got in entries:  # a leg may span two minute buckets: keep its newest
+        for meta, got in entries:  # a leg may span minute buckets: keep its newest
             have = newest.get(meta["leg"])
             if have is None or got["at"] > have[1]["at"]:
-                newest[meta["leg"]] = (meta, got)
+                newest[meta["leg"]] = (meta, {**got, "moved": (who, meta["leg"]) in moved})
         pub = [g for m, g in newest.values()
                if m.get("direction") == "publish" and m.get("source", "server") == "server"]
         sends = None if not pub else Flow(pub[0]["bi"], pub[0]["fps"], pub[0]["lf"], "server")
