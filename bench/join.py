@@ -16,58 +16,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import fmt, summary, write  # noqa: E402
+from bench._phases import PHASE_KEYS, PHASES_JS, page_phases  # noqa: E402
 from videochat.qa.harness import Browser, progress_times, running_app  # noqa: E402
 
 TIMEOUT_S = 30.0
-# Where a join's time goes, marked in every frame of the later participant's page (epoch ms):
-# document start, the Streamlit websocket, camera, each peer connection's offer/answer/connect.
-PHASES_JS = """
-(() => {
-  if (window.__vcPhases) return;
-  const P = window.__vcPhases = {};
-  const mark = (k) => { if (!(k in P)) P[k] = Date.now(); };
-  mark('document');
-  document.addEventListener('DOMContentLoaded', () => mark('dom_ready'));
-  const WS = window.WebSocket;
-  if (WS && window === window.top) {
-    const W = function (...a) {
-      const ws = new WS(...a); mark('ws_created');
-      ws.addEventListener('open', () => mark('ws_open'));
-      ws.addEventListener('message', () => mark('ws_first_message'));
-      return ws;
-    };
-    W.prototype = WS.prototype; Object.setPrototypeOf(W, WS); window.WebSocket = W;
-  }
-  const md = navigator.mediaDevices;
-  if (md && md.getUserMedia) {
-    const gum = md.getUserMedia.bind(md);
-    md.getUserMedia = (c) => { mark('camera_asked');
-      return gum(c).then((s) => { mark('camera_ready'); return s; }); };
-  }
-  const PC = window.RTCPeerConnection;
-  if (PC) {
-    const sld = PC.prototype.setLocalDescription, srd = PC.prototype.setRemoteDescription;
-    PC.prototype.setLocalDescription = function (...a) {
-      mark('offer_set');
-      if (!this.__vcPhased) { this.__vcPhased = true;
-        this.addEventListener('connectionstatechange', () => {
-          if (this.connectionState === 'connected') mark('connected'); }); }
-      return sld.apply(this, a); };
-    PC.prototype.setRemoteDescription = function (...a) {
-      return srd.apply(this, a).then((r) => { mark('answer_set'); return r; }); };
-  }
-})();
-"""
-PHASE_KEYS = ("dom_ready", "ws_open", "ws_first_message", "component_document", "camera_ready",
-              "offer_set", "answer_set", "connected")
-
 
 def first_after(page: object, t0: float) -> float | None:
     after = [t for t in progress_times(page) if t > t0]
@@ -95,32 +53,13 @@ def one_join(browser: Browser, url: str, room: str) -> dict[str, float | None]:
         a = a if a is not None else first_after(ana, t0)
         b = b if b is not None else first_after(bob, t0)
     fast = [e for e in bob.evaluate("() => window.__vcFastLog || []") if e[1] == "answered"]
-    phases = bob_phases(bob, t0)
+    phases = page_phases(bob, t0)
     for page in (ana, bob):
         page.context.close()
     both = max(a, b) if a is not None and b is not None else None
     return {"ana_sees_bob_s": a, "bob_sees_ana_s": b, "both_s": both, "load_1m": load,
             "fast_answered_legs": len(fast), "fast_answer_ms": [e[2] for e in fast],
             "new_context_s": t0 - t_context, "bob_phases_s": phases}
-
-
-def bob_phases(page: Any, t0: float) -> dict[str, float]:
-    """Seconds from the link being opened to the first occurrence of each phase in any frame
-    (the page for Streamlit's own, the streamlit-webrtc iframes for the media ones)."""
-    out: dict[str, float] = {}
-    for frame in page.frames:
-        try:
-            marks = frame.evaluate("() => window.__vcPhases || {}")
-        except Exception:  # noqa: BLE001 - a frame that went away
-            continue
-        webrtc = "streamlit_webrtc" in frame.url
-        for key, ms in marks.items():
-            name = "component_document" if webrtc and key == "document" else key
-            if name == "document" or (webrtc and name in ("dom_ready",)):
-                continue
-            at = ms / 1000 - t0
-            out[name] = min(out.get(name, at), at)
-    return {k: round(out[k], 3) for k in PHASE_KEYS if k in out}
 
 
 def cpu_rss(proc: psutil.Process, seconds: float) -> tuple[float, float]:

@@ -8,9 +8,10 @@ measures, from the moment the new process answers `/_stcore/health` (polled ever
 inside the namespace), until remote video moves again on both pages (the 3rd new frame of a
 remote tile, recorded in each page by the harness's progress probe). Per trial, the phases
 (seconds after health): each page's restart watch deciding to reload (`reload_s`), each
-participant back in its seat (`rejoined_s`, the app's `participant_joined` event), and video
-moving again (`video_s`, per page). A trial that is not back within 30 s is a failure; its
-pages are then opened afresh.
+participant back in its seat (`rejoined_s`, the app's `participant_joined` event), the page's
+own marks after its reload (`phases_s`: Streamlit's websocket, camera, each connection's
+offer/answer/connected, as in bench/join.py), and video moving again (`video_s`, per page).
+A trial that is not back within 30 s is a failure; its pages are then opened afresh.
 
 Writes bench/results/restart.json and prints one summary line.
 
@@ -30,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import fmt, summary, write  # noqa: E402
+from bench._phases import PHASE_KEYS, PHASES_JS, page_phases  # noqa: E402
 from videochat.backends.embedded import free_port  # noqa: E402
 from videochat.qa.harness import (  # noqa: E402
     AppProcess,
@@ -61,6 +63,7 @@ def open_call(browser: Browser, app: AppProcess) -> dict[str, Any]:
     pages = {}
     for name in ("ana", "bob"):
         page = browser.new_page()
+        page.context.add_init_script(PHASES_JS)  # runs again in each document a reload loads
         page.goto(f"{app.url}/call?room={ROOM}&name={name}&join=1", wait_until="commit")
         pages[name] = page
     return pages
@@ -111,6 +114,13 @@ def one_trial(app: AppProcess, ns: NetNamespace, pages: dict[str, Any], kind: st
             at = 0.0
         reloads[name] = round(at / 1000 - health, 2) if at / 1000 > stop_at else None
     out["reload_s"] = reloads
+    phases: dict[str, dict[str, float]] = {}
+    for name, page in pages.items():
+        try:
+            phases[name] = page_phases(page, health)
+        except Exception:  # noqa: BLE001 - a phase is a detail; the figure is video_s
+            phases[name] = {}
+    out["phases_s"] = phases
     try:
         joined = app.events(health - 5, ["participant_joined"])
         out["rejoined_s"] = {e["participant"]: round(e["at"] - health, 2) for e in joined
@@ -167,9 +177,12 @@ def main() -> None:
         mine = [r for r in runs if r["kind"] == kind]
         back = [r["back_s"] for r in mine if r["back_s"] is not None]
         within = sum(1 for v in back if v <= TARGET_S)
-        result["kinds"][kind] = {"trials": len(mine), "failures": len(mine) - len(back),
-                                 "within_target": within, "back_s": summary(back),
-                                 "down_s": summary([r["down_s"] for r in mine])}
+        result["kinds"][kind] = {
+            "trials": len(mine), "failures": len(mine) - len(back), "within_target": within,
+            "back_s": summary(back), "down_s": summary([r["down_s"] for r in mine]),
+            # Medians over both pages of every trial: where the time after health goes.
+            "phases_s": {k: summary([p[k] for r in mine for p in r["phases_s"].values()
+                                     if k in p])["median"] for k in PHASE_KEYS}}
         s = result["kinds"][kind]["back_s"]
         parts.append(f"{kind} {within}/{len(mine)} within {TARGET_S:.0f} s, median "
                      f"{fmt(s['median'])}, max {fmt(s['max'])}, "
