@@ -375,3 +375,22 @@ def test_a_relay_track_without_a_tapped_publisher_transcodes_as_before() -> None
     hub = TrackHub("video", "bot")  # a bot's local track: no encoded frames exist
     track.bind(hub)
     assert not hub.can_forward and track._wanted(hub) == "transcoded"
+
+
+def test_the_publishers_frame_rate_comes_from_its_timestamps_not_from_arrival_bursts() -> None:
+    hub = TrackHub("video", "ana")
+    hub._receiver = object()  # as if tapped on a publisher's receiver
+    # A 15 fps camera (6000 ticks of the 90 kHz clock a frame), its first frames released by
+    # the jitter buffer in one burst: arrival times say hundreds of frames a second.
+    for i in range(10):
+        hub._on_encoded("VP8", KEY if i == 0 else DELTA, 1_000 + 6_000 * i)
+    assert hub.fps is not None and abs(hub.fps - 15.0) < 0.01
+    # The same timestamp twice, or a jump over a second (a pause), is not a rate.
+    hub._on_encoded("VP8", DELTA, 1_000 + 6_000 * 9)
+    hub._on_encoded("VP8", DELTA, 1_000 + 6_000 * 9 + 200_000)
+    assert abs(hub.fps - 15.0) < 0.01
+    # The 32-bit timestamp wraps: still 15 fps.
+    hub._on_encoded("VP8", DELTA, 2**32 - 3_000)
+    hub._on_encoded("VP8", DELTA, 3_000)
+    assert abs(hub.fps - 15.0) < 0.01
+

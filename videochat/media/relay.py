@@ -156,7 +156,7 @@ class TrackHub:
         self._codec: str | None = None
         self._decoder_synced = False
         self._pli_sent_at: float | None = None
-        self._last_encoded_at: float | None = None
+        self._last_rtp_ts: int | None = None  # of the last encoded video frame
         self.frames_in = 0
         self.decoded_in = 0  # frames aiortc decoded for transcoded subscribers
         self.keyframes_in = 0
@@ -191,6 +191,7 @@ class TrackHub:
         self._codec = None
         self._decoder_synced = False
         self._pli_sent_at = None
+        self._last_rtp_ts = None  # a new source starts its own timestamps
         if self._receiver is None:
             return
         self._untap = compat.tap_encoded_frames(self._receiver, self._on_encoded)
@@ -240,15 +241,10 @@ class TrackHub:
             pts = max(int((now - self._t0) * VIDEO_CLOCK), self._last_video_pts + 1)
             self._last_video_pts = pts
             frame = EncodedFrame.make("video", codec, data, pts, VIDEO_CLOCK, self.size, now)
-            if self._last_encoded_at is not None:
-                dt = now - self._last_encoded_at
-                if 0 < dt < 1.0:
-                    rate = 1.0 / dt
-                    self.fps = rate if self.fps is None else self.fps * 0.9 + rate * 0.1
+            self._measure_fps(timestamp)
         else:
             pts = self._encoded_audio_pts(now, opus_samples(data))
             frame = EncodedFrame.make("audio", codec, data, pts, AUDIO_CLOCK, None, now)
-        self._last_encoded_at = now
         self._arrived(frame, now)
         need_key = False
         for sub in self._subs:
@@ -268,6 +264,20 @@ class TrackHub:
                 self._pli_sent_at = None  # nobody waits any more
             return decode and self._decoder_synced
         return decode
+
+    def _measure_fps(self, rtp_ts: int) -> None:
+        """The publisher's frame rate from its RTP timestamps (the capture clock), not from
+        arrival times: the jitter buffer releases frames in bursts (at the start, after a
+        NACK repair), and a burst read from arrivals as 200 fps kept a new subscriber off the
+        forwarded path (its rung "could not carry" the publisher's rate) for ~1.3 s, until
+        the smoothed figure decayed, and then cost it a keyframe wait to switch back."""
+        last, self._last_rtp_ts = self._last_rtp_ts, rtp_ts
+        if last is None:
+            return
+        ticks = (rtp_ts - last) % 2**32
+        if 0 < ticks < VIDEO_CLOCK:  # a second or more between frames is a pause, not a rate
+            rate = VIDEO_CLOCK / ticks
+            self.fps = rate if self.fps is None else self.fps * 0.9 + rate * 0.1
 
     def _encoded_audio_pts(self, now: float, samples: int) -> int:
         expected = int((now - self._t0) * AUDIO_CLOCK)
