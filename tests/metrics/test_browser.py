@@ -148,6 +148,22 @@ def test_a_forged_report_for_someone_elses_leg_is_refused(
     assert got == []  # nothing of a refused batch is kept
 
 
+def test_a_leg_that_ended_meanwhile_costs_only_its_own_samples(
+        ingest: BrowserStats, got: list[MetricSample]) -> None:
+    # Alice's page reported her live leg and one the server had just replaced (rebuilt under
+    # loss): the live leg's samples are kept.
+    reply = ingest.ingest(batch(report(), report(key="sub-aaaaaaaaaaaa-5-0")), owner=ALICE,
+                          resolve=resolve)
+    assert reply.status == 200, reply.body
+    assert reply.body == {"stored": 1, "ended_legs": ["sub-aaaaaaaaaaaa-5-0"]}
+    assert len(got) == 1
+    # An ended key that names someone else is still a forgery.
+    forged = ingest.ingest(batch(report(), report(key="sub-cccccccccccc-5-0")), owner=ALICE,
+                           resolve=resolve)
+    assert forged.status == 403 and "not yours" in forged.body["error"]
+    assert len(got) == 1
+
+
 def test_rate_per_participant(ingest: BrowserStats, clocks: Clocks) -> None:
     statuses = [ingest.ingest(batch(report(at=1_003_000.0)), owner=ALICE,
                               resolve=resolve).status for _ in range(6)]

@@ -14,7 +14,8 @@ Refusals (status, and a message naming the bad value):
 - 413 a body over `MAX_BODY_BYTES` (checked before parsing);
 - 400 a malformed batch or sample: unknown field, wrong type, value out of range, too many
   samples, a sample older than `MAX_AGE_S`;
-- 403 a sample for a leg that is not the token holder's, or not a live leg of this process;
+- 403 a sample for a leg that is not the token holder's, or a batch with no live leg of this
+  process (samples of the holder's own legs that ended meanwhile are dropped, the rest kept);
 - 429 more batches than `RATE_PER_S` (burst `BURST`) from one participant;
 - 503 the metrics store is busy (buffer filling, MongoDB down): browser data is shed first,
   the server's own samples keep their room. The page drops that batch and carries on.
@@ -206,15 +207,25 @@ class BrowserStats:
             batch = BrowserBatch.parse(raw)
         except ValidationError as exc:
             return Reply(400, {"error": str(exc)})
-        legs: list[LegLike] = []
+        legs: list[LegLike | None] = []
+        ended: list[tuple[int, str]] = []
         for i, report in enumerate(batch.reports):
             leg = resolve(report.key)
             if leg is None:
-                return Reply(403, {"error": f"samples[{i}].key {report.key!r} is not a live "
-                                            "leg of this server"})
-            if leg.participant_id[:12] != owner:
+                # A leg of the owner's that ended while the batch was on its way (rebuilt
+                # under loss, a spare the page closed): its samples are dropped, the rest of
+                # the batch is kept. Refusing the batch lost the live legs' seconds too.
+                if _key_owner(report.key) != owner:
+                    return Reply(403, {"error": f"samples[{i}].key {report.key!r} is not "
+                                                "yours"})
+                ended.append((i, report.key))
+            elif leg.participant_id[:12] != owner:
                 return Reply(403, {"error": f"samples[{i}].key {report.key!r} is not yours"})
             legs.append(leg)
+        if len(ended) == len(batch.reports):
+            i, key = ended[0]
+            return Reply(403, {"error": f"samples[{i}].key {key!r} is not a live leg of this "
+                                        "server"})
         with self._lock:
             bucket = self._buckets.get(owner)
             now_m = self._monotonic()
@@ -229,13 +240,18 @@ class BrowserStats:
         received = self._clock()
         stored = 0
         for report, leg in zip(batch.reports, legs, strict=True):
+            if leg is None:
+                continue
             at = received - timedelta(milliseconds=batch.sent_at_ms - report.at_ms)
             sample = self._sample(report, leg, at.replace(microsecond=0))
             if sample is None:
                 continue
             self._sink(sample)
             stored += 1
-        return Reply(200, {"stored": stored})
+        body: dict[str, Any] = {"stored": stored}
+        if ended:
+            body["ended_legs"] = [key for _, key in ended]
+        return Reply(200, body)
 
     def _sample(self, report: BrowserReport, leg: LegLike, at: datetime) -> MetricSample | None:
         name = leg.leg_id + BROWSER_SUFFIX
@@ -283,6 +299,12 @@ def _f(values: Mapping[str, float | int | None], name: str) -> float | None:
 def _i(values: Mapping[str, float | int | None], name: str) -> int | None:
     v = values.get(name)
     return None if v is None else int(v)
+
+
+def _key_owner(key: str) -> str | None:
+    """The participant id prefix a streamer key names (`pub-<id>-<n>`, `sub-<id>-<slot>-<n>`)."""
+    parts = key.split("-")
+    return parts[1] if len(parts) >= 3 and parts[0] in ("pub", "sub") else None
 
 
 def server_leg(browser_leg: str) -> str:
