@@ -393,4 +393,3 @@ def test_the_publishers_frame_rate_comes_from_its_timestamps_not_from_arrival_bu
     hub._on_encoded("VP8", DELTA, 2**32 - 3_000)
     hub._on_encoded("VP8", DELTA, 3_000)
     assert abs(hub.fps - 15.0) < 0.01
-
