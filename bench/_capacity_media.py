@@ -10,10 +10,13 @@ would spend as much on encoding as the server does and saturate first, and the b
 measure the client. So one `SharedEncoder` per kind encodes the bot media once and hands the
 same packets to every publish leg (aiortc sends pre-encoded `av.Packet`s as they are). Each
 publish leg's keyframe requests (PLI/FIR from the server's decoder) reach that shared encoder.
-The receiving side decodes everything (aiortc always does) and reads every frame's stamp: a gap
-in the frame counter is a frame lost somewhere on the way (in practice: skipped by the relay
-because the server's encoder for that subscriber fell behind), the stamp's age is the
-end-to-end latency through the relay.
+The receiving side reads every frame's stamp: a gap in the frame counter is a frame lost
+somewhere on the way (in practice: skipped by the relay because the server's encoder for that
+subscriber fell behind), the stamp's age is the end-to-end latency through the relay. A
+forwarded frame arrives as the very bytes the shared encoder produced, so it is recognised by
+its bitstream (`SharedEncoder.stamp_of`) and never decoded; only frames the server encoded
+itself (transcoded legs) go through aiortc's decoder and the burnt-in stamp. Decoding every
+forwarded frame would make the client, not the server, the first to run out of CPU.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from aiortc import RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.codecs.opus import OpusEncoder
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from videochat.compat import aiortc as compat
 from videochat.media.bot_tracks import BotAudioTrack, BotVideoTrack, LatencyProbe
 
 logger = logging.getLogger(__name__)
@@ -41,6 +45,7 @@ VIDEO_TIME_BASE = fractions.Fraction(1, 90_000)
 AUDIO_TIME_BASE = fractions.Fraction(1, 48_000)
 VIDEO_BITRATE = 500_000  # aiortc's default VP8 rate: what the server's own encoders start at
 KEYFRAME_MIN_GAP_S = 0.3  # many legs may ask at once after a hiccup: one keyframe serves all
+SENT_REMEMBERED = 400  # frames whose bitstream is known by heart: 20 s at 20 fps
 SEND_QUEUE = {"video": 30, "audio": 50}
 
 
@@ -82,6 +87,8 @@ class SharedEncoder:
         self.kind = kind
         self.legs: set[PacketTrack] = set()
         self.frames = 0
+        # bitstream of each recent video frame -> its bot stamp (ms, frame no)
+        self._sent: collections.OrderedDict[bytes, tuple[int, int]] = collections.OrderedDict()
         self._want_keyframe = True
         self._last_keyframe = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -137,12 +144,15 @@ class SharedEncoder:
             except MediaStreamError:
                 return
             if isinstance(frame, av.VideoFrame):
+                stamp = getattr(self.source, "last_stamp", None)
                 now = time.monotonic()
                 key = self._want_keyframe and now - self._last_keyframe >= KEYFRAME_MIN_GAP_S
                 if key:
                     self._want_keyframe = False
                     self._last_keyframe = now
                 packets = await loop.run_in_executor(None, self._encode_video, frame, key)
+                if stamp is not None and len(packets) == 1:
+                    self._remember(bytes(packets[0]), stamp)
             elif isinstance(frame, av.AudioFrame):
                 packets = self._encode_audio(frame)
             else:
@@ -151,6 +161,15 @@ class SharedEncoder:
             for packet in packets:
                 for leg in list(self.legs):
                     leg.push(packet)
+
+    def _remember(self, data: bytes, stamp: tuple[int, int]) -> None:
+        self._sent[data] = stamp
+        while len(self._sent) > SENT_REMEMBERED:
+            self._sent.popitem(last=False)
+
+    def stamp_of(self, data: bytes) -> tuple[int, int] | None:
+        """The stamp of a frame this encoder produced, if `data` is its bitstream unchanged."""
+        return self._sent.get(data)
 
     def _encode_video(self, frame: av.VideoFrame, key: bool) -> list[av.Packet[Any]]:
         if key:
@@ -206,12 +225,13 @@ class ReceiveLeg:
     pc: RTCPeerConnection
     probe: LatencyProbe = field(default_factory=LatencyProbe)
     audio_frames: int = 0
+    decoded_frames: int = 0  # video frames that needed aiortc's decoder (not forwarded bytes)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
-    def snapshot(self) -> tuple[int, int, int, int, int]:
+    def snapshot(self) -> tuple[int, int, int, int, int, int]:
         p = self.probe
         return (p.frames_seen, p.frames_missing, p.frames_unreadable, len(p.latencies_ms),
-                self.audio_frames)
+                self.audio_frames, self.decoded_frames)
 
 
 @dataclass
@@ -248,13 +268,25 @@ async def publish(me: ClientParticipant, control: Control, video: SharedEncoder,
 
 
 async def subscribe(me: ClientParticipant, publisher: ClientParticipant,
-                    control: Control) -> ReceiveLeg:
+                    control: Control, video: SharedEncoder | None = None) -> ReceiveLeg:
+    """A receive leg; with `video` (the encoder every publisher of this process sends),
+    forwarded frames are told by their bytes instead of being decoded."""
     pc = RTCPeerConnection()
     leg = ReceiveLeg(me.name, publisher.name, pc)
     me.legs.append(leg)
-    pc.addTransceiver("video", direction="recvonly").setCodecPreferences(
-        _prefer("video", "video/VP8"))
+    video_tr = pc.addTransceiver("video", direction="recvonly")
+    video_tr.setCodecPreferences(_prefer("video", "video/VP8"))
     pc.addTransceiver("audio", direction="recvonly")
+    if video is not None:
+        def tap(_codec: str, data: bytes, _timestamp: int) -> bool:
+            stamp = video.stamp_of(data)
+            if stamp is None:
+                leg.decoded_frames += 1
+                return True  # the server's own encoding: decode it and read the stamp
+            leg.probe.record(*stamp)
+            return False
+
+        compat.tap_encoded_frames(video_tr.receiver, tap)
 
     @pc.on("track")
     def on_track(track: MediaStreamTrack) -> None:

@@ -10,8 +10,9 @@ app. ICE is restricted to 127.0.0.1 (`videochat.compat.aioice`).
 Signalling: JSON lines over a loopback TCP socket; the first line on stdout is ``{"port": P}``.
 Requests ``{"op": ...}``: ``join`` (room, name → pid; binds the slots of everyone in the room),
 ``publish`` / ``subscribe`` (an SDP offer → the answer), ``stats`` (frame counters of hubs and
-relay tracks) and ``quit``. The server also stops when the control connection closes, so a
-crashed client never leaves it behind.
+relay tracks) and ``quit``. The benchmark and each of its client processes have a control
+connection of their own; the server also stops when the last of them closes, so a crashed
+benchmark never leaves it behind.
 """
 
 from __future__ import annotations
@@ -48,9 +49,11 @@ class RelayServer:
         self.publish_pcs: list[RTCPeerConnection] = []
         self.inputs: list[HubInput] = []
         self.done = asyncio.Event()
+        self.connections = 0  # the benchmark's and each client process's
 
     # -- control -------------------------------------------------------------------------
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             while not self.done.is_set():
                 line = await reader.readline()
@@ -65,7 +68,9 @@ class RelayServer:
                 writer.write(json.dumps(reply).encode() + b"\n")
                 await writer.drain()
         finally:
-            self.done.set()
+            self.connections -= 1
+            if self.connections == 0:  # everyone left (or crashed): never linger
+                self.done.set()
             writer.close()
 
     async def dispatch(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +90,7 @@ class RelayServer:
                         s.video.relay_delays.clear()
                         s.video.first_frame_delays.clear()
             return out
-        if op == "quit":
+        if op == "quit":  # the benchmark's own connection ends the run
             self.done.set()
             return {"ok": True}
         raise ValueError(f"unknown op {op!r}")
@@ -178,7 +183,7 @@ async def serve() -> None:
     ice.restrict_host_addresses(["127.0.0.1"])
     compat.track_peer_connections()  # as videochat.compat.install() does in the app
     relay = RelayServer(transcode="--transcode" in sys.argv)
-    server = await asyncio.start_server(relay.handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(relay.handle, "127.0.0.1", 0, limit=2**24)
     port = server.sockets[0].getsockname()[1]
     print(json.dumps({"port": port, "pid": os.getpid()}), flush=True)
     await relay.done.wait()

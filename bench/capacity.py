@@ -10,23 +10,27 @@ each on its own core, os.sched_setaffinity, as the first version of this benchma
   127.0.0.1. Subscribers on the publisher's quality are forwarded (no decode, no encode);
   ``--transcode`` decodes every publisher and encodes for every subscriber, as the relay did
   before forwarding, for a before/after in the same run;
-* the *client* (this process, CPU 1) plays the participants (bench/_capacity_media.py): one
-  SENDONLY leg each, publishing a `BotVideoTrack` at the settings' capture size (default
-  640x480@20) and a tone, and one RECVONLY leg per other participant in its room, which decodes
-  every frame, reads its burnt-in stamp and counts fps, frame-counter gaps (loss) and
-  end-to-end latency. The client encodes the bot media once and sends the same packets on
-  every publish leg, so it does not run out of CPU before the server does.
+* the *clients* (``--client-procs`` processes of bench/_capacity_client.py, CPU 1; rooms are
+  dealt out to them in turn) play the participants (bench/_capacity_media.py): one SENDONLY leg
+  each, publishing a `BotVideoTrack` at the settings' capture size (default 640x480@20) and a
+  tone, and one RECVONLY leg per other participant in its room, which reads every frame's
+  stamp and counts fps, frame-counter gaps (loss) and end-to-end latency. A client encodes the
+  bot media once and sends the same packets on every publish leg, and tells a forwarded frame
+  by its bytes instead of decoding it, so the clients do not run out of CPU before the server
+  does (one client process alone saturates at ~16 participants in rooms of 2).
 
 Steps add `--rooms-per-step` rooms (2 people each by default) at a time; each step waits for
 media on every new leg, warms up, then holds. A step passes when every receive leg's fps >= 15,
 the frame loss is <= 1 % and the p95 end-to-end latency read from the bots' burnt-in stamps is
 <= 200 ms; the run stops at the first failing step or at --max-participants. The capacity is the
 last passing step. Latency is given twice: end to end from the bots' stamps (client encode,
-server, client decode, all on this box) and, for forwarded frames, the server's own relay
+server, and for transcoded frames client decode, all on this box) and, for forwarded frames,
+the server's own relay
 latency (arrival of an encoded frame -> its subscriber's sender takes it). No Streamlit, Redis or
 MongoDB is involved (backend: none).
 
-    python bench/capacity.py [--room-size 2] [--max-participants 40] [--rooms-per-step 4]
+    python bench/capacity.py [--room-size 2] [--max-participants 60] [--rooms-per-step 4]
+                             [--client-procs 4]
     python bench/capacity.py --calls 2,3 [--profile 8]   # CPU of one call, before and after
 
 Writes bench/results/capacity-rooms{N}[-transcode].json (or capacity-calls.json) and prints one
@@ -53,6 +57,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SERVER_SCRIPT = ROOT / "bench" / "_capacity_server.py"
+CLIENT_SCRIPT = ROOT / "bench" / "_capacity_client.py"
+PIPE_LIMIT = 2**24  # a stats reply or a collect lists every delay measured: far over 64 KiB
 
 
 def pin_process(cpus: set[int]) -> None:
@@ -86,6 +92,8 @@ class CapacityConfig:
     """How many times a failing step is measured again before it counts as failed."""
     server_cpus: tuple[int, ...] | None = None
     client_cpus: tuple[int, ...] | None = None
+    client_procs: int = 1
+    """Client processes playing the participants (each room lives in one of them)."""
 
 
 def capture_default() -> tuple[int, int, int]:
@@ -146,6 +154,74 @@ class ServerProcess:
             os.unlink(self.log.name)
 
 
+class ClientProcess:
+    """One bench/_capacity_client.py process: its rooms' participants, driven over a pipe."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, log: Any) -> None:
+        self.proc, self.log = proc, log
+        self.rooms = 0
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def start(cls, port: int, cfg: CapacityConfig) -> ClientProcess:
+        log = tempfile.NamedTemporaryFile(prefix="capacity-client-", suffix=".log", delete=False)
+        pre: Callable[[], None] | None = None
+        if cfg.client_cpus:
+            cpu_set = set(cfg.client_cpus)
+
+            def pre() -> None:
+                os.sched_setaffinity(0, cpu_set)
+
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(CLIENT_SCRIPT), "--port", str(port), "--width", str(cfg.width),
+            "--height", str(cfg.height), "--fps", str(cfg.fps),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, preexec_fn=pre,
+            cwd=str(ROOT), limit=PIPE_LIMIT)
+        client = cls(proc, log)
+        await client._reply(30.0)  # {"ready": true}
+        return client
+
+    async def _reply(self, timeout_s: float) -> dict[str, Any]:
+        import json
+
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), timeout_s)
+        if not line:
+            raise RuntimeError(f"capacity client exited: {self.log_tail()}")
+        reply: dict[str, Any] = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"capacity client: {reply['error']}")
+        return reply
+
+    async def call(self, op: str, timeout_s: float = 60.0, **kw: Any) -> dict[str, Any]:
+        import json
+
+        assert self.proc.stdin is not None
+        async with self._lock:
+            self.proc.stdin.write(json.dumps({"op": op, **kw}).encode() + b"\n")
+            await self.proc.stdin.drain()
+            return await self._reply(timeout_s)
+
+    def log_tail(self, n: int = 2000) -> str:
+        try:
+            return Path(self.log.name).read_text()[-n:]
+        except OSError:
+            return ""
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(Exception):
+                await self.call("quit", timeout_s=20)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        self.log.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.log.name)
+
+
 # -------------------------------------------------------------------------------------------
 # measuring one step
 
@@ -169,35 +245,34 @@ def _thread_cpu_s(proc: Any, tid: int) -> float:
     return 0.0
 
 
-async def measure(people: list[Any], video: Any, server: Any, control: Any, hold_s: float,
-                  cfg: CapacityConfig) -> dict[str, Any]:
-    import psutil
+async def measure(participants: int, clients: list[ClientProcess], server: Any,
+                  control: Any, hold_s: float, cfg: CapacityConfig) -> dict[str, Any]:
 
-    me = psutil.Process()
-    legs = [leg for p in people for leg in p.legs]
-    before = {id(leg): leg.snapshot() for leg in legs}
+    await asyncio.gather(*(c.call("mark") for c in clients))
     stats0 = await control.call("stats", reset=True)
-    s0, l0, c0 = _cpu_s(server), _thread_cpu_s(server, server.pid), _cpu_s(me)
+    s0, l0 = _cpu_s(server), _thread_cpu_s(server, server.pid)
     busy0 = _busy_per_cpu()
-    enc0, t0 = video.frames, time.monotonic()
+    t0 = time.monotonic()
     profiler = start_profile(server.pid, cfg.profile_s) if cfg.profile_s > 0 else None
     await asyncio.sleep(hold_s)
     dt = time.monotonic() - t0
-    s1, l1, c1 = _cpu_s(server), _thread_cpu_s(server, server.pid), _cpu_s(me)
+    s1, l1 = _cpu_s(server), _thread_cpu_s(server, server.pid)
     busy = [round(100.0 * (b - a) / dt, 1) for a, b in zip(busy0, _busy_per_cpu(), strict=True)]
-    enc1 = video.frames
+    collected = await asyncio.gather(*(c.call("collect") for c in clients))
     stats1 = await control.call("stats")
     profile = await finish_profile(profiler) if profiler is not None else None
 
-    fps, lat = [], []
-    seen = missing = unreadable = 0
-    for leg in legs:
-        b, a = before[id(leg)], leg.snapshot()
-        fps.append((a[0] - b[0]) / dt)
-        seen += a[0] - b[0]
-        missing += a[1] - b[1]
-        unreadable += a[2] - b[2]
-        lat.extend(leg.probe.latencies_ms[b[3]:a[3]])
+    fps: list[float] = []
+    lat: list[float] = []
+    seen = missing = unreadable = decoded = 0
+    for reply in collected:
+        for leg in reply["legs"]:
+            fps.append(leg["seen"] / reply["dt"])
+            seen += leg["seen"]
+            missing += leg["missing"]
+            unreadable += leg["unreadable"]
+            decoded += leg["decoded"]
+        lat.extend(reply["latencies_ms"])
     # A frame whose stamp was damaged arrived, yet shows as a gap in the counter once the
     # next stamp reads: only the gaps not explained by such frames were lost.
     lost = max(0, missing - unreadable)
@@ -209,22 +284,26 @@ async def measure(people: list[Any], video: Any, server: Any, control: Any, hold
 
     from bench._common import pct
 
-    drops = sum(t.dropped for p in people for t in p.tracks)
+    drops = sum(r["send_drops"] for r in collected)
+    client_cpus = [round(r["cpu_pct"], 1) for r in collected]
+    source_fps = min((r["source_fps"] for r in collected), default=0.0)
     slots = [s for p in stats1["participants"] for s in p["slots"] if s["publisher"]]
     relay_ms = [d for s in slots for d in s["relay_ms"]]
     first_s = [d for s in slots for d in s["first_frame_s"]]
     deliveries = [s["delivery"] for s in slots]
-    client_cpu = 100.0 * (c1 - c0) / dt
     row: dict[str, Any] = {
-        "participants": len(people), "receive_legs": len(legs),
+        "participants": participants, "receive_legs": len(fps),
         "server_cpu_pct": round(100.0 * (s1 - s0) / dt, 1),
         "server_loop_thread_pct": round(100.0 * (l1 - l0) / dt, 1),
         "server_rss_mb": round(server.memory_info().rss / 2**20, 1),
-        "client_cpu_pct": round(client_cpu, 1),
+        "client_cpu_pct": round(sum(client_cpus), 1),
+        "client_cpu_pct_per_process": client_cpus,
         "fps_min": round(min(fps), 2) if fps else 0.0,
         "fps_median": round(statistics.median(fps), 2) if fps else 0.0,
-        "source_fps": round((enc1 - enc0) / dt, 2),
+        "source_fps": round(source_fps, 2),
         "frames_received": seen, "frames_lost": lost, "frames_unreadable": unreadable,
+        # frames the clients had to decode: the server's own encodings (transcoded legs)
+        "frames_decoded_by_clients": decoded,
         "loss_pct": round(loss, 3),
         # frames that arrived with a stamp failing its CRC: decoded from a broken reference
         # (a packet lost on the way) or badly quantised, i.e. visibly damaged
@@ -263,8 +342,9 @@ async def measure(people: list[Any], video: Any, server: Any, control: Any, hold
         row["profile"] = profile
     row["pass"] = not reasons
     row["reason"] = "; ".join(reasons)
-    # A failing step is only the server's limit if the client still had headroom.
-    row["client_bound"] = client_cpu > 90.0 or row["source_fps"] < 0.95 * cfg.fps
+    # A failing step is only the server's limit if every client still had headroom.
+    row["client_bound"] = (max(client_cpus, default=0.0) > 90.0
+                           or row["source_fps"] < 0.95 * cfg.fps)
     return row
 
 
@@ -350,31 +430,11 @@ def summarise_profile(collapsed: str, seconds: float, top: int = 12) -> dict[str
 # the run
 
 
-async def add_room(k: int, cfg: CapacityConfig, control: Any, video: Any, audio: Any,
-                   people: list[Any]) -> list[Any]:
-    from bench._capacity_media import ClientParticipant, publish, subscribe
-
-    room = f"cap{k}"
-    new = []
-    for i in range(cfg.room_size):
-        name = f"{room}-p{i}"
-        reply = await control.call("join", room=room, name=name)
-        new.append(ClientParticipant(name, room, reply["pid"]))
-    people.extend(new)
-    for p in new:
-        await publish(p, control, video, audio)
-    for p in new:
-        for other in new:
-            if other is not p:
-                await subscribe(p, other, control)
-    return new
-
-
-async def wait_flowing(new: list[Any], timeout_s: float) -> bool:
+async def wait_flowing(clients: list[ClientProcess], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
-    legs = [leg for p in new for leg in p.legs]
     while time.monotonic() < deadline:
-        if all(leg.probe.latencies_ms for leg in legs):
+        replies = await asyncio.gather(*(c.call("flowing") for c in clients))
+        if all(r["flowing"] for r in replies):
             return True
         await asyncio.sleep(0.2)
     return False
@@ -386,46 +446,51 @@ async def run_capacity(cfg: CapacityConfig,
     """Add rooms step by step until a step fails or `max_participants`; the per-step rows."""
     import psutil
 
-    from bench._capacity_media import Control, SharedEncoder, close_participant
-    from videochat.compat import aioice as ice
+    from bench._capacity_media import Control
 
-    ice.restrict_host_addresses(["127.0.0.1"])
     server = ServerProcess(cfg.server_cpus, cfg.transcode)
-    video = SharedEncoder("video", cfg.width, cfg.height, cfg.fps)
-    audio = SharedEncoder("audio")
-    people: list[Any] = []
+    clients: list[ClientProcess] = []
+    participants = 0
     steps: list[dict[str, Any]] = []
     control = None
     error = None
     try:
         port = await server.port()
-        control = Control(*await asyncio.open_connection("127.0.0.1", port))
+        control = Control(*await asyncio.open_connection("127.0.0.1", port, limit=PIPE_LIMIT))
         sproc = psutil.Process(server.proc.pid)
-        video.start()
-        audio.start()
         k = 0
-        while len(people) + cfg.room_size <= cfg.max_participants:
+        while participants + cfg.room_size <= cfg.max_participants:
             t0 = time.monotonic()
-            new = []
+            touched: list[ClientProcess] = []
             for _ in range(cfg.rooms_per_step):
-                if len(people) + cfg.room_size > cfg.max_participants:
+                if participants + cfg.room_size > cfg.max_participants:
                     break
                 k += 1
-                new += await add_room(k, cfg, control, video, audio, people)
-            flowing = await wait_flowing(new, cfg.connect_timeout_s)
+                # Rooms are dealt out in turn; a process starts with its first room.
+                index = (k - 1) % max(1, cfg.client_procs)
+                if index == len(clients):
+                    clients.append(await ClientProcess.start(port, cfg))
+                client = clients[index]
+                await client.call("add_room", room=f"cap{k}", size=cfg.room_size)
+                client.rooms += 1
+                participants += cfg.room_size
+                if client not in touched:
+                    touched.append(client)
+            flowing = await wait_flowing(touched, cfg.connect_timeout_s)
             connect_s = time.monotonic() - t0
             if not flowing:
-                row = {"participants": len(people), "pass": False, "client_bound": False,
+                row = {"participants": participants, "pass": False, "client_bound": False,
                        "reason": f"media did not flow on every new leg within "
                                  f"{cfg.connect_timeout_s:g} s"}
             else:
                 await asyncio.sleep(cfg.warmup_s)
-                row = await measure(people, video, sproc, control, cfg.hold_s, cfg)
+                row = await measure(participants, clients, sproc, control, cfg.hold_s, cfg)
                 for _ in range(cfg.confirm):
                     if row["pass"]:
                         break
                     # The box is shared: a failing step must fail again to end the run.
-                    again = await measure(people, video, sproc, control, cfg.hold_s, cfg)
+                    again = await measure(participants, clients, sproc, control, cfg.hold_s,
+                                          cfg)
                     again["first_attempt"] = row
                     row = again
             row["step"] = len(steps) + 1
@@ -438,18 +503,16 @@ async def run_capacity(cfg: CapacityConfig,
     except Exception as exc:  # noqa: BLE001 - a partial result is still worth writing
         error = f"{type(exc).__name__}: {exc}"
     finally:
-        await asyncio.gather(*(close_participant(p) for p in people), return_exceptions=True)
-        await video.stop()
-        await audio.stop()
+        await asyncio.gather(*(c.stop() for c in clients), return_exceptions=True)
         if control is not None:
             with contextlib.suppress(Exception):
                 await control.call("quit", timeout_s=5)
             control.close()
         await asyncio.to_thread(server.stop)
-        ice.restrict_host_addresses([])
     passing = [s for s in steps if s.get("pass")]
     result: dict[str, Any] = {
         "config": asdict(cfg), "steps": steps, "error": error,
+        "client_processes": len(clients),
         "capacity_participants": passing[-1]["participants"] if passing else 0,
         "stopped_by": (steps[-1]["reason"] if steps and not steps[-1]["pass"]
                        else error or "max_participants"),
@@ -554,7 +617,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--room-size", type=int, default=2)
-    ap.add_argument("--max-participants", type=int, default=40)
+    ap.add_argument("--max-participants", type=int, default=60)
     ap.add_argument("--rooms-per-step", type=int, default=1)
     ap.add_argument("--hold", type=float, default=12.0, help="seconds measured per step")
     ap.add_argument("--warmup", type=float, default=4.0, help="seconds after media flows")
@@ -566,6 +629,8 @@ def main() -> int:
                     help="transcode every subscriber (the relay before forwarding)")
     ap.add_argument("--calls", default="",
                     help="e.g. 2,3: CPU of one call per size, transcoded then forwarded")
+    ap.add_argument("--client-procs", type=int, default=4,
+                    help="client processes playing the participants (rooms dealt in turn)")
     ap.add_argument("--profile", type=float, default=0.0,
                     help="py-spy the server for this many seconds of each measured hold")
     args = ap.parse_args()
@@ -574,7 +639,7 @@ def main() -> int:
                          max_participants=args.max_participants, hold_s=args.hold,
                          warmup_s=args.warmup, confirm=args.confirm,
                          rooms_per_step=args.rooms_per_step, transcode=args.transcode,
-                         profile_s=args.profile,
+                         profile_s=args.profile, client_procs=max(1, args.client_procs),
                          server_cpus=(0,) if pin else None, client_cpus=(1,) if pin else None)
     if cfg.client_cpus:
         pin_process(set(cfg.client_cpus))
@@ -594,7 +659,9 @@ def main() -> int:
     lat = last.get("latency_ms", {})
     relay = last.get("relay_latency_ms", {})
     first = last.get("first_frame_after_bind_s", {})
-    where = "server on core 0, bots on core 1" if pin else "server and bots sharing the 2-core box"
+    where = ("server on core 0, bots on core 1" if pin
+             else "server and bots sharing the 2-core box")
+    where += f", {result['client_processes']} client processes"
     print(f"capacity ({w}x{h}@{fps}, rooms of {cfg.room_size}, "
           f"{'transcoded' if cfg.transcode else 'forwarded'}, {where}, no DB backend): "
           f"{cap} participants pass fps >= {cfg.min_fps:g}, loss <= {cfg.max_loss_pct:g} % "

@@ -37,6 +37,10 @@ def test_one_room_relays_every_frame_through_the_server_process() -> None:
     if step["relay_skipped_frames"] == 0:
         assert step["loss_pct"] == 0.0, step
     assert step["latency_ms"]["p50"] > 0, step
+    if step["forwarded_legs"] == step["receive_legs"]:
+        # A forwarded frame is the publisher's bitstream unchanged: the client knows it by
+        # its bytes and never decodes it (decoding every frame made the client the limit).
+        assert step["frames_decoded_by_clients"] < step["frames_received"] / 2, step
     assert step["server_cpu_pct"] > 0.0  # the server process did the relaying
     for figure in ("fps_min", "loss_pct", "server_cpu_pct"):
         assert isinstance(step[figure], (int, float)), (figure, step)
@@ -46,6 +50,28 @@ def test_one_room_relays_every_frame_through_the_server_process() -> None:
     else:
         assert result["capacity_participants"] == 0
         assert result["stopped_by"] == step["reason"]
+
+
+def test_rooms_are_dealt_to_several_client_processes() -> None:
+    result = asyncio.run(run_capacity(small(max_participants=4, rooms_per_step=2,
+                                            client_procs=2)))
+    assert result["error"] is None, result.get("server_log_tail")
+    assert result["client_processes"] == 2
+    (step,) = result["steps"]
+    assert step["participants"] == 4 and step["receive_legs"] == 4
+    assert len(step["client_cpu_pct_per_process"]) == 2
+    assert step["server_pcs"] == step["server_pcs_connected"] == 8
+    assert step["frames_received"] > 0 and step["latency_ms"]["n"] > 0, step
+    assert result["server_exit_code"] == 0  # both clients and the benchmark left cleanly
+
+
+def test_transcoded_frames_are_decoded_to_read_their_stamps() -> None:
+    result = asyncio.run(run_capacity(small(transcode=True)))
+    assert result["error"] is None, result.get("server_log_tail")
+    (step,) = result["steps"]
+    assert step["transcoded_legs"] == 2, step
+    # The server's own encoding is not the publisher's bitstream: every frame is decoded.
+    assert step["frames_decoded_by_clients"] == step["frames_received"] > 0, step
 
 
 def test_a_failing_step_stops_the_run_and_is_not_counted() -> None:

@@ -251,6 +251,7 @@ class BotVideoTrack(MediaStreamTrack):
         self._wall_clock = wall_clock
         self._pacer = _Pacer(1.0 / fps, monotonic)
         self.frames_sent = 0
+        self.last_stamp: tuple[int, int] | None = None  # (stamp ms, frame no) of the last frame
         self.resize(width, height)
 
     def resize(self, width: int, height: int) -> None:
@@ -269,6 +270,7 @@ class BotVideoTrack(MediaStreamTrack):
         )
         frame.pts = round(offset * VIDEO_CLOCK_RATE)
         frame.time_base = VIDEO_TIME_BASE
+        self.last_stamp = (stamp_ms, self.frames_sent)
         self.frames_sent += 1
         return frame
 
@@ -326,12 +328,18 @@ class LatencyProbe:
 
     def observe(self, frame: VideoFrame | npt.NDArray[np.uint8]) -> float | None:
         """Latency of this frame in ms (receive time minus stamp), or None if unreadable."""
-        self.frames_seen += 1
         stamp = decode_stamp(frame)
         if stamp is None:
+            self.frames_seen += 1
             self.frames_unreadable += 1
             return None
-        sent_ms, no = stamp
+        return self.record(*stamp)
+
+    def record(self, sent_ms: float, no: int) -> float:
+        """A frame known to carry stamp (`sent_ms`, `no`) arrived; its latency in ms. For a
+        receiver that identifies frames without decoding them (the capacity benchmark matches
+        forwarded bitstreams byte for byte)."""
+        self.frames_seen += 1
         if self._last_no is not None and no > self._last_no + 1:
             self.frames_missing += no - self._last_no - 1
         if self._last_no is None or no > self._last_no:
