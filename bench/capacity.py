@@ -94,6 +94,10 @@ class CapacityConfig:
     client_cpus: tuple[int, ...] | None = None
     client_procs: int = 1
     """Client processes playing the participants (each room lives in one of them)."""
+    client_nice: int = 10
+    """The clients yield the CPU to the server: on a shared box the load generator, not the
+    server under test, is the one to wait (a client that falls behind marks its step
+    client_bound, never a server limit)."""
 
 
 def capture_default() -> tuple[int, int, int]:
@@ -165,12 +169,13 @@ class ClientProcess:
     @classmethod
     async def start(cls, port: int, cfg: CapacityConfig) -> ClientProcess:
         log = tempfile.NamedTemporaryFile(prefix="capacity-client-", suffix=".log", delete=False)
-        pre: Callable[[], None] | None = None
-        if cfg.client_cpus:
-            cpu_set = set(cfg.client_cpus)
+        cpu_set = set(cfg.client_cpus or ())
 
-            def pre() -> None:
+        def pre() -> None:
+            if cpu_set:
                 os.sched_setaffinity(0, cpu_set)
+            if cfg.client_nice:
+                os.nice(cfg.client_nice)
 
         proc = await asyncio.create_subprocess_exec(
             sys.executable, str(CLIENT_SCRIPT), "--port", str(port), "--width", str(cfg.width),
