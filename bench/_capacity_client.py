@@ -33,9 +33,11 @@ from bench._capacity_media import (  # noqa: E402
     publish,
     subscribe,
 )
+from bench._common import pct, udp_socket_queues  # noqa: E402
 from videochat.compat import aioice as ice  # noqa: E402
 
 logger = logging.getLogger(__name__)
+LAG_TICK_S = 0.05
 CONTROL_LIMIT = 2**24  # the server's stats reply lists every relay delay: far over 64 KiB
 
 
@@ -46,6 +48,16 @@ class Client:
         self._mark: dict[int, tuple[int, ...]] = {}
         self._mark_at = self._cpu0 = 0.0
         self._frames0 = 0
+        self._drops0 = 0
+        self.lags_ms: list[float] = []
+
+    async def watch_loop(self) -> None:
+        """How late a 50 ms timer fires: a client whose loop lags reads its sockets late."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + LAG_TICK_S
+            await asyncio.sleep(LAG_TICK_S)
+            self.lags_ms.append(max(0.0, (loop.time() - due) * 1000.0))
 
     async def dispatch(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
@@ -59,6 +71,8 @@ class Client:
             self._mark = {id(leg): leg.snapshot() for p in self.people for leg in p.legs}
             self._mark_at, self._cpu0 = time.monotonic(), time.process_time()
             self._frames0 = self.video.frames
+            self._drops0 = udp_socket_queues()[0]
+            self.lags_ms.clear()
             return {"ok": True}
         if op == "collect":
             return self.collect()
@@ -80,6 +94,7 @@ class Client:
 
     def collect(self) -> dict[str, Any]:
         dt = time.monotonic() - self._mark_at
+        drops, queue = udp_socket_queues()
         legs, latencies = [], []
         for p in self.people:
             for leg in p.legs:
@@ -94,6 +109,8 @@ class Client:
             "cpu_pct": 100.0 * (time.process_time() - self._cpu0) / dt if dt else 0.0,
             "source_fps": (self.video.frames - self._frames0) / dt if dt else 0.0,
             "send_drops": sum(t.dropped for p in self.people for t in p.tracks),
+            "udp_drops": drops - self._drops0, "udp_queue_max_bytes": queue,
+            "loop_lag_ms": {"p95": pct(self.lags_ms, 0.95), "max": max(self.lags_ms, default=0)},
         }
 
     async def close(self) -> None:
@@ -112,6 +129,7 @@ async def serve(args: argparse.Namespace) -> None:
     video.start()
     audio.start()
     client = Client(control, video, audio)
+    lag_watch = asyncio.ensure_future(client.watch_loop())
     out = sys.stdout
     out.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
     out.flush()
@@ -131,6 +149,7 @@ async def serve(args: argparse.Namespace) -> None:
             out.write(json.dumps(reply) + "\n")
             out.flush()
     finally:
+        lag_watch.cancel()
         await client.close()
         control.close()
     out.write(json.dumps({"ok": True}) + "\n")

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from aiortc import RTCPeerConnection, RTCSessionDescription  # noqa: E402
 from aiortc.mediastreams import MediaStreamTrack  # noqa: E402
 
+from bench._common import udp_socket_queues  # noqa: E402
 from videochat.compat import aioice as ice  # noqa: E402
 from videochat.compat import aiortc as compat  # noqa: E402
 from videochat.media.participant import Participant  # noqa: E402
@@ -166,7 +167,9 @@ class RelayServer:
         # ... and the encoded frames waiting for aiortc's decoder thread (also unbounded)
         undecoded = [q.qsize() for pc in self.publish_pcs for r in pc.getReceivers()
                      if (q := getattr(r, "_RTCRtpReceiver__decoder_queue", None)) is not None]
+        drops, queue = udp_socket_queues()
         return {"participants": out, "pcs": len(states),
+                "udp_drops": drops, "udp_queue_max_bytes": queue,
                 "connected": sum(s == "connected" for s in states),
                 "input_backlog_max": max(backlog, default=0),
                 "decoder_backlog_max": max(undecoded, default=0)}

@@ -51,3 +51,30 @@ def write(name: str, data: dict[str, Any]) -> Path:
 
 def fmt(v: float | None, unit: str = "s") -> str:
     return "n/a" if v is None else f"{v:.2f} {unit}"
+
+
+def udp_socket_queues() -> tuple[int, int]:
+    """(datagrams dropped, largest receive queue in bytes) over this process's UDP sockets,
+    from /proc (Linux): a reader too slow for its traffic shows here first, as a backlog and
+    then drops, long before its CPU figure says so (asyncio reads one datagram per socket
+    per loop iteration)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    drops = largest = 0
+    for table in ("/proc/self/net/udp", "/proc/self/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            if len(f) > 12 and f[9] in inodes:
+                largest = max(largest, int(f[4].split(":")[1], 16))
+                drops += int(f[12])
+    return drops, largest

@@ -42,6 +42,11 @@ def test_one_room_relays_every_frame_through_the_server_process() -> None:
         # its bytes and never decodes it (decoding every frame made the client the limit).
         assert step["frames_decoded_by_clients"] < step["frames_received"] / 2, step
     assert step["server_cpu_pct"] > 0.0  # the server process did the relaying
+    # Who kept up with their sockets is measured, so a failing step can say whose limit it was.
+    for figure in ("server_udp_drops", "client_udp_drops", "client_udp_queue_max_bytes",
+                   "client_loop_lag_p95_ms"):
+        assert step[figure] >= 0, (figure, step)
+    assert isinstance(step["client_bound"], bool)
     for figure in ("fps_min", "loss_pct", "server_cpu_pct"):
         assert isinstance(step[figure], (int, float)), (figure, step)
     if step["pass"]:  # on a busy box the one step may fail on fps or loss, and then stops
@@ -96,3 +101,22 @@ def test_extrapolation_is_capped_by_the_loop_thread() -> None:
     ext = extrapolate(rows, room_size=2)
     assert ext["participants"] == 6 and ext["limit"] == "loop thread"  # 100 / 15 = 6.7
     assert extrapolate([], 2)["participants"] == 0
+
+
+def test_a_slow_readers_backlog_is_seen_in_its_own_sockets() -> None:
+    import socket
+
+    from bench._common import udp_socket_queues
+
+    _, before = udp_socket_queues()
+    reader = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    writer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        reader.bind(("127.0.0.1", 0))
+        for _ in range(8):
+            writer.sendto(b"x" * 1000, reader.getsockname())
+        _, backlog = udp_socket_queues()
+        assert backlog >= 8 * 1000 > before
+    finally:
+        reader.close()
+        writer.close()
