@@ -734,3 +734,23 @@ def test_subscriber_view_feeds_the_receivers_estimate_and_tells_the_encoder_its_
     assert encoder.cap_bps == LADDER[3].target_kbps * 1000
     clock.t += 10
     assert view.estimate_kbps is None  # stale
+
+
+# ------------------------------------------- forwarding the publisher's stream, or transcoding
+def test_a_step_between_rungs_that_send_the_same_stream_needs_no_headroom() -> None:
+    # 480p30 and 720p30 both forward a 640x480 camera as it is: nothing changes on the wire,
+    # so an estimate of 450 kbps (720p30 would want 1.25 x 500) must not hold the step.
+    forwarding = {"720p30", "480p30"}
+
+    def same(a: QualityLevel, b: QualityLevel) -> bool:
+        return a.name in forwarding and b.name in forwarding
+
+    for predicate, climbs in ((same, True), (None, False)):
+        clock = FakeClock()
+        policy = QualityPolicy(clock, start=LADDER[1], same_stream=predicate)
+        got = [policy.observe(0.0, 40, 450, t / 2) for t in range(40)]
+        assert (TOP in got) is climbs
+    # ...while a step onto a rung that changes the stream still needs it.
+    clock = FakeClock()
+    policy = QualityPolicy(clock, start=LADDER[3], same_stream=same)
+    assert [policy.observe(0.0, 40, 200, t / 2) for t in range(40)] == [None] * 40
