@@ -6,6 +6,7 @@ import fractions
 import math
 import random
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import av
 import pytest
@@ -40,6 +41,10 @@ from videochat.call.quality import (
 from videochat.call.recovery import EventContext
 from videochat.events import CallEvent
 from videochat.exceptions import ValidationError
+
+if TYPE_CHECKING:
+    from videochat.call.supervisor import SubscriberView
+    from videochat.media.relay import TrackHub
 
 
 def run(policy: QualityPolicy, clock: FakeClock, loss_at, until: float, period: float = 0.5,
@@ -754,3 +759,98 @@ def test_a_step_between_rungs_that_send_the_same_stream_needs_no_headroom() -> N
     clock = FakeClock()
     policy = QualityPolicy(clock, start=LADDER[3], same_stream=same)
     assert [policy.observe(0.0, 40, 200, t / 2) for t in range(40)] == [None] * 40
+
+
+def test_the_supervisors_view_tells_the_ladder_which_rungs_send_the_same_stream(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    view, hub = _view_on_a_camera(monkeypatch, clock, LADDER[1])
+    assert view.same_stream(LADDER[0], LADDER[1])  # both fit a 640x480, 30 fps camera
+    assert not view.same_stream(LADDER[1], LADDER[2])  # 360p24 scales and decimates
+    view.on_estimate("video", 450.0)
+    for t in range(40):  # clean reports: 480p30 -> 720p30 with no estimate headroom
+        clock.t = t / 2
+        view.on_report("video", 0.0, 40.0)
+    assert view.policy.level is TOP
+    hub.size = (1280, 720)  # a camera that 480p30 must scale: then the step changes it
+    assert not view.same_stream(LADDER[0], LADDER[1])
+
+
+def _view_on_a_camera(monkeypatch: pytest.MonkeyPatch, clock: FakeClock, start: QualityLevel,
+                      kbps: float | None = 300.0) -> tuple[SubscriberView, TrackHub]:
+    """A subscriber view whose slot is bound to a forwardable 640x480, 30 fps publisher sending
+    `kbps`, consulted by its relay track as in the supervisor (`route = view.delivery`)."""
+    from videochat.call.supervisor import SubscriberView
+    from videochat.compat import aiortc as compat
+    from videochat.media.participant import Slot
+    from videochat.media.relay import TrackHub
+
+    monkeypatch.setattr(compat, "request_keyframe", lambda receiver: True)
+    hub = TrackHub("video", "ana")
+    hub._receiver = object()  # as if tapped on a browser publisher's receiver
+    hub.size, hub.fps, hub.kbps = (640, 480), 30.0, kbps
+    slot = Slot.create("owner0000000", 0)
+    view = SubscriberView(slot, "r", "ana", emit=None, faults=None, clock=clock,
+                          context=EventContext("r", "bob"))
+    view.policy.level = start  # where the ladder has the leg now
+    slot.video.route = view.delivery
+    slot.video.bind(hub)
+    return view, hub
+
+
+def _climb(view: SubscriberView, level: QualityLevel) -> str:
+    """The ladder moved the leg to `level`; the relay consults the route at its next frame."""
+    view.policy.level = level
+    view.slot.video._update_delivery()
+    return str(view.slot.video.delivery)
+
+
+def test_a_transcoded_leg_is_not_forwarded_a_stream_its_estimate_cannot_carry(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    view, _hub = _view_on_a_camera(monkeypatch, clock, LADDER[2])
+    assert view.slot.video.delivery == "transcoded"  # 360p24 scales the 640x480 frames
+    view.on_estimate("video", 200.0)  # a 200 kbps downlink; the publisher sends 300
+    assert _climb(view, LADDER[1]) == "transcoded"  # 480p30 would forward: not through this
+    assert view.forwardable()
+    view.on_estimate("video", 400.0)  # >= 1.25 x 300: the stream fits with room
+    view.slot.video._update_delivery()
+    assert view.slot.video.delivery == "forwarded"
+
+
+def test_once_forwarded_a_leg_stays_forwarded_until_its_rung_transcodes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    view, hub = _view_on_a_camera(monkeypatch, clock, LADDER[2])
+    view.on_estimate("video", 200.0)
+    assert _climb(view, LADDER[1]) == "transcoded"
+    view.on_estimate("video", 400.0)
+    assert _climb(view, LADDER[1]) == "forwarded"
+    for noisy in (320.0, 250.0, 360.0, 290.0):  # REMB swings: no switch back and forth
+        clock.t += 0.5
+        view.on_estimate("video", noisy)
+        assert _climb(view, LADDER[1]) == "forwarded"
+    assert _climb(view, LADDER[0]) == "forwarded"  # same stream, same delivery
+    hub.kbps = 600.0  # the publisher's rate rose: still no flapping
+    assert _climb(view, LADDER[0]) == "forwarded"
+    assert _climb(view, LADDER[2]) == "transcoded"  # the ladder's step down moves it off
+    assert _climb(view, LADDER[1]) == "transcoded"  # ...and back up needs the room again
+
+
+def test_without_an_estimate_or_a_measured_stream_a_leg_forwards_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    view, hub = _view_on_a_camera(monkeypatch, clock, LADDER[2])
+    view.on_estimate("video", 200.0)
+    assert _climb(view, LADDER[1]) == "transcoded"
+    hub.kbps = None  # e.g. a publisher just rebuilt: its stream not measured yet
+    assert _climb(view, LADDER[1]) == "forwarded"
+    view2, _ = _view_on_a_camera(monkeypatch, clock, LADDER[2])
+    view2.on_estimate("video", 200.0)
+    assert _climb(view2, LADDER[1]) == "transcoded"
+    clock.t += 6.0  # the estimate went stale: no estimate at all
+    assert view2.estimate_kbps is None
+    assert _climb(view2, LADDER[1]) == "forwarded"
+    # A fresh join: no estimate yet, so the first frame comes straight from the publisher.
+    view3, _ = _view_on_a_camera(monkeypatch, FakeClock(), LADDER[1])
+    assert view3.slot.video.delivery == "forwarded"

@@ -35,6 +35,7 @@ from videochat.call.quality import (
     VIDEO_FLOOR_KBPS,
     ConnectionQuality,
     FrameDecimator,
+    QualityLevel,
     QualityPolicy,
     frame_size_for,
     start_level,
@@ -63,6 +64,8 @@ AUDIO_REPORT_FRESH_S = 12.0  # browsers report on audio every ~5 s
 FPS_TOLERANCE = 0.85  # a 30 fps rung forwards a camera measured at up to ~35 fps
 ESTIMATE_FRESH_S = 5.0  # Chrome sends a REMB with most video reports (~1 s): older is stale
 START_KBPS = 300  # before the receiver's first estimate, as WebRTC's senders start
+FORWARD_HEADROOM = 1.25  # as the ladder's up-steps: the stream must fit with room, or it
+# congests the path at once
 Emit = Callable[[CallEvent], None]
 Rebuild = Callable[[Participant], None]
 
@@ -75,7 +78,8 @@ class SubscriberView:
                  context: EventContext) -> None:
         self.slot = slot
         self.clock = clock
-        self.policy = QualityPolicy(clock, start=start_level(), emit=emit, context=context)
+        self.policy = QualityPolicy(clock, start=start_level(), emit=emit, context=context,
+                                    same_stream=self.same_stream)
         self.decimator = FrameDecimator(self.policy.level)
         self.effect = VideoEffectFilter(faults, room, publisher) if faults is not None else None
         self._rtt_ms: float | None = None
@@ -117,25 +121,56 @@ class SubscriberView:
         """The rung is the publisher's own quality (its size fits the rung's box, its frame
         rate the rung's cap) and no fault effect applies: the publisher's encoded frames can
         go to this subscriber as they are, with no decode and no encode."""
-        hub = self.slot.video.hub
-        if hub is None or not hub.can_forward:
-            return False
         if self.effect is not None and self.effect.active():
             return False
-        level = self.policy.level
-        if not level.video:
+        return self._rung_forwards(self.policy.level)
+
+    def _rung_forwards(self, level: QualityLevel) -> bool:
+        hub = self.slot.video.hub
+        if hub is None or not hub.can_forward or not level.video:
             return False
         if hub.size is not None and frame_size_for(level, *hub.size) != hub.size:
             return False
         # A rung capped below the publisher's rate needs decimating, i.e. transcoding.
         return hub.fps is None or level.max_fps >= hub.fps * FPS_TOLERANCE
 
+    def same_stream(self, a: QualityLevel, b: QualityLevel) -> bool:
+        """Both rungs would get the publisher's own stream (the ladder's `same_stream`): a
+        step between them changes nothing on the wire, so it needs no bandwidth headroom."""
+        return self._rung_forwards(a) and self._rung_forwards(b)
+
+    def affords_forwarding(self) -> bool:
+        """The receiver's path has room for the publisher's own stream. A rung that forwards
+        sends whatever the publisher's encoder makes (~300 kbps and up from a 640x480 camera),
+        regardless of the receiver's estimate: on a 200 kbps downlink that stream cannot get
+        through and video stops instead of degrading, while a transcoded leg's encoder keeps
+        within the estimate. Without an estimate yet, or before the stream's bitrate is
+        measured, it does forward: a fresh join shows its first frame without an encoder's
+        start-up, and the ladder steps down as soon as the receiver says otherwise."""
+        hub = self.slot.video.hub
+        estimate = self.estimate_kbps
+        if hub is None or hub.kbps is None or estimate is None:
+            return True
+        return estimate >= hub.kbps * FORWARD_HEADROOM
+
     def delivery(self) -> Delivery:
-        """How this subscriber gets the publisher's video now (RelayTrack.route)."""
+        """How this subscriber gets the publisher's video now (RelayTrack.route).
+
+        A transcoded leg switches to forwarded only when `affords_forwarding()`; once
+        forwarded it stays so for as long as its rung forwards. Estimates swing by tens of
+        percent from one REMB to the next, and each switch to forwarded waits for a keyframe
+        from the publisher: switching on every swing would stall video with every swing. A
+        path that really cannot carry the stream shows in the estimate falling under the
+        rung's floor, loss or delay growth, and the ladder's own step down to a transcoded
+        rung moves the leg off."""
         effect = self.effect is not None and self.effect.active()
         if not self.policy.level.video and not effect:
             return "paused"
-        return "forwarded" if self.forwardable() else "transcoded"
+        if not self.forwardable():
+            return "transcoded"
+        if self.slot.video.delivery == "forwarded" or self.affords_forwarding():
+            return "forwarded"
+        return "transcoded"
 
     def set_publisher(self, name: str) -> None:
         if self.effect is not None:
