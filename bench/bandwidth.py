@@ -155,6 +155,7 @@ def summarize(span: tuple[float, float] | None, received_fps: Iterable[Sample],
             last = s.delivery
     out["held_s"] = dict(held.most_common())
     out["delivery_switches"] = switches
+    out["timeline"] = _timeline(mine, carried, start, end, t0)
 
     def during(kind: str, source: str) -> list[MetricSample]:
         return [s for s in mine if s.kind == kind and s.source == source
@@ -170,6 +171,24 @@ def summarize(span: tuple[float, float] | None, received_fps: Iterable[Sample],
         "samples": len(concealed),
     }
     return out
+
+
+def _timeline(mine: list[MetricSample], carried: set[str], start: float, end: float,
+              t0: datetime) -> list[list[Any]]:
+    """Per second from 5 s before the fault to 5 s after it: [t from the fault's start,
+    "rung/delivery", server kbps out, page fps, page concealed %], to see what happened."""
+    rows: dict[int, list[Any]] = {}
+    for s in mine:
+        t = (s.at - t0).total_seconds()
+        if not start - 5 <= t <= end + 5:
+            continue
+        row = rows.setdefault(round(t - start), [round(t - start), None, None, None, None])
+        if s.source == "server" and s.kind == "video" and s.leg in carried:
+            row[1] = f"{s.quality}/{s.delivery}"
+            row[2] = _r(s.bitrate_out_kbps, 0)
+        elif s.source == "browser" and s.fps is not None and (s.fps > 0 or row[3] is None):
+            row[3], row[4] = _r(s.fps), _r(s.concealed_pct)
+    return [rows[k] for k in sorted(rows)]
 
 
 def run_profile(name: str, scenario: Scenario, target: dict[str, Any]) -> dict[str, Any]:
