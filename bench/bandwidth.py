@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -191,13 +192,16 @@ def _timeline(mine: list[MetricSample], carried: set[str], start: float, end: fl
     return [rows[k] for k in sorted(rows)]
 
 
-def run_profile(name: str, scenario: Scenario, target: dict[str, Any]) -> dict[str, Any]:
+def run_profile(name: str, scenario: Scenario, target: dict[str, Any],
+                keep: Path | None = None) -> dict[str, Any]:
     """One QA run of `scenario` by the QA runner, in a fresh state folder (we are inside the
-    run's namespace already), and its figures."""
+    run's namespace already), and its figures. With `keep`, the folder (app log, report)
+    stays there."""
     from videochat.qa.runner import RunOptions, ScenarioRun
 
-    with tempfile.TemporaryDirectory(prefix="vc-bench-bw-") as tmp:
-        options = RunOptions(report=Path(tmp) / "report.json", state_dir=Path(tmp) / "app",
+    folder = Path(tempfile.mkdtemp(prefix=f"vc-bench-bw-{name}-", dir=keep))
+    try:
+        options = RunOptions(report=folder / "report.json", state_dir=folder / "app",
                              store=False, progress=lambda msg: print(f"  [{name}] {msg}",
                                                                      file=sys.stderr,
                                                                      flush=True))
@@ -215,7 +219,12 @@ def run_profile(name: str, scenario: Scenario, target: dict[str, Any]) -> dict[s
             "passed": result.passed,
             "notes": result.notes,
         })
+        if keep is not None:
+            out["folder"] = str(folder)
         return out
+    finally:
+        if keep is None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -268,7 +277,7 @@ def inside(args: argparse.Namespace) -> int:
         for name in names:
             scenario, target = chosen[name]
             print(f"trial {trial + 1}/{args.trials}: {name}", file=sys.stderr, flush=True)
-            per[name].append(run_profile(name, scenario, target))
+            per[name].append(run_profile(name, scenario, target, args.keep))
     result = {"profiles": {n: {"summary": aggregate(ts), "trials": ts} for n, ts in per.items()}}
     path = write("bandwidth", result)
     print(json.dumps({n: v["summary"] for n, v in result["profiles"].items()}),
@@ -283,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=1, help="runs of each profile")
     ap.add_argument("--profiles", default="thin-200k,1m-600ms,bandwidth-300kbps",
                     help="comma-separated profile names")
+    ap.add_argument("--keep", type=Path, help="keep each run's folder (app log, report) here")
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     from videochat.qa.harness import NetNamespace, netns_available
@@ -295,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     with NetNamespace() as ns:
         cmd = [*ns.prefix(), sys.executable, str(Path(__file__).resolve()),
                "--trials", str(args.trials), "--profiles", args.profiles, "--inside"]
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            cmd += ["--keep", str(args.keep.resolve())]
         try:
             return subprocess.run(cmd, timeout=budget).returncode
         except subprocess.TimeoutExpired:
