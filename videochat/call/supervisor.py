@@ -333,6 +333,8 @@ class CallSupervisor:
                     view.on_estimate(kind, kbps)
 
             def watch_reports() -> None:
+                # One hook per sender, with both sinks: a sender already hooked is skipped,
+                # so a hook without `on_estimate` set first would drop every REMB for good.
                 watch_receiver_reports(pc, on_report, on_estimate)
                 view = self._views.get(leg_id)
                 if view is not None:
@@ -341,7 +343,6 @@ class CallSupervisor:
             @pc.on("connectionstatechange")
             def _state() -> None:
                 if subscriber and pc.connectionState == "connected":
-                    watch_receiver_reports(pc, on_report)  # the senders exist by now
                     self._relay_keyframe_requests(me, leg)
                     watch_reports()  # the senders exist by now, before their first frame
                 self._leg_state(leg, pc.connectionState)
@@ -349,7 +350,6 @@ class CallSupervisor:
             if subscriber:
                 self._attach_view(me, leg)
                 if pc.connectionState == "connected":  # registered after it connected
-                    watch_receiver_reports(pc, on_report)
                     self._relay_keyframe_requests(me, leg)
                     watch_reports()
         elif watch is not None and leg.closed:
