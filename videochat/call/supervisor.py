@@ -43,7 +43,11 @@ from videochat.call.quality import (
 )
 from videochat.call.recovery import Action, EventContext, LegSupervisor, ReconnectState
 from videochat.call.rtcp import watch_receiver_reports
-from videochat.compat.aiortc import on_keyframe_request
+from videochat.compat.aiortc import (
+    RetransmitThrottle,
+    on_keyframe_request,
+    throttle_retransmissions,
+)
 from videochat.compat.encoders import RungVp8Encoder, install_leg_encoders
 from videochat.events import CallEvent
 from videochat.faults.injector import FaultManager, VideoEffectFilter
@@ -64,6 +68,8 @@ AUDIO_REPORT_FRESH_S = 12.0  # browsers report on audio every ~5 s
 FPS_TOLERANCE = 0.85  # a 30 fps rung forwards a camera measured at up to ~35 fps
 ESTIMATE_FRESH_S = 5.0  # Chrome sends a REMB with most video reports (~1 s): older is stale
 START_KBPS = 300  # before the receiver's first estimate, as WebRTC's senders start
+RESEND_SHARE = 0.25  # of the receiver's estimate, at most, for resending NACKed packets
+RESEND_MIN_GAP_S = 0.1  # a packet is resent at most once per RTT, and never sooner than this
 FORWARD_HEADROOM = 1.25  # as the ladder's up-steps: the stream must fit with room, or it
 # congests the path at once
 Emit = Callable[[CallEvent], None]
@@ -106,6 +112,11 @@ class SubscriberView:
         if est is None or self.clock() - est[0] > ESTIMATE_FRESH_S:
             return None
         return est[1]
+
+    @property
+    def rtt_ms(self) -> float | None:
+        """The latest round-trip time to this receiver (its reports, else aiortc's)."""
+        return self._rtt_ms
 
     @property
     def video_kbps(self) -> float:
@@ -339,6 +350,7 @@ class CallSupervisor:
                 view = self._views.get(leg_id)
                 if view is not None:
                     view.attach_encoder(_encoders(pc, view))
+                self._throttle_resends(leg)
 
             @pc.on("connectionstatechange")
             def _state() -> None:
@@ -383,6 +395,28 @@ class CallSupervisor:
             track = sender.track
             if track is not None and track.kind == "video":
                 on_keyframe_request(sender, slot.video.keyframe_requested)
+
+    def _throttle_resends(self, leg: MediaLeg) -> None:
+        """A subscriber's NACKs may not make its video sender swamp the path with resends
+        (compat.aiortc.RetransmitThrottle): a packet is resent at most once per RTT, and
+        resends take at most `RESEND_SHARE` of the receiver's estimate."""
+        views, leg_id = self._views, leg.leg_id
+
+        def budget_bps() -> float | None:
+            view = views.get(leg_id)
+            estimate = view.estimate_kbps if view is not None else None
+            return None if estimate is None else estimate * 1000 * RESEND_SHARE
+
+        def min_gap_s() -> float:
+            view = views.get(leg_id)
+            rtt = view.rtt_ms if view is not None else None
+            return max(RESEND_MIN_GAP_S, (rtt or 0.0) / 1000)
+
+        for sender in leg.pc.getSenders():
+            track = sender.track
+            if track is not None and track.kind == "video":
+                throttle_retransmissions(sender, RetransmitThrottle(budget_bps, min_gap_s),
+                                         name=leg_id)
 
     @staticmethod
     def _unbound_slot(me: Participant, leg: MediaLeg) -> bool:
