@@ -720,7 +720,8 @@ def test_subscriber_view_feeds_the_receivers_estimate_and_tells_the_encoder_its_
 
     clock = FakeClock()
     view = SubscriberView(Slot.create("owner0000000", 0), "r", "ana", emit=None, faults=None,
-                          clock=clock, context=EventContext("r", "bob"))
+                          clock=clock, context=EventContext("r", "bob"),
+                          ladder_reads_estimate=True)
     encoder = RungVp8Encoder(800_000, start_bps=300_000, clock=clock)
     view.attach_encoder(encoder)
     assert encoder.cap_bps == view.policy.level.target_kbps * 1000
@@ -854,3 +855,21 @@ def test_without_an_estimate_or_a_measured_stream_a_leg_forwards_at_once(
     # A fresh join: no estimate yet, so the first frame comes straight from the publisher.
     view3, _ = _view_on_a_camera(monkeypatch, FakeClock(), LADDER[1])
     assert view3.slot.video.delivery == "forwarded"
+
+
+def test_the_ladder_does_not_act_on_the_estimate_unless_told_to() -> None:
+    # supervisor.LADDER_READS_ESTIMATE: Chromium's REMB started healthy calls at 240p15 and
+    # kept video paused after a cap; the estimate decides forwarding, not the rung.
+    from videochat.call.supervisor import SubscriberView
+    from videochat.media.participant import Slot
+
+    clock = FakeClock()
+    view = SubscriberView(Slot.create("owner0000000", 0), "r", "ana", emit=None, faults=None,
+                          clock=clock, context=EventContext("r", "bob"))
+    start = view.policy.level
+    view.on_report("video", 0.0, 20.0)
+    for _ in range(8):
+        clock.t += 0.5
+        view.on_estimate("video", 150.0)
+        view.on_report("video", 0.0, 20.0)
+    assert view.estimate_kbps == 150.0 and view.policy.level is start

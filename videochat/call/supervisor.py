@@ -68,6 +68,16 @@ AUDIO_REPORT_FRESH_S = 12.0  # browsers report on audio every ~5 s
 FPS_TOLERANCE = 0.85  # a 30 fps rung forwards a camera measured at up to ~35 fps
 ESTIMATE_FRESH_S = 5.0  # Chrome sends a REMB with most video reports (~1 s): older is stale
 START_KBPS = 300  # before the receiver's first estimate, as WebRTC's senders start
+LADDER_READS_ESTIMATE = False
+"""Whether the ladder acts on the receiver's REMB (jumps to the rung whose floor fits it,
+headroom for up-steps), or only on loss and delay growth. Off: until the REMB reached the
+views (it never did before the double hook was fixed), the ladder ran on loss and delay
+alone, and switched on it made things worse with Chromium (bench/bandwidth.py, thin-200k):
+Chromium's REMB at a call's start read 145-197 kbps, so a healthy call sat at 240p15; under
+a 200 kbps cap it fell to 27-82 kbps and paused video, and with only audio flowing it never
+again proved the 62 kbps that 180p10 needs, so video stayed paused after the cap was gone.
+The estimate still decides forwarding (`affords_forwarding`), the resend budget and, through
+aiortc, each leg's encoder bitrate."""
 RESEND_SHARE = 0.25  # of the receiver's estimate, at most, for resending NACKed packets
 RESEND_MIN_GAP_S = 0.1  # a packet is resent at most once per RTT, and never sooner than this
 FORWARD_HEADROOM = 1.25  # as the ladder's up-steps: the stream must fit with room, or it
@@ -81,9 +91,11 @@ class SubscriberView:
 
     def __init__(self, slot: Slot, room: str, publisher: str, *, emit: Emit | None,
                  faults: FaultManager | None, clock: Callable[[], float],
-                 context: EventContext) -> None:
+                 context: EventContext,
+                 ladder_reads_estimate: bool = LADDER_READS_ESTIMATE) -> None:
         self.slot = slot
         self.clock = clock
+        self.ladder_reads_estimate = ladder_reads_estimate
         self.policy = QualityPolicy(clock, start=start_level(), emit=emit, context=context,
                                     same_stream=self.same_stream)
         self.decimator = FrameDecimator(self.policy.level)
@@ -112,6 +124,9 @@ class SubscriberView:
         if est is None or self.clock() - est[0] > ESTIMATE_FRESH_S:
             return None
         return est[1]
+
+    def _ladder_estimate(self) -> float | None:
+        return self.estimate_kbps if self.ladder_reads_estimate else None
 
     @property
     def rtt_ms(self) -> float | None:
@@ -210,7 +225,7 @@ class SubscriberView:
         if not self._rtt_from_reports:  # aiortc's smoothed RTT, until reports bring one
             self._rtt_ms = sample.rtt_ms
         if sample.kind not in self._reported:
-            self.policy.observe(sample.loss_fraction, sample.rtt_ms, self.estimate_kbps,
+            self.policy.observe(sample.loss_fraction, sample.rtt_ms, self._ladder_estimate(),
                                 at=self.clock())
 
     def on_report(self, kind: str, loss: float, rtt_ms: float | None = None) -> None:
@@ -230,7 +245,7 @@ class SubscriberView:
             loss = self._confirmed(loss, at)
         # The report covers the time since that receiver's previous one; the first, an
         # unknown stretch (None: the policy takes the time since its last sample).
-        self.policy.observe(loss, self._rtt_ms, self.estimate_kbps, at=at,
+        self.policy.observe(loss, self._rtt_ms, self._ladder_estimate(), at=at,
                             interval_s=None if last is None else at - last)
 
     def _confirmed(self, loss: float, at: float) -> float:
