@@ -873,3 +873,23 @@ def test_the_ladder_does_not_act_on_the_estimate_unless_told_to() -> None:
         view.on_estimate("video", 150.0)
         view.on_report("video", 0.0, 20.0)
     assert view.estimate_kbps == 150.0 and view.policy.level is start
+
+
+def test_a_step_down_passes_over_rungs_that_send_the_same_stream() -> None:
+    # A 480x360 camera is forwarded as it is at 720p30, 480p30 and 360p24: under loss, only
+    # 240p15 changes what goes on the wire, so that is the first step, not the third.
+    forwarding = {"720p30", "480p30", "360p24"}
+
+    def same(a: QualityLevel, b: QualityLevel) -> bool:
+        return a.name in forwarding and b.name in forwarding
+
+    clock = FakeClock()
+    policy = QualityPolicy(clock, start=TOP, same_stream=same)
+    got = [policy.observe(0.3, 40, None, 2 + t / 4) for t in range(5)]  # one step's worth
+    assert [g for g in got if g] == [LADDER[3]]
+    assert policy.changes[0].from_level is TOP
+    # Never past the lowest video rung on loss alone, whatever the predicate says.
+    clock2 = FakeClock()
+    everything = QualityPolicy(clock2, start=TOP, same_stream=lambda a, b: True)
+    got = [everything.observe(0.3, 40, None, 2 + t / 4) for t in range(5)]
+    assert [g for g in got if g] == [LOWEST_VIDEO]

@@ -49,9 +49,10 @@ Design (why)
     rung whose encoder is held under its target by the estimate could never prove the next),
     except between two rungs that send the same stream (`same_stream`: both forward the
     publisher's own frames, e.g. 480p30 and 720p30 for a 640x480 camera), where nothing
-    changes on the wire. Whether a forwarding rung's stream fits the path is the
-    supervisor's call (`SubscriberView.delivery`), made against the stream's measured
-    bitrate, not against a rung's floor.
+    changes on the wire. For the same reason a step down on loss or delay growth passes over
+    such rungs to the first one that changes the stream. Whether a forwarding rung's stream
+    fits the path is the supervisor's call (`SubscriberView.delivery`), made against the
+    stream's measured bitrate, not against a rung's floor.
   - No flapping: if conditions turn bad within `failed_up_window_s` = 10 s of an up-step, that
     probe failed and the next first up-step waits twice as long (capped at 60 s): exponential
     backoff of failed bandwidth probes. An up-step that holds for the window resets the wait.
@@ -435,6 +436,11 @@ class QualityPolicy:
                       and self._severe_mean >= t.severe_loss)
             floor = AUDIO_ONLY if severe else LOWEST_VIDEO
             target = step_down(level)
+            while (self._same_stream is not None and target.rank < floor.rank
+                   and self._same_stream(level, target)):
+                # Nothing would change on the wire: a step that cannot relieve the path
+                # would only cost another `down_hold_s` of loss before the next one.
+                target = step_down(target)
             if target.rank > floor.rank:
                 target = level if level.rank >= floor.rank else floor
             what = (f"loss {loss:.0%}" if lossy and loss is not None
