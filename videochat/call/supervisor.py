@@ -162,7 +162,8 @@ class SubscriberView:
 
     def same_stream(self, a: QualityLevel, b: QualityLevel) -> bool:
         """Both rungs would get the publisher's own stream (the ladder's `same_stream`): a
-        step between them changes nothing on the wire, so it needs no bandwidth headroom."""
+        step between them changes nothing on the wire, so a step up needs no bandwidth
+        headroom and a step down goes on to a rung that does change it."""
         return self._rung_forwards(a) and self._rung_forwards(b)
 
     def affords_forwarding(self) -> bool:
@@ -172,7 +173,7 @@ class SubscriberView:
         through and video stops instead of degrading, while a transcoded leg's encoder keeps
         within the estimate. Without an estimate yet, or before the stream's bitrate is
         measured, it does forward: a fresh join shows its first frame without an encoder's
-        start-up, and the ladder steps down as soon as the receiver says otherwise."""
+        start-up, and the ladder steps down as soon as loss or delay say otherwise."""
         hub = self.slot.video.hub
         estimate = self.estimate_kbps
         if hub is None or hub.kbps is None or estimate is None:
@@ -186,9 +187,9 @@ class SubscriberView:
         forwarded it stays so for as long as its rung forwards. Estimates swing by tens of
         percent from one REMB to the next, and each switch to forwarded waits for a keyframe
         from the publisher: switching on every swing would stall video with every swing. A
-        path that really cannot carry the stream shows in the estimate falling under the
-        rung's floor, loss or delay growth, and the ladder's own step down to a transcoded
-        rung moves the leg off."""
+        path that really cannot carry the stream shows as loss or delay growth, and the
+        ladder's own step down to a transcoded rung (it passes over rungs that send the same
+        stream) moves the leg off."""
         effect = self.effect is not None and self.effect.active()
         if not self.policy.level.video and not effect:
             return "paused"
