@@ -50,9 +50,10 @@ Design (why)
     except between two rungs that send the same stream (`same_stream`: both forward the
     publisher's own frames, e.g. 480p30 and 720p30 for a 640x480 camera), where nothing
     changes on the wire. For the same reason a step down on loss or delay growth passes over
-    such rungs to the first one that changes the stream. Whether a forwarding rung's stream
-    fits the path is the supervisor's call (`SubscriberView.delivery`), made against the
-    stream's measured bitrate, not against a rung's floor.
+    such rungs to the first one that changes the stream, when there is one within reach.
+    Whether a forwarding rung's stream fits the path is the supervisor's call
+    (`SubscriberView.delivery`), made against the stream's measured bitrate, not against a
+    rung's floor.
   - No flapping: if conditions turn bad within `failed_up_window_s` = 10 s of an up-step, that
     probe failed and the next first up-step waits twice as long (capped at 60 s): exponential
     backoff of failed bandwidth probes. An up-step that holds for the window resets the wait.
@@ -436,11 +437,17 @@ class QualityPolicy:
                       and self._severe_mean >= t.severe_loss)
             floor = AUDIO_ONLY if severe else LOWEST_VIDEO
             target = step_down(level)
-            while (self._same_stream is not None and target.rank < floor.rank
-                   and self._same_stream(level, target)):
+            if self._same_stream is not None and self._same_stream(level, target):
                 # Nothing would change on the wire: a step that cannot relieve the path
-                # would only cost another `down_hold_s` of loss before the next one.
-                target = step_down(target)
+                # would only cost another `down_hold_s` of loss before the next one. When
+                # no rung within reach changes the stream either, one step it is (as
+                # without the predicate): dropping to the floor would only leave the leg
+                # there, transcoded, once the publisher's stream grows again.
+                changes = target
+                while changes.rank < floor.rank and self._same_stream(level, changes):
+                    changes = step_down(changes)
+                if not self._same_stream(level, changes):
+                    target = changes
             if target.rank > floor.rank:
                 target = level if level.rank >= floor.rank else floor
             what = (f"loss {loss:.0%}" if lossy and loss is not None
