@@ -65,3 +65,13 @@ def test_aiortc_resends_through_the_method_the_throttle_overrides() -> None:
     assert "await self._retransmit(seq)" in inspect.getsource(RTCRtpSender._handle_rtcp_packet)
     retransmit = inspect.getsource(RTCRtpSender._retransmit)
     assert "self.__rtp_history.get(sequence_number % RTP_HISTORY_SIZE)" in retransmit
+
+
+def test_a_small_budget_still_resends_a_full_packet_now_and_then() -> None:
+    clock = FakeClock()
+    throttle = RetransmitThrottle(lambda: 10_000.0, lambda: 0.2, burst_s=0.5, clock=clock)
+    # 10 kbps: half a second's worth is 625 bytes, less than one packet.
+    assert throttle.allow(1, 1200)
+    assert not throttle.allow(2, 1200)
+    clock.t += 1.0  # 1,250 bytes of budget back
+    assert throttle.allow(2, 1200)

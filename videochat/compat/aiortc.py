@@ -343,6 +343,7 @@ def on_keyframe_request(sender: RTCRtpSender, callback: Callable[[], None]) -> N
 # --- retransmissions of one sender --------------------------------------------------------
 
 RTX_OVERHEAD_BYTES = 40  # RTP + RTX headers, SRTP tag: what a resent packet adds to its payload
+MAX_RESEND_BYTES = 1300 + RTX_OVERHEAD_BYTES  # aiortc's largest RTP payload, resent
 
 
 class RetransmitThrottle:
@@ -373,7 +374,8 @@ class RetransmitThrottle:
         now = self.clock()
         budget = self.budget_bps()
         if budget is not None:
-            rate, cap = budget / 8, budget / 8 * self.burst_s
+            # The bucket holds one full packet at least: else a small budget never resends.
+            rate, cap = budget / 8, max(budget / 8 * self.burst_s, MAX_RESEND_BYTES)
             tokens = cap if self._tokens is None else self._tokens
             self._tokens = min(cap, tokens + (now - self._at) * rate)
         else:
