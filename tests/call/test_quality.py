@@ -6,6 +6,7 @@ import fractions
 import math
 import random
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import av
 import pytest
@@ -40,6 +41,10 @@ from videochat.call.quality import (
 from videochat.call.recovery import EventContext
 from videochat.events import CallEvent
 from videochat.exceptions import ValidationError
+
+if TYPE_CHECKING:
+    from videochat.call.supervisor import SubscriberView
+    from videochat.media.relay import TrackHub
 
 
 def run(policy: QualityPolicy, clock: FakeClock, loss_at, until: float, period: float = 0.5,
@@ -715,7 +720,8 @@ def test_subscriber_view_feeds_the_receivers_estimate_and_tells_the_encoder_its_
 
     clock = FakeClock()
     view = SubscriberView(Slot.create("owner0000000", 0), "r", "ana", emit=None, faults=None,
-                          clock=clock, context=EventContext("r", "bob"))
+                          clock=clock, context=EventContext("r", "bob"),
+                          ladder_reads_estimate=True)
     encoder = RungVp8Encoder(800_000, start_bps=300_000, clock=clock)
     view.attach_encoder(encoder)
     assert encoder.cap_bps == view.policy.level.target_kbps * 1000
@@ -734,3 +740,158 @@ def test_subscriber_view_feeds_the_receivers_estimate_and_tells_the_encoder_its_
     assert encoder.cap_bps == LADDER[3].target_kbps * 1000
     clock.t += 10
     assert view.estimate_kbps is None  # stale
+
+
+# ------------------------------------------- forwarding the publisher's stream, or transcoding
+def test_a_step_between_rungs_that_send_the_same_stream_needs_no_headroom() -> None:
+    # 480p30 and 720p30 both forward a 640x480 camera as it is: nothing changes on the wire,
+    # so an estimate of 450 kbps (720p30 would want 1.25 x 500) must not hold the step.
+    forwarding = {"720p30", "480p30"}
+
+    def same(a: QualityLevel, b: QualityLevel) -> bool:
+        return a.name in forwarding and b.name in forwarding
+
+    for predicate, climbs in ((same, True), (None, False)):
+        clock = FakeClock()
+        policy = QualityPolicy(clock, start=LADDER[1], same_stream=predicate)
+        got = [policy.observe(0.0, 40, 450, t / 2) for t in range(40)]
+        assert (TOP in got) is climbs
+    # ...while a step onto a rung that changes the stream still needs it.
+    clock = FakeClock()
+    policy = QualityPolicy(clock, start=LADDER[3], same_stream=same)
+    assert [policy.observe(0.0, 40, 200, t / 2) for t in range(40)] == [None] * 40
+
+
+def test_the_supervisors_view_tells_the_ladder_which_rungs_send_the_same_stream(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    view, hub = _view_on_a_camera(monkeypatch, clock, LADDER[1])
+    assert view.same_stream(LADDER[0], LADDER[1])  # both fit a 640x480, 30 fps camera
+    assert not view.same_stream(LADDER[1], LADDER[2])  # 360p24 scales and decimates
+    view.on_estimate("video", 450.0)
+    for t in range(40):  # clean reports: 480p30 -> 720p30 with no estimate headroom
+        clock.t = t / 2
+        view.on_report("video", 0.0, 40.0)
+    assert view.policy.level is TOP
+    hub.size = (1280, 720)  # a camera that 480p30 must scale: then the step changes it
+    assert not view.same_stream(LADDER[0], LADDER[1])
+
+
+def _view_on_a_camera(monkeypatch: pytest.MonkeyPatch, clock: FakeClock, start: QualityLevel,
+                      kbps: float | None = 300.0) -> tuple[SubscriberView, TrackHub]:
+    """A subscriber view whose slot is bound to a forwardable 640x480, 30 fps publisher sending
+    `kbps`, consulted by its relay track as in the supervisor (`route = view.delivery`)."""
+    from videochat.call.supervisor import SubscriberView
+    from videochat.compat import aiortc as compat
+    from videochat.media.participant import Slot
+    from videochat.media.relay import TrackHub
+
+    monkeypatch.setattr(compat, "request_keyframe", lambda receiver: True)
+    hub = TrackHub("video", "ana")
+    hub._receiver = object()  # as if tapped on a browser publisher's receiver
+    hub.size, hub.fps, hub.kbps = (640, 480), 30.0, kbps
+    slot = Slot.create("owner0000000", 0)
+    view = SubscriberView(slot, "r", "ana", emit=None, faults=None, clock=clock,
+                          context=EventContext("r", "bob"))
+    view.policy.level = start  # where the ladder has the leg now
+    slot.video.route = view.delivery
+    slot.video.bind(hub)
+    return view, hub
+
+
+def _climb(view: SubscriberView, level: QualityLevel) -> str:
+    """The ladder moved the leg to `level`; the relay consults the route at its next frame."""
+    view.policy.level = level
+    view.slot.video._update_delivery()
+    return str(view.slot.video.delivery)
+
+
+def test_a_transcoded_leg_is_not_forwarded_a_stream_its_estimate_cannot_carry(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    view, _hub = _view_on_a_camera(monkeypatch, clock, LADDER[2])
+    assert view.slot.video.delivery == "transcoded"  # 360p24 scales the 640x480 frames
+    view.on_estimate("video", 200.0)  # a 200 kbps downlink; the publisher sends 300
+    assert _climb(view, LADDER[1]) == "transcoded"  # 480p30 would forward: not through this
+    assert view.forwardable()
+    view.on_estimate("video", 400.0)  # >= 1.25 x 300: the stream fits with room
+    view.slot.video._update_delivery()
+    assert view.slot.video.delivery == "forwarded"
+
+
+def test_once_forwarded_a_leg_stays_forwarded_until_its_rung_transcodes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    view, hub = _view_on_a_camera(monkeypatch, clock, LADDER[2])
+    view.on_estimate("video", 200.0)
+    assert _climb(view, LADDER[1]) == "transcoded"
+    view.on_estimate("video", 400.0)
+    assert _climb(view, LADDER[1]) == "forwarded"
+    for noisy in (320.0, 250.0, 360.0, 290.0):  # REMB swings: no switch back and forth
+        clock.t += 0.5
+        view.on_estimate("video", noisy)
+        assert _climb(view, LADDER[1]) == "forwarded"
+    assert _climb(view, LADDER[0]) == "forwarded"  # same stream, same delivery
+    hub.kbps = 600.0  # the publisher's rate rose: still no flapping
+    assert _climb(view, LADDER[0]) == "forwarded"
+    assert _climb(view, LADDER[2]) == "transcoded"  # the ladder's step down moves it off
+    assert _climb(view, LADDER[1]) == "transcoded"  # ...and back up needs the room again
+
+
+def test_without_an_estimate_or_a_measured_stream_a_leg_forwards_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = FakeClock()
+    view, hub = _view_on_a_camera(monkeypatch, clock, LADDER[2])
+    view.on_estimate("video", 200.0)
+    assert _climb(view, LADDER[1]) == "transcoded"
+    hub.kbps = None  # e.g. a publisher just rebuilt: its stream not measured yet
+    assert _climb(view, LADDER[1]) == "forwarded"
+    view2, _ = _view_on_a_camera(monkeypatch, clock, LADDER[2])
+    view2.on_estimate("video", 200.0)
+    assert _climb(view2, LADDER[1]) == "transcoded"
+    clock.t += 6.0  # the estimate went stale: no estimate at all
+    assert view2.estimate_kbps is None
+    assert _climb(view2, LADDER[1]) == "forwarded"
+    # A fresh join: no estimate yet, so the first frame comes straight from the publisher.
+    view3, _ = _view_on_a_camera(monkeypatch, FakeClock(), LADDER[1])
+    assert view3.slot.video.delivery == "forwarded"
+
+
+def test_the_ladder_does_not_act_on_the_estimate_unless_told_to() -> None:
+    # supervisor.LADDER_READS_ESTIMATE: Chromium's REMB started healthy calls at 240p15 and
+    # kept video paused after a cap; the estimate decides forwarding, not the rung.
+    from videochat.call.supervisor import SubscriberView
+    from videochat.media.participant import Slot
+
+    clock = FakeClock()
+    view = SubscriberView(Slot.create("owner0000000", 0), "r", "ana", emit=None, faults=None,
+                          clock=clock, context=EventContext("r", "bob"))
+    start = view.policy.level
+    view.on_report("video", 0.0, 20.0)
+    for _ in range(8):
+        clock.t += 0.5
+        view.on_estimate("video", 150.0)
+        view.on_report("video", 0.0, 20.0)
+    assert view.estimate_kbps == 150.0 and view.policy.level is start
+
+
+def test_a_step_down_passes_over_rungs_that_send_the_same_stream() -> None:
+    # A 480x360 camera is forwarded as it is at 720p30, 480p30 and 360p24: under loss, only
+    # 240p15 changes what goes on the wire, so that is the first step, not the third.
+    forwarding = {"720p30", "480p30", "360p24"}
+
+    def same(a: QualityLevel, b: QualityLevel) -> bool:
+        return a.name in forwarding and b.name in forwarding
+
+    clock = FakeClock()
+    policy = QualityPolicy(clock, start=TOP, same_stream=same)
+    got = [policy.observe(0.3, 40, None, 2 + t / 4) for t in range(5)]  # one step's worth
+    assert [g for g in got if g] == [LADDER[3]]
+    assert policy.changes[0].from_level is TOP
+    # A small camera forwarded as it is at every rung: no step changes the stream, so one
+    # step, as without the predicate (not down to the lowest rung, to be transcoded there
+    # once the camera grows again).
+    clock2 = FakeClock()
+    everything = QualityPolicy(clock2, start=TOP, same_stream=lambda a, b: a.video and b.video)
+    got = [everything.observe(0.3, 40, None, 2 + t / 4) for t in range(5)]
+    assert [g for g in got if g] == [LADDER[1]]

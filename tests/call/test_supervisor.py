@@ -1,10 +1,14 @@
-"""CallSupervisor: which closed connections count as a participant's network dropping."""
+"""CallSupervisor: which closed connections count as a participant's network dropping, and
+what reaches a subscriber leg's view."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
-from aiortc import RTCPeerConnection
+import aioice.ice
+import pytest
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, VideoStreamTrack
 
 from videochat.call.recovery import ReconnectState
 from videochat.call.supervisor import CallSupervisor
@@ -71,3 +75,56 @@ def test_a_freed_slot_closed_the_same_way_is_not_one_either() -> None:
 def test_a_closed_publishing_leg_still_is() -> None:
     state, rebuilt = asyncio.run(someone_leaves_then("pub"))
     assert state is not ReconnectState.CONNECTED and rebuilt == ["carol"]
+
+
+def test_the_receivers_estimate_reaches_the_subscribers_view(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The receiver's REMB must reach the ladder and the forwarding rule (a sender's RTCP is
+    # hooked once: a hook without the estimate sink, set first, used to swallow every REMB).
+    monkeypatch.setattr(aioice.ice, "get_host_addresses",
+                        lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+
+    async def main() -> float | None:
+        registry = RoomRegistry(defer=lambda delay, fn: None)
+        legs = LegRegistry()
+        sup = CallSupervisor(registry, legs, emit=None, faults=None, rebuild=lambda p: None)
+        ana = registry.join("r", "ana")
+        bob = registry.join("r", "bob")
+        slot = next(s for s in bob.slots if s.publisher_id == ana.id)
+        config = RTCConfiguration(iceServers=[])
+        browser, server = RTCPeerConnection(config), RTCPeerConnection(config)
+        drained: list[asyncio.Task[None]] = []
+
+        async def drain(track: MediaStreamTrack) -> None:
+            while True:
+                try:
+                    await track.recv()
+                except Exception:  # noqa: BLE001 - MediaStreamError when the call ends
+                    return
+
+        browser.on("track", lambda track: drained.append(asyncio.ensure_future(drain(track))))
+        browser.addTransceiver("video", direction="recvonly")
+        await browser.setLocalDescription(await browser.createOffer())
+        await server.setRemoteDescription(browser.localDescription)
+        server.addTrack(VideoStreamTrack())
+        await server.setLocalDescription(await server.createAnswer())
+        mine = MediaLeg(f"{bob.id[:12]}:sub", "r", "bob", bob.id, "subscribe", server,
+                        asyncio.get_running_loop(), slot_index=slot.index)
+        legs.register(mine)
+        await browser.setRemoteDescription(server.localDescription)
+        deadline = time.monotonic() + 15
+        estimate = None
+        while time.monotonic() < deadline and estimate is None:
+            await asyncio.sleep(0.2)
+            view = sup.view(mine.leg_id)
+            estimate = view.estimate_kbps if view is not None else None
+        for task in drained:
+            task.cancel()
+        await browser.close()
+        await server.close()
+        if sup._task is not None:
+            sup._task.cancel()
+        return estimate
+
+    estimate = asyncio.run(main())
+    assert estimate is not None and estimate > 0

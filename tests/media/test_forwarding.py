@@ -393,3 +393,33 @@ def test_the_publishers_frame_rate_comes_from_its_timestamps_not_from_arrival_bu
     hub._on_encoded("VP8", DELTA, 2**32 - 3_000)
     hub._on_encoded("VP8", DELTA, 3_000)
     assert abs(hub.fps - 15.0) < 0.01
+
+
+def test_the_publishers_bitrate_is_measured_over_media_time() -> None:
+    hub = TrackHub("video", "ana")
+    hub._receiver = object()  # as if tapped on a publisher's receiver
+    # 30 fps (3000 ticks a frame), 1250-byte deltas and a 6250-byte keyframe every 2 s:
+    # (58 x 1250 + 2 x 6250) bytes x 8 per 2 s = 340 kbps, all released in one burst.
+    ts = 0
+
+    def frame(i: int) -> None:
+        hub._on_encoded("VP8", KEY + b"k" * 6220 if i % 60 == 0 else DELTA + b"d" * 1227, ts)
+
+    for i in range(25):  # under a second of media: not measured yet
+        frame(i)
+        ts += 3_000
+    assert hub.kbps is None
+    for i in range(25, 300):
+        frame(i)
+        ts += 3_000
+    assert hub.kbps is not None and abs(hub.kbps - 340) < 340 * 0.1
+    # A pause (a second or more between frames) is not a rate: it neither dilutes the
+    # figure nor counts its frame's bytes.
+    ts += 5 * 90_000
+    frame(1)
+    assert abs(hub.kbps - 340) < 340 * 0.1
+    # The camera halves its bitrate: the figure follows within a few seconds.
+    for _ in range(240):  # 8 s
+        hub._on_encoded("VP8", DELTA + b"d" * 602, ts)
+        ts += 3_000
+    assert abs(hub.kbps - 150.6) < 150.6 * 0.1

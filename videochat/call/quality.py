@@ -46,7 +46,14 @@ Design (why)
     to ~1.5 s before the first clean report and ~1.5 s before the one that crosses the mark.
     An up-step needs `up_bitrate_headroom` (1.25) x the next rung's floor when an estimate is
     known (the floor, not the target: a receiver's REMB tops out near 1.5 x what it gets, so a
-    rung whose encoder is held under its target by the estimate could never prove the next).
+    rung whose encoder is held under its target by the estimate could never prove the next),
+    except between two rungs that send the same stream (`same_stream`: both forward the
+    publisher's own frames, e.g. 480p30 and 720p30 for a 640x480 camera), where nothing
+    changes on the wire. For the same reason a step down on loss or delay growth passes over
+    such rungs to the first one that changes the stream, when there is one within reach.
+    Whether a forwarding rung's stream fits the path is the supervisor's call
+    (`SubscriberView.delivery`), made against the stream's measured bitrate, not against a
+    rung's floor.
   - No flapping: if conditions turn bad within `failed_up_window_s` = 10 s of an up-step, that
     probe failed and the next first up-step waits twice as long (capped at 60 s): exponential
     backoff of failed bandwidth probes. An up-step that holds for the window resets the wait.
@@ -65,6 +72,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -294,6 +302,11 @@ class QualityChange:
         return "down" if self.to_level.rank > self.from_level.rank else "up"
 
 
+SameStream = Callable[[QualityLevel, QualityLevel], bool]
+"""Whether two rungs send the receiver the very same stream (both forward the publisher's own
+encoded frames: `SubscriberView.same_stream`); the ladder knows nothing of the relay."""
+
+
 class QualityPolicy:
     """The ladder for one subscriber leg: `observe()` each stats sample, apply what it returns."""
 
@@ -301,8 +314,10 @@ class QualityPolicy:
                  ceiling: QualityLevel = TOP,
                  thresholds: QualityThresholds = DEFAULT_THRESHOLDS,
                  emit: Emit | None = None, context: EventContext | None = None,
-                 wall: WallClock = utcnow) -> None:
+                 wall: WallClock = utcnow,
+                 same_stream: SameStream | None = None) -> None:
         self._clock, self._wall, self._emit = clock, wall, emit
+        self._same_stream = same_stream
         self.t = thresholds
         self.context = context or EventContext(room="")
         self.ceiling = ceiling
@@ -422,6 +437,17 @@ class QualityPolicy:
                       and self._severe_mean >= t.severe_loss)
             floor = AUDIO_ONLY if severe else LOWEST_VIDEO
             target = step_down(level)
+            if self._same_stream is not None and self._same_stream(level, target):
+                # Nothing would change on the wire: a step that cannot relieve the path
+                # would only cost another `down_hold_s` of loss before the next one. When
+                # no rung within reach changes the stream either, one step it is (as
+                # without the predicate): dropping to the floor would only leave the leg
+                # there, transcoded, once the publisher's stream grows again.
+                changes = target
+                while changes.rank < floor.rank and self._same_stream(level, changes):
+                    changes = step_down(changes)
+                if not self._same_stream(level, changes):
+                    target = changes
             if target.rank > floor.rank:
                 target = level if level.rank >= floor.rank else floor
             what = (f"loss {loss:.0%}" if lossy and loss is not None
@@ -431,7 +457,8 @@ class QualityPolicy:
         if loss is not None and loss <= t.up_loss and queue_ok:
             nxt = step_up(level) if level.rank > self.ceiling.rank else level
             if (nxt is not level and bitrate is not None
-                    and bitrate < nxt.floor_kbps * t.up_bitrate_headroom):
+                    and bitrate < nxt.floor_kbps * t.up_bitrate_headroom
+                    and not (self._same_stream is not None and self._same_stream(level, nxt))):
                 return "neutral", level, "bitrate too low to step up"
             return "good", nxt, "conditions good"
         return "neutral", level, "hold"

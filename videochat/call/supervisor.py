@@ -35,6 +35,7 @@ from videochat.call.quality import (
     VIDEO_FLOOR_KBPS,
     ConnectionQuality,
     FrameDecimator,
+    QualityLevel,
     QualityPolicy,
     frame_size_for,
     start_level,
@@ -42,7 +43,11 @@ from videochat.call.quality import (
 )
 from videochat.call.recovery import Action, EventContext, LegSupervisor, ReconnectState
 from videochat.call.rtcp import watch_receiver_reports
-from videochat.compat.aiortc import on_keyframe_request
+from videochat.compat.aiortc import (
+    RetransmitThrottle,
+    on_keyframe_request,
+    throttle_retransmissions,
+)
 from videochat.compat.encoders import RungVp8Encoder, install_leg_encoders
 from videochat.events import CallEvent
 from videochat.faults.injector import FaultManager, VideoEffectFilter
@@ -63,6 +68,21 @@ AUDIO_REPORT_FRESH_S = 12.0  # browsers report on audio every ~5 s
 FPS_TOLERANCE = 0.85  # a 30 fps rung forwards a camera measured at up to ~35 fps
 ESTIMATE_FRESH_S = 5.0  # Chrome sends a REMB with most video reports (~1 s): older is stale
 START_KBPS = 300  # before the receiver's first estimate, as WebRTC's senders start
+LADDER_READS_ESTIMATE = False
+"""Whether the ladder acts on the receiver's REMB (jumps to the rung whose floor fits it,
+headroom for up-steps), or only on loss and delay growth. Off: until the REMB reached the
+views (it never did before the double hook was fixed), the ladder ran on loss and delay
+alone, and switched on it made things worse with Chromium (bench/bandwidth.py, thin-200k):
+Chromium's REMB at a call's start read 145-197 kbps, so a healthy call sat at 240p15; under
+a 200 kbps cap it fell to 27-82 kbps and paused video, and with only audio flowing it never
+again proved the 62 kbps that 180p10 needs, so video stayed paused after the cap was gone.
+The estimate still decides forwarding (`affords_forwarding`), the resend budget and, through
+aiortc, each leg's encoder bitrate."""
+RESEND_SHARE = 0.25  # of the receiver's estimate, at most, for resending NACKed packets
+RESEND_FLOOR_KBPS = 48.0  # ...but repairs of random loss at a low estimate still get through
+RESEND_MIN_GAP_S = 0.1  # a packet is resent at most once per RTT, and never sooner than this
+FORWARD_HEADROOM = 1.25  # as the ladder's up-steps: the stream must fit with room, or it
+# congests the path at once
 Emit = Callable[[CallEvent], None]
 Rebuild = Callable[[Participant], None]
 
@@ -72,10 +92,13 @@ class SubscriberView:
 
     def __init__(self, slot: Slot, room: str, publisher: str, *, emit: Emit | None,
                  faults: FaultManager | None, clock: Callable[[], float],
-                 context: EventContext) -> None:
+                 context: EventContext,
+                 ladder_reads_estimate: bool = LADDER_READS_ESTIMATE) -> None:
         self.slot = slot
         self.clock = clock
-        self.policy = QualityPolicy(clock, start=start_level(), emit=emit, context=context)
+        self.ladder_reads_estimate = ladder_reads_estimate
+        self.policy = QualityPolicy(clock, start=start_level(), emit=emit, context=context,
+                                    same_stream=self.same_stream)
         self.decimator = FrameDecimator(self.policy.level)
         self.effect = VideoEffectFilter(faults, room, publisher) if faults is not None else None
         self._rtt_ms: float | None = None
@@ -103,6 +126,14 @@ class SubscriberView:
             return None
         return est[1]
 
+    def _ladder_estimate(self) -> float | None:
+        return self.estimate_kbps if self.ladder_reads_estimate else None
+
+    @property
+    def rtt_ms(self) -> float | None:
+        """The latest round-trip time to this receiver (its reports, else aiortc's)."""
+        return self._rtt_ms
+
     @property
     def video_kbps(self) -> float:
         """What the video encoder is given now (the rung's target within the estimate)."""
@@ -117,25 +148,57 @@ class SubscriberView:
         """The rung is the publisher's own quality (its size fits the rung's box, its frame
         rate the rung's cap) and no fault effect applies: the publisher's encoded frames can
         go to this subscriber as they are, with no decode and no encode."""
-        hub = self.slot.video.hub
-        if hub is None or not hub.can_forward:
-            return False
         if self.effect is not None and self.effect.active():
             return False
-        level = self.policy.level
-        if not level.video:
+        return self._rung_forwards(self.policy.level)
+
+    def _rung_forwards(self, level: QualityLevel) -> bool:
+        hub = self.slot.video.hub
+        if hub is None or not hub.can_forward or not level.video:
             return False
         if hub.size is not None and frame_size_for(level, *hub.size) != hub.size:
             return False
         # A rung capped below the publisher's rate needs decimating, i.e. transcoding.
         return hub.fps is None or level.max_fps >= hub.fps * FPS_TOLERANCE
 
+    def same_stream(self, a: QualityLevel, b: QualityLevel) -> bool:
+        """Both rungs would get the publisher's own stream (the ladder's `same_stream`): a
+        step between them changes nothing on the wire, so a step up needs no bandwidth
+        headroom and a step down goes on to a rung that does change it."""
+        return self._rung_forwards(a) and self._rung_forwards(b)
+
+    def affords_forwarding(self) -> bool:
+        """The receiver's path has room for the publisher's own stream. A rung that forwards
+        sends whatever the publisher's encoder makes (~300 kbps and up from a 640x480 camera),
+        regardless of the receiver's estimate: on a 200 kbps downlink that stream cannot get
+        through and video stops instead of degrading, while a transcoded leg's encoder keeps
+        within the estimate. Without an estimate yet, or before the stream's bitrate is
+        measured, it does forward: a fresh join shows its first frame without an encoder's
+        start-up, and the ladder steps down as soon as loss or delay say otherwise."""
+        hub = self.slot.video.hub
+        estimate = self.estimate_kbps
+        if hub is None or hub.kbps is None or estimate is None:
+            return True
+        return estimate >= hub.kbps * FORWARD_HEADROOM
+
     def delivery(self) -> Delivery:
-        """How this subscriber gets the publisher's video now (RelayTrack.route)."""
+        """How this subscriber gets the publisher's video now (RelayTrack.route).
+
+        A transcoded leg switches to forwarded only when `affords_forwarding()`; once
+        forwarded it stays so for as long as its rung forwards. Estimates swing by tens of
+        percent from one REMB to the next, and each switch to forwarded waits for a keyframe
+        from the publisher: switching on every swing would stall video with every swing. A
+        path that really cannot carry the stream shows as loss or delay growth, and the
+        ladder's own step down to a transcoded rung (it passes over rungs that send the same
+        stream) moves the leg off."""
         effect = self.effect is not None and self.effect.active()
         if not self.policy.level.video and not effect:
             return "paused"
-        return "forwarded" if self.forwardable() else "transcoded"
+        if not self.forwardable():
+            return "transcoded"
+        if self.slot.video.delivery == "forwarded" or self.affords_forwarding():
+            return "forwarded"
+        return "transcoded"
 
     def set_publisher(self, name: str) -> None:
         if self.effect is not None:
@@ -164,7 +227,7 @@ class SubscriberView:
         if not self._rtt_from_reports:  # aiortc's smoothed RTT, until reports bring one
             self._rtt_ms = sample.rtt_ms
         if sample.kind not in self._reported:
-            self.policy.observe(sample.loss_fraction, sample.rtt_ms, self.estimate_kbps,
+            self.policy.observe(sample.loss_fraction, sample.rtt_ms, self._ladder_estimate(),
                                 at=self.clock())
 
     def on_report(self, kind: str, loss: float, rtt_ms: float | None = None) -> None:
@@ -184,7 +247,7 @@ class SubscriberView:
             loss = self._confirmed(loss, at)
         # The report covers the time since that receiver's previous one; the first, an
         # unknown stretch (None: the policy takes the time since its last sample).
-        self.policy.observe(loss, self._rtt_ms, self.estimate_kbps, at=at,
+        self.policy.observe(loss, self._rtt_ms, self._ladder_estimate(), at=at,
                             interval_s=None if last is None else at - last)
 
     def _confirmed(self, loss: float, at: float) -> float:
@@ -298,15 +361,17 @@ class CallSupervisor:
                     view.on_estimate(kind, kbps)
 
             def watch_reports() -> None:
+                # One hook per sender, with both sinks: a sender already hooked is skipped,
+                # so a hook without `on_estimate` set first would drop every REMB for good.
                 watch_receiver_reports(pc, on_report, on_estimate)
                 view = self._views.get(leg_id)
                 if view is not None:
                     view.attach_encoder(_encoders(pc, view))
+                self._throttle_resends(leg)
 
             @pc.on("connectionstatechange")
             def _state() -> None:
                 if subscriber and pc.connectionState == "connected":
-                    watch_receiver_reports(pc, on_report)  # the senders exist by now
                     self._relay_keyframe_requests(me, leg)
                     watch_reports()  # the senders exist by now, before their first frame
                 self._leg_state(leg, pc.connectionState)
@@ -314,7 +379,6 @@ class CallSupervisor:
             if subscriber:
                 self._attach_view(me, leg)
                 if pc.connectionState == "connected":  # registered after it connected
-                    watch_receiver_reports(pc, on_report)
                     self._relay_keyframe_requests(me, leg)
                     watch_reports()
         elif watch is not None and leg.closed:
@@ -348,6 +412,32 @@ class CallSupervisor:
             track = sender.track
             if track is not None and track.kind == "video":
                 on_keyframe_request(sender, slot.video.keyframe_requested)
+
+    def _throttle_resends(self, leg: MediaLeg) -> None:
+        """A subscriber's NACKs may not make its video sender swamp the path with resends
+        (compat.aiortc.RetransmitThrottle): a packet is resent at most once per RTT, and
+        resends take at most `RESEND_SHARE` of the receiver's estimate (`RESEND_FLOOR_KBPS`
+        at least: in poor-3g, 5 % loss at a low estimate starved every repair and froze
+        video for 4 s)."""
+        views, leg_id = self._views, leg.leg_id
+
+        def budget_bps() -> float | None:
+            view = views.get(leg_id)
+            estimate = view.estimate_kbps if view is not None else None
+            if estimate is None:
+                return None
+            return max(estimate * RESEND_SHARE, RESEND_FLOOR_KBPS) * 1000
+
+        def min_gap_s() -> float:
+            view = views.get(leg_id)
+            rtt = view.rtt_ms if view is not None else None
+            return max(RESEND_MIN_GAP_S, (rtt or 0.0) / 1000)
+
+        for sender in leg.pc.getSenders():
+            track = sender.track
+            if track is not None and track.kind == "video":
+                throttle_retransmissions(sender, RetransmitThrottle(budget_bps, min_gap_s),
+                                         name=leg_id)
 
     @staticmethod
     def _unbound_slot(me: Participant, leg: MediaLeg) -> bool:

@@ -68,6 +68,7 @@ AUDIO_QUEUE = 10  # 200 ms of 20 ms frames: enough to ride out a busy loop, boun
 ENCODED_QUEUE = 4  # a packed frame costs 0.04 ms: a sender this far behind is stuck
 AUDIO_RESYNC_S = 0.2
 PLI_RETRY_S = 0.4  # no keyframe this long after a request: ask again (one outstanding)
+KBPS_KEEP = 0.6  # of the smoothed bitrate per new second measured: follows within ~3 s
 
 Frame = av.VideoFrame | av.AudioFrame
 AnyFrame = av.VideoFrame | av.AudioFrame | EncodedFrame
@@ -157,11 +158,16 @@ class TrackHub:
         self._decoder_synced = False
         self._pli_sent_at: float | None = None
         self._last_rtp_ts: int | None = None  # of the last encoded video frame
+        self._rate_bytes = 0  # encoded video bytes over `_rate_ticks` of media time
+        self._rate_ticks = 0
         self.frames_in = 0
         self.decoded_in = 0  # frames aiortc decoded for transcoded subscribers
         self.keyframes_in = 0
         self.keyframe_requests = 0
         self.fps: float | None = None  # the publisher's frame rate (encoded video), smoothed
+        # The publisher's encoded video bitrate, smoothed; None until a second of media has
+        # been measured (see `_measure`).
+        self.kbps: float | None = None
         self.last_frame_at: float | None = None
         self.size: tuple[int, int] | None = None
         self.on_frame: list[FrameHook] = []
@@ -192,6 +198,7 @@ class TrackHub:
         self._decoder_synced = False
         self._pli_sent_at = None
         self._last_rtp_ts = None  # a new source starts its own timestamps
+        self._rate_bytes = self._rate_ticks = 0
         if self._receiver is None:
             return
         self._untap = compat.tap_encoded_frames(self._receiver, self._on_encoded)
@@ -241,7 +248,7 @@ class TrackHub:
             pts = max(int((now - self._t0) * VIDEO_CLOCK), self._last_video_pts + 1)
             self._last_video_pts = pts
             frame = EncodedFrame.make("video", codec, data, pts, VIDEO_CLOCK, self.size, now)
-            self._measure_fps(timestamp)
+            self._measure(timestamp, len(data))
         else:
             pts = self._encoded_audio_pts(now, opus_samples(data))
             frame = EncodedFrame.make("audio", codec, data, pts, AUDIO_CLOCK, None, now)
@@ -265,19 +272,32 @@ class TrackHub:
             return decode and self._decoder_synced
         return decode
 
-    def _measure_fps(self, rtp_ts: int) -> None:
-        """The publisher's frame rate from its RTP timestamps (the capture clock), not from
-        arrival times: the jitter buffer releases frames in bursts (at the start, after a
-        NACK repair), and a burst read from arrivals as 200 fps kept a new subscriber off the
-        forwarded path (its rung "could not carry" the publisher's rate) for ~1.3 s, until
-        the smoothed figure decayed, and then cost it a keyframe wait to switch back."""
+    def _measure(self, rtp_ts: int, size: int) -> None:
+        """The publisher's frame rate and bitrate from its RTP timestamps (the capture clock),
+        not from arrival times: the jitter buffer releases frames in bursts (at the start,
+        after a NACK repair), and a burst read from arrivals as 200 fps kept a new subscriber
+        off the forwarded path (its rung "could not carry" the publisher's rate) for ~1.3 s,
+        until the smoothed figure decayed, and then cost it a keyframe wait to switch back.
+
+        The bitrate is what a forwarded subscriber's path must carry (the supervisor forwards
+        only to a receiver whose estimate has room for it): bytes over at least a second of
+        media time, so that one keyframe (several times a delta frame) does not read as a
+        burst of bitrate, then smoothed over a few such windows."""
         last, self._last_rtp_ts = self._last_rtp_ts, rtp_ts
         if last is None:
             return
         ticks = (rtp_ts - last) % 2**32
-        if 0 < ticks < VIDEO_CLOCK:  # a second or more between frames is a pause, not a rate
-            rate = VIDEO_CLOCK / ticks
-            self.fps = rate if self.fps is None else self.fps * 0.9 + rate * 0.1
+        if not 0 < ticks < VIDEO_CLOCK:  # a second or more between frames is a pause, not a rate
+            return
+        rate = VIDEO_CLOCK / ticks
+        self.fps = rate if self.fps is None else self.fps * 0.9 + rate * 0.1
+        self._rate_bytes += size
+        self._rate_ticks += ticks
+        if self._rate_ticks >= VIDEO_CLOCK:
+            kbps = self._rate_bytes * 8 * VIDEO_CLOCK / self._rate_ticks / 1000
+            self.kbps = kbps if self.kbps is None else self.kbps * KBPS_KEEP + kbps * (
+                1 - KBPS_KEEP)
+            self._rate_bytes = self._rate_ticks = 0
 
     def _encoded_audio_pts(self, now: float, samples: int) -> int:
         expected = int((now - self._t0) * AUDIO_CLOCK)

@@ -181,6 +181,9 @@ class ScenarioRun:
         self._app: Any = None  # the AppProcess this run started, if any
         self._boots: dict[str, str] | None = None  # the app's boot ids (videochat.qa.run_status)
         self.restarts: list[tuple[str, float]] = []  # (label, wall time the app was healthy)
+        # Every stored sample of the run, as collected: benchmarks read figures the objectives
+        # do not (bench/bandwidth.py: the rung and delivery held, audio concealment).
+        self.samples: list[MetricSample] = []
 
     def say(self, msg: str) -> None:
         logger.info("%s", msg)
@@ -499,6 +502,7 @@ class ScenarioRun:
                                   f"sample {COLLECT_TIMEOUT_S:g} s after the run")
                 break
             time.sleep(0.5)
+        self.samples = samples
         in_run = [e for e in events if t0 - timedelta(seconds=1) <= e.at <= end]
         windows = fault_windows_from_events(in_run, t0)
         if len(windows) < len(self.injected):
