@@ -75,8 +75,10 @@ def test_transcoded_frames_are_decoded_to_read_their_stamps() -> None:
     assert result["error"] is None, result.get("server_log_tail")
     (step,) = result["steps"]
     assert step["transcoded_legs"] == 2, step
-    # The server's own encoding is not the publisher's bitstream: every frame is decoded.
-    assert step["frames_decoded_by_clients"] == step["frames_received"] > 0, step
+    # The server's own encoding is not the publisher's bitstream: every frame is decoded
+    # (give or take the frame or two still in the decoder when the hold ended).
+    assert step["frames_received"] > 0, step
+    assert abs(step["frames_decoded_by_clients"] - step["frames_received"]) <= 2, step
 
 
 def test_a_failing_step_stops_the_run_and_is_not_counted() -> None:
