@@ -559,13 +559,18 @@ def _sample(clock: FakeClock, kind: str, loss: float, rtt: float = 40.0):
                         direction="subscribe", kind=kind, loss_fraction=loss, rtt_ms=rtt)
 
 
-def test_subscriber_view_steps_down_on_the_reports_themselves_not_the_late_samples() -> None:
+def _subscriber_view(clock: FakeClock) -> SubscriberView:
+    """Bob's view of ana in room r, as the supervisor makes it (no faults, no events)."""
     from videochat.call.supervisor import SubscriberView
     from videochat.media.participant import Slot
 
-    clock = FakeClock()
-    view = SubscriberView(Slot.create("owner0000000", 0), "r", "ana", emit=None, faults=None,
+    return SubscriberView(Slot.create("owner0000000", 0), "r", "ana", emit=None, faults=None,
                           clock=clock, context=EventContext("r", "bob"))
+
+
+def test_subscriber_view_steps_down_on_the_reports_themselves_not_the_late_samples() -> None:
+    clock = FakeClock()
+    view = _subscriber_view(clock)
     view.observe(_sample(clock, "video", 0.0))  # before any report: samples drive the ladder
     for _ in range(20):  # clean reports, one a second (the ladder climbs to the top)
         clock.t += 1.0
@@ -583,12 +588,8 @@ def test_subscriber_view_steps_down_on_the_reports_themselves_not_the_late_sampl
 
 
 def test_subscriber_view_samples_drive_until_reports_arrive() -> None:
-    from videochat.call.supervisor import SubscriberView
-    from videochat.media.participant import Slot
-
     clock = FakeClock()
-    view = SubscriberView(Slot.create("owner0000000", 0), "r", "ana", emit=None, faults=None,
-                          clock=clock, context=EventContext("r", "bob"))
+    view = _subscriber_view(clock)
     start = view.policy.level
     for _ in range(4):
         clock.t += 1.0
@@ -652,12 +653,8 @@ def test_loss_window_spans_enough_packets_at_low_frame_rates() -> None:
 
 
 def test_only_the_audio_stream_confirms_loss_severe_enough_to_pause_video() -> None:
-    from videochat.call.supervisor import SubscriberView
-    from videochat.media.participant import Slot
-
     clock = FakeClock()
-    view = SubscriberView(Slot.create("owner0000000", 0), "r", "ana", emit=None, faults=None,
-                          clock=clock, context=EventContext("r", "bob"))
+    view = _subscriber_view(clock)
     view.policy = QualityPolicy(clock, start=LOWEST_VIDEO)
     view.on_report("audio", 0.60)
     clock.t += 5.0
@@ -674,12 +671,8 @@ def test_only_the_audio_stream_confirms_loss_severe_enough_to_pause_video() -> N
 
 
 def test_pausing_needs_an_audio_report_from_after_the_last_step() -> None:
-    from videochat.call.supervisor import SubscriberView
-    from videochat.media.participant import Slot
-
     clock = FakeClock(100.0)
-    view = SubscriberView(Slot.create("owner0000000", 0), "r", "ana", emit=None, faults=None,
-                          clock=clock, context=EventContext("r", "bob"))
+    view = _subscriber_view(clock)
     view.on_report("audio", 0.9)
     clock.t += 2.0
     view.policy = QualityPolicy(clock, start=LOWEST_VIDEO)  # it got there at 102 s
@@ -698,12 +691,8 @@ def test_pausing_needs_an_audio_report_from_after_the_last_step() -> None:
 
 
 def test_subscriber_view_takes_the_round_trip_time_of_each_report() -> None:
-    from videochat.call.supervisor import SubscriberView
-    from videochat.media.participant import Slot
-
     clock = FakeClock()
-    view = SubscriberView(Slot.create("owner0000000", 0), "r", "ana", emit=None, faults=None,
-                          clock=clock, context=EventContext("r", "bob"))
+    view = _subscriber_view(clock)
     start = view.policy.level
     view.on_report("video", 0.0, 3.0)
     for k in range(1, 6):
@@ -860,12 +849,8 @@ def test_without_an_estimate_or_a_measured_stream_a_leg_forwards_at_once(
 def test_the_ladder_does_not_act_on_the_estimate_unless_told_to() -> None:
     # supervisor.LADDER_READS_ESTIMATE: Chromium's REMB started healthy calls at 240p15 and
     # kept video paused after a cap; the estimate decides forwarding, not the rung.
-    from videochat.call.supervisor import SubscriberView
-    from videochat.media.participant import Slot
-
     clock = FakeClock()
-    view = SubscriberView(Slot.create("owner0000000", 0), "r", "ana", emit=None, faults=None,
-                          clock=clock, context=EventContext("r", "bob"))
+    view = _subscriber_view(clock)
     start = view.policy.level
     view.on_report("video", 0.0, 20.0)
     for _ in range(8):

@@ -8,8 +8,9 @@ import time
 
 import aioice.ice
 import pytest
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, VideoStreamTrack
+from aiortc import RTCConfiguration, RTCPeerConnection, VideoStreamTrack
 
+from tests.call.test_remb_loopback import drain
 from videochat.call.recovery import ReconnectState
 from videochat.call.supervisor import CallSupervisor
 from videochat.media.legs import LegRegistry, MediaLeg
@@ -94,13 +95,6 @@ def test_the_receivers_estimate_reaches_the_subscribers_view(
         config = RTCConfiguration(iceServers=[])
         browser, server = RTCPeerConnection(config), RTCPeerConnection(config)
         drained: list[asyncio.Task[None]] = []
-
-        async def drain(track: MediaStreamTrack) -> None:
-            while True:
-                try:
-                    await track.recv()
-                except Exception:  # noqa: BLE001 - MediaStreamError when the call ends
-                    return
 
         browser.on("track", lambda track: drained.append(asyncio.ensure_future(drain(track))))
         browser.addTransceiver("video", direction="recvonly")
