@@ -514,11 +514,25 @@ class FaultManager:
         elif fault.kind == "kill":
             for entry in legs:
                 self._kill(entry)
-        delay = max(0.0, record.until - self.clock())
-        self._timers[fault.id] = self.loop.call_later(delay, self.expire_due)
+        self._arm(fault.id, record.until)
         logger.info("fault started on %s: %s (%d legs here)", self.node, fault.describe(),
                     len(legs))
         self._emit("fault_started", record, legs=len(legs))
+
+    def _arm(self, fault_id: str, until: float) -> None:
+        self._timers[fault_id] = self.loop.call_later(
+            max(0.0, until - self.clock()), self._expire_timer, fault_id, until)
+
+    def _expire_timer(self, fault_id: str, until: float) -> None:
+        # uvloop's timers run on a millisecond clock cached per loop iteration, so one can
+        # fire a hair before `until` by our clock: re-arm rather than leave the fault running.
+        if self.clock() < until:
+            with self._lock:
+                active = fault_id in self._active
+            if active:
+                self._arm(fault_id, until)
+            return
+        self.expire_due()
 
     def _ended(self, record: ActiveFault, reason: str) -> None:
         fault = record.fault
