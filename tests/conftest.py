@@ -13,8 +13,16 @@ import pymongo
 import pytest
 import redis
 
+from videochat import eventloop
 from videochat.backends.embedded import SecantusProcess, ValkeyProcess
 from videochat.backends.services import mongo_client, redis_client
+
+if eventloop.available() == "uvloop":
+    # Every asyncio.run in a test builds the loop the app's media runs on: Streamlit's server
+    # loop is uvloop wherever uvloop is installed (videochat/eventloop.py).
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +79,7 @@ def state_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
     """The media loop of an app process, running in its own thread."""
-    lp = asyncio.new_event_loop()
+    lp = eventloop.factory()()
     thread = threading.Thread(target=lp.run_forever, name="test-media-loop", daemon=True)
     thread.start()
     yield lp

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,10 @@ def test_restarts_keep_the_embedded_servers_and_a_graceful_stop_flushes(tmp_path
     try:
         assert app.proc is not None
         first = _wait_runtime(app, app.proc.pid)
+        # Streamlit's server loop, which the media shares, is uvloop (requirements.txt): the
+        # capacity figures of docs/TESTING.md are measured on it.
+        with urllib.request.urlopen(f"{app.url}/_vc/boot", timeout=10) as reply:
+            assert json.loads(reply.read())["loop"] == "uvloop"
 
         app.restart("graceful")
         log = app.log_path.read_text()

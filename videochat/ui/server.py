@@ -31,6 +31,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from streamlit import config as st_config
 
+from videochat import eventloop
 from videochat.ui import navigation
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,8 @@ def runtime() -> object | None:
 
 
 async def _boot(request: Request) -> Response:
-    return JSONResponse({"boot": BOOT_ID, "ready": _runtime is not None, "stopping": _stopping},
+    return JSONResponse({"boot": BOOT_ID, "ready": _runtime is not None, "stopping": _stopping,
+                         "loop": eventloop.kind_of(asyncio.get_running_loop())},
                         headers={"Cache-Control": "no-store"})
 
 
@@ -154,6 +156,7 @@ def _build_runtime() -> object:
 @asynccontextmanager
 async def lifespan(app: Any) -> AsyncIterator[None]:
     navigation.use_v2_from_start()
+    logger.info("server and media loop: %s", eventloop.kind_of(asyncio.get_running_loop()))
     from videochat.ui.cached import get_services
 
     # Not awaited: the server answers (health, the first page) while these run. The embedded
