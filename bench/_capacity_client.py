@@ -34,6 +34,7 @@ from bench._capacity_media import (  # noqa: E402
     subscribe,
 )
 from bench._common import pct, udp_socket_queues  # noqa: E402
+from videochat import eventloop  # noqa: E402
 from videochat.compat import aioice as ice  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -162,8 +163,10 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--fps", type=float, default=20.0)
+    ap.add_argument("--loop", choices=("uvloop", "asyncio"), default=eventloop.available())
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    asyncio.run(serve(ap.parse_args()))
+    args = ap.parse_args()
+    eventloop.run(serve(args), args.loop)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription  # noqa: E402
 from aiortc.mediastreams import MediaStreamTrack  # noqa: E402
 
 from bench._common import udp_socket_queues  # noqa: E402
+from videochat import eventloop  # noqa: E402
 from videochat.compat import aioice as ice  # noqa: E402
 from videochat.compat import aiortc as compat  # noqa: E402
 from videochat.media.participant import Participant  # noqa: E402
@@ -196,7 +197,8 @@ async def serve() -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    asyncio.run(serve())
+    at = sys.argv.index("--loop") + 1 if "--loop" in sys.argv else 0
+    eventloop.run(serve(), "asyncio" if at and sys.argv[at] == "asyncio" else None)
 
 
 if __name__ == "__main__":

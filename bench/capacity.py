@@ -56,6 +56,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from videochat import eventloop  # noqa: E402
+
 SERVER_SCRIPT = ROOT / "bench" / "_capacity_server.py"
 CLIENT_SCRIPT = ROOT / "bench" / "_capacity_client.py"
 CLIENT_BACKLOG_BYTES = 64 * 1024  # one socket's unread datagrams: ~0.5 s of a 1 Mbps leg
@@ -96,6 +98,9 @@ class CapacityConfig:
     client_cpus: tuple[int, ...] | None = None
     client_procs: int = 1
     """Client processes playing the participants (each room lives in one of them)."""
+    loop: eventloop.LoopKind = "uvloop"
+    """The event loop of the server and client processes: the app's (uvloop when installed,
+    see videochat/eventloop.py) unless asked otherwise, for a before/after."""
     client_nice: int = 10
     """The clients yield the CPU to the server: on a shared box the load generator, not the
     server under test, is the one to wait (a client that falls behind marks its step
@@ -113,7 +118,8 @@ def capture_default() -> tuple[int, int, int]:
 
 
 class ServerProcess:
-    def __init__(self, cpus: tuple[int, ...] | None, transcode: bool = False) -> None:
+    def __init__(self, cpus: tuple[int, ...] | None, transcode: bool = False,
+                 loop: eventloop.LoopKind = "uvloop") -> None:
         self.log = tempfile.NamedTemporaryFile(prefix="capacity-server-", suffix=".log",
                                                delete=False)
         pre: Callable[[], None] | None = None
@@ -125,7 +131,8 @@ class ServerProcess:
 
         self.tail = ""
         self.proc = subprocess.Popen(
-            [sys.executable, str(SERVER_SCRIPT), *(["--transcode"] if transcode else [])],
+            [sys.executable, str(SERVER_SCRIPT), *(["--transcode"] if transcode else []),
+             "--loop", loop],
             stdout=subprocess.PIPE, stderr=self.log,
             preexec_fn=pre, cwd=str(ROOT),
         )
@@ -181,7 +188,7 @@ class ClientProcess:
 
         proc = await asyncio.create_subprocess_exec(
             sys.executable, str(CLIENT_SCRIPT), "--port", str(port), "--width", str(cfg.width),
-            "--height", str(cfg.height), "--fps", str(cfg.fps),
+            "--height", str(cfg.height), "--fps", str(cfg.fps), "--loop", cfg.loop,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, preexec_fn=pre,
             cwd=str(ROOT), limit=PIPE_LIMIT)
         client = cls(proc, log)
@@ -468,7 +475,7 @@ async def run_capacity(cfg: CapacityConfig,
 
     from bench._capacity_media import Control
 
-    server = ServerProcess(cfg.server_cpus, cfg.transcode)
+    server = ServerProcess(cfg.server_cpus, cfg.transcode, cfg.loop)
     clients: list[ClientProcess] = []
     participants = 0
     steps: list[dict[str, Any]] = []
@@ -610,7 +617,7 @@ def run_calls(base: CapacityConfig, sizes: list[int]) -> int:
             cfg = CapacityConfig(**{**asdict(base), "room_size": n, "max_participants": n,
                                     "rooms_per_step": 1, "confirm": 0,
                                     "transcode": transcode})
-            result = asyncio.run(run_capacity(cfg, _show))
+            result = eventloop.run(run_capacity(cfg, _show), cfg.loop)
             step = result["steps"][-1] if result["steps"] else {}
             mode = "transcoded" if transcode else "forwarded"
             figures[mode] = step
@@ -626,8 +633,9 @@ def run_calls(base: CapacityConfig, sizes: list[int]) -> int:
                      f"{relay.get('p50') or 0:.2f} ms)")
     out["backend"] = "none: relay + aiortc only (no Redis/MongoDB, no Streamlit)"
     path = write("capacity-calls", out)
-    print(f"one call's server CPU ({base.width}x{base.height}@{base.fps}, transcoded -> "
-          f"forwarded): " + "; ".join(parts) + f"; load avg {os.getloadavg()[0]:.1f} -> {path}")
+    print(f"one call's server CPU ({base.width}x{base.height}@{base.fps}, {base.loop}, "
+          f"transcoded -> forwarded): " + "; ".join(parts)
+          + f"; load avg {os.getloadavg()[0]:.1f} -> {path}")
     return 0
 
 
@@ -651,6 +659,8 @@ def main() -> int:
                     help="e.g. 2,3: CPU of one call per size, transcoded then forwarded")
     ap.add_argument("--client-procs", type=int, default=4,
                     help="client processes playing the participants (rooms dealt in turn)")
+    ap.add_argument("--loop", choices=("uvloop", "asyncio"), default=eventloop.available(),
+                    help="event loop of the server and clients (default: the app's)")
     ap.add_argument("--profile", type=float, default=0.0,
                     help="py-spy the server for this many seconds of each measured hold")
     args = ap.parse_args()
@@ -660,13 +670,14 @@ def main() -> int:
                          warmup_s=args.warmup, confirm=args.confirm,
                          rooms_per_step=args.rooms_per_step, transcode=args.transcode,
                          profile_s=args.profile, client_procs=max(1, args.client_procs),
+                         loop=args.loop,
                          server_cpus=(0,) if pin else None, client_cpus=(1,) if pin else None)
     if cfg.client_cpus:
         pin_process(set(cfg.client_cpus))
     if args.calls:
         return run_calls(cfg, [int(n) for n in args.calls.split(",")])
     load_before = os.getloadavg()
-    result = asyncio.run(run_capacity(cfg, _show))
+    result = eventloop.run(run_capacity(cfg, _show), cfg.loop)
     result["backend"] = "none: relay + aiortc only (no Redis/MongoDB, no Streamlit)"
     result["pinned"] = {"server_cpus": cfg.server_cpus, "client_cpus": cfg.client_cpus}
     result["load_avg_before"] = load_before
@@ -681,7 +692,7 @@ def main() -> int:
     first = last.get("first_frame_after_bind_s", {})
     where = ("server on core 0, bots on core 1" if pin
              else "server and bots sharing the 2-core box")
-    where += f", {result['client_processes']} client processes"
+    where += f", {result['client_processes']} client processes, {cfg.loop}"
     print(f"capacity ({w}x{h}@{fps}, rooms of {cfg.room_size}, "
           f"{'transcoded' if cfg.transcode else 'forwarded'}, {where}, no DB backend): "
           f"{cap} participants pass fps >= {cfg.min_fps:g}, loss <= {cfg.max_loss_pct:g} % "
