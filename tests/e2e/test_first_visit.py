@@ -61,13 +61,21 @@ def test_two_links_opened_at_once_on_a_fresh_app_play_untouched(
 
             wait_for(both_play, 20, f"{name} to see the other's moving video and their own")
         print(f"both pages show both videos {time.monotonic() - opened:.1f} s after opening")
-        # Sound needs a gesture under the default policy: the page asks for one, visibly.
+        # Sound: where the browser holds it back until a gesture, the page asks for one,
+        # visibly, and one click (or a click anywhere) starts it. Chromium lets sound play
+        # without one on a page that captures the camera in some builds (Debian's
+        # 156.0.8078.129 does): then it must simply play, with no control in the way.
         # (10 s: on a loaded box the audio element's first play() can come seconds after the
         # video's; a CI run timed out at 5 s after both videos took 9.7 s to start.)
-        wait_for(lambda: sound_state(ana) == "blocked", 10, "ana's page to report blocked sound")
+        wait_for(lambda: sound_state(ana) in ("blocked", "playing"), 10,
+                 "ana's page to play sound or report it blocked")
         button = ana.locator("#vc-enable-sound")
-        assert button.is_visible()
         ana.screenshot(path=str(artifacts_dir() / "first-visit-ana.png"))
+        if sound_state(ana) == "playing":
+            assert not button.is_visible()
+            wait_for(lambda: sound_state(bob) == "playing", 10, "bob's sound")
+            return
+        assert button.is_visible()
         button.click()
         wait_for(lambda: sound_state(ana) == "playing", 5, "sound to play after one click")
         assert not button.is_visible()
